@@ -1,0 +1,37 @@
+"""`udit <command> ...`: dispatch to the module that owns each command.
+
+Every command module is also importable and exposes `main(argv) -> int`, so scripts,
+tests and Snakemake rules can call the same code (edm2 style).
+"""
+import importlib
+import sys
+
+# command -> module with a `main(argv: list[str] | None) -> int`
+COMMANDS: dict[str, tuple[str, str]] = {
+    "flops": ("udit.flops", "count forward GFLOPs of every registry model with fvcore"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: udit <command> [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "`udit <command> --help` describes a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"udit: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
