@@ -1,0 +1,1 @@
+UNET_MODELS = {}  # temporary untracked stub
