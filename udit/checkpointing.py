@@ -1,0 +1,168 @@
+"""Atomic checkpoint store for training runs: write, verify, rotate, find the newest valid one.
+
+Layout inside a run directory:
+
+    checkpoints/ckpt-0050000.pt          torch.save of the training state (see udit.train)
+    checkpoints/ckpt-0050000.pt.sha256   sidecar: SHA-256 of the .pt file, written after it
+
+A file is written to a temporary name in the same directory, flushed, fsync'ed and moved
+into place with os.replace, so a killed job leaves either the old state or the new one,
+never half a file under the final name. The sidecar lets `find_latest` reject a file that
+was truncated or corrupted later (disk full, partial copy between clusters) without
+unpickling it; a file with no sidecar (job killed between the two writes) is accepted
+only if torch.load reads it.
+"""
+import hashlib
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+CKPT_DIR = "checkpoints"
+CKPT_PATTERN = re.compile(r"^ckpt-(\d{7,})\.pt$")
+SIDECAR_SUFFIX = ".sha256"
+HASH_CHUNK = 1 << 20  # bytes read at a time while hashing
+
+
+def ckpt_name(step: int) -> str:
+    """Zero-padded like the official repos' 0400000.pt, so names sort by step."""
+    return f"ckpt-{step:07d}.pt"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist the rename itself (POSIX: a directory entry is durable only after the dir is synced)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some filesystems do not allow opening directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via temp file + fsync + os.replace."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_torch_save(obj, path: Path) -> str:
+    """torch.save `obj` atomically; returns the SHA-256 of the bytes written."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        digest = sha256_file(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return digest
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every checkpoint file in the run, oldest first (validity not checked)."""
+    directory = Path(run_dir) / CKPT_DIR
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in directory.iterdir():
+        match = CKPT_PATTERN.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """None if `path` is a usable checkpoint, else the reason it is not."""
+    path = Path(path)
+    sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
+    if sidecar.exists():
+        expected = sidecar.read_text().split()[0] if sidecar.read_text().strip() else ""
+        actual = sha256_file(path)
+        if actual != expected:
+            return f"SHA-256 mismatch (file {actual[:12]}..., sidecar {expected[:12] or 'empty'}...)"
+        return None
+    try:  # no sidecar: the job died between the two writes; trust the file only if it loads
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means unusable
+        return f"no sidecar and torch.load failed: {type(err).__name__}: {err}"
+    return None
+
+
+def find_latest(run_dir: Path) -> tuple[int, Path] | None:
+    """Newest checkpoint that passes `verify_checkpoint`; invalid ones are skipped with a warning."""
+    for step, path in reversed(list_checkpoints(run_dir)):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            return step, path
+        warnings.warn(f"skipping invalid checkpoint {path}: {problem}", stacklevel=2)
+    return None
+
+
+def save_checkpoint(
+    state: dict,
+    *,
+    run_dir: Path,
+    step: int,
+    keep_last: int,
+    milestones: tuple[int, ...] = (),
+) -> Path:
+    """Write ckpt-<step>.pt (+ sidecar) atomically, then rotate: keep the newest `keep_last`
+    ordinary checkpoints and every milestone step forever. Returns the written path."""
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+    directory = Path(run_dir) / CKPT_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / ckpt_name(step)
+    digest = atomic_torch_save(state, path)
+    atomic_write_bytes(path.with_name(path.name + SIDECAR_SUFFIX), f"{digest}  {path.name}\n".encode())
+    rotate(run_dir=run_dir, keep_last=keep_last, milestones=milestones)
+    return path
+
+
+def rotate(*, run_dir: Path, keep_last: int, milestones: tuple[int, ...] = ()) -> list[Path]:
+    """Delete ordinary checkpoints older than the newest `keep_last`; milestones are never deleted."""
+    keep = set(milestones)
+    ordinary = [(s, p) for s, p in list_checkpoints(run_dir) if s not in keep]
+    removed = []
+    for _, path in ordinary[: max(len(ordinary) - keep_last, 0)]:
+        path.unlink(missing_ok=True)
+        path.with_name(path.name + SIDECAR_SUFFIX).unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def load_checkpoint_state(path: Path, map_location="cpu") -> dict:
+    """Load a training state written by `save_checkpoint` (plain tensors and containers only)."""
+    return torch.load(path, map_location=map_location, weights_only=True)
