@@ -1,0 +1,72 @@
+"""Training data: ImageFolder images, the toy set, the VAE and the latent cache.
+
+Contract with the trainer (udit/train.py):
+
+    dataset, kind = build_train_dataset(images=None, latents=None, image_size=256)
+        exactly one of `images` (ImageFolder root) or `latents` (a cache dir); kind is
+        "images" or "latents".
+
+    kind == "latents": LatentDataset(cache_dir)
+        item -> (moments: float32 (2C, h, w) = [mean; logvar] of the VAE posterior, label: int)
+        len  = images x 2 flips (item i = image i // 2, flip i % 2), so one epoch sees both
+        flips, as DiT's RandomHorizontalFlip does in expectation. Per batch:
+            noise = torch.randn(mean_shape, generator=g)       # the trainer's seeded generator
+            x = sample_latent(moments, noise)                   # (N, C, h, w), already * LATENT_SCALE
+        .num_classes, .classes, .latent_channels, .latent_size, .image_size, .manifest
+
+    kind == "images": ImageDataset / build_image_dataset(root, image_size, flip=True)
+        item -> (image: float32 (3, H, W) in [-1, 1], label: int); ADM centre crop + random
+        flip. Pixel-space training uses it directly; online-VAE training encodes it:
+            x = load_vae(name).encode(image).latent_dist.sample() * LATENT_SCALE
+        .num_classes, .classes
+
+    LATENT_SCALE = 0.18215 (DiT train.py; paper_numbers.yaml training_settings.latent_scale)
+
+Labels are indices of the sorted class-folder names (torchvision ImageFolder) in both kinds.
+Names are imported lazily (PEP 562) so `udit toy-data` runs without importing torch.
+"""
+import importlib
+
+_EXPORTS = {
+    "LATENT_SCALE": "udit.data.vae",
+    "DEFAULT_VAE": "udit.data.vae",
+    "VaeNotAvailableError": "udit.data.vae",
+    "load_vae": "udit.data.vae",
+    "tiny_vae_config": "udit.data.vae",
+    "save_tiny_vae": "udit.data.vae",
+    "ImageDataset": "udit.data.imagenet",
+    "build_image_dataset": "udit.data.imagenet",
+    "center_crop_arr": "udit.data.imagenet",
+    "LatentDataset": "udit.data.latents",
+    "CorruptCacheError": "udit.data.latents",
+    "extract_latents": "udit.data.latents",
+    "sample_latent": "udit.data.latents",
+    "generate_toy_data": "udit.data.toy",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'udit.data' has no attribute {name!r}")
+
+
+def build_train_dataset(*, images: str | None = None, latents: str | None = None,
+                        image_size: int = 256):
+    """(dataset, kind): a LatentDataset for a cache dir, else an ADM-preprocessed ImageDataset."""
+    if (images is None) == (latents is None):
+        raise ValueError("give exactly one of images= (an ImageFolder root) or latents= (a latent cache dir)")
+    if latents is not None:
+        from udit.data.latents import LatentDataset
+
+        dataset = LatentDataset(latents)
+        if dataset.image_size != image_size:
+            raise ValueError(f"latent cache {latents!r} was extracted at image_size {dataset.image_size}, "
+                             f"but image_size {image_size} was asked for")
+        return dataset, "latents"
+    from udit.data.imagenet import build_image_dataset
+
+    return build_image_dataset(images, image_size, flip=True), "images"
+
+
+__all__ = [*_EXPORTS, "build_train_dataset"]
