@@ -1,0 +1,439 @@
+"""`udit sample`: class-conditional samples into an ADM-compatible .npz, resumable, DDP-ready.
+
+    udit sample --checkpoint runs/x/checkpoints/ckpt-0400000.pt --num-samples 50000 --out s.npz
+    torchrun --nproc_per_node 8 -m udit.sample --checkpoint DiT-XL-2-256x256.pt --model DiT-XL/2 ...
+
+Output (the format the ADM evaluator of guided-diffusion reads, and DiT's sample_ddp.py writes):
+`arr_0` uint8 (N, H, W, 3) NHWC and `arr_1` int64 (N,) class labels, plus a PNG grid of the
+first samples and OUT.json with the resolved options.
+
+Reproducibility (edm2 idea): sample i depends only on (seed, i). Its label, initial noise and
+every per-step noise come from CPU generators seeded by SeedSequence([seed, i, stream]), so the
+result does not depend on the batch size, the number of processes or the device.
+
+Resume: each batch is saved as a shard under OUT.parts/ (atomically); a re-run of the same
+command only computes the indices no shard holds yet, then assembles OUT in index order.
+"""
+import argparse
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from udit import distributed
+
+PARTS_SUFFIX = ".parts"          # OUT.npz -> OUT.npz.parts/ holds the finished shards
+SHARD_GLOB = "shard-*.npz"
+CONFIG_NAME = "config.json"      # the options every shard in OUT.parts/ was made with
+GRID_MAX = 64                    # the grid shows at most the first 8 x 8 samples
+LABEL_STREAM, NOISE_STREAM = 0, 1  # SeedSequence words: labels and noise are independent streams
+SEED_WORDS = 2                   # uint32 words from SeedSequence -> one 64-bit generator seed
+PIXEL_CHANNELS = 3               # RGB in [-1, 1] for pixel-space toy models
+SAMPLERS = ("ddpm", "ddim")
+LABEL_MODES = ("random", "uniform")
+# Model options a training checkpoint's "args" records (udit/train.py TrainOptions); a CLI value
+# must agree with them, since the weights only fit the architecture they were trained with.
+MODEL_FIELDS = ("model", "model_kw", "num_classes", "image_size", "pixel", "vae")
+DEFAULT_NUM_CLASSES = 1000       # ImageNet-1k
+DEFAULT_IMAGE_SIZE = 256         # the paper's main resolution
+
+
+@lru_cache(maxsize=1)
+def _settings() -> dict:
+    text = resources.files("udit").joinpath("paper/paper_numbers.yaml").read_text()
+    return yaml.safe_load(text)["training_settings"]
+
+
+# paper_numbers.yaml training_settings: "sampling: 250-step respaced DDPM", "fid_samples: 50000",
+# "global_seed: 0" (official sample_ddp.py defaults; the paper is silent).
+DEFAULT_STEPS = int(str(_settings()["sampling"]).split("-")[0])
+DEFAULT_NUM_SAMPLES = int(str(_settings()["fid_samples"]).split()[0])
+DEFAULT_SEED = int(_settings()["global_seed"])
+
+
+#################################################################################
+#                            Per-sample randomness                              #
+#################################################################################
+
+def sample_generator(*, seed: int, index: int, stream: int) -> torch.Generator:
+    """CPU generator owned by sample `index`; SeedSequence decorrelates neighbouring (seed, i)."""
+    words = np.random.SeedSequence([seed, index, stream]).generate_state(SEED_WORDS, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(words[0]) << 32 | int(words[1]))
+
+
+def sample_labels(*, seed: int, indices: list[int], num_classes: int, mode: str) -> torch.Tensor:
+    """Labels (B,) int64. 'random': uniform draw per sample, like DiT sample_ddp.py's randint;
+    'uniform': i % num_classes, so every class appears N / num_classes times."""
+    if mode == "uniform":
+        return torch.tensor([i % num_classes for i in indices], dtype=torch.long)
+    if mode == "random":
+        gens = [sample_generator(seed=seed, index=i, stream=LABEL_STREAM) for i in indices]
+        return torch.cat([torch.randint(num_classes, (1,), generator=g) for g in gens])
+    raise ValueError(f"unknown label mode {mode!r}; choose 'random' or 'uniform'")
+
+
+#################################################################################
+#                             Files: atomic, shards                             #
+#################################################################################
+
+def _atomic_write(path: Path, write) -> None:
+    """write(file_object) into a temp file beside `path`, fsync, then os.replace into place."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Uncompressed npz (the ADM evaluator streams arr_0 out of the zip), written atomically."""
+    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}  # C order: fortran_order False
+    _atomic_write(Path(path), lambda f: np.savez(f, **arrays))
+
+
+def finished_indices(parts: Path) -> dict[int, Path]:
+    """Sample index -> shard file, for every readable shard (an unreadable one is redone)."""
+    found = {}
+    for shard in sorted(parts.glob(SHARD_GLOB)):
+        try:
+            with np.load(shard) as data:
+                indices = data["indices"]
+        except Exception as err:  # noqa: BLE001 - a damaged shard is recomputed, not fatal
+            print(f"warning: ignoring unreadable shard {shard.name}: {err}", file=sys.stderr)
+            continue
+        found.update({int(i): shard for i in indices})
+    return found
+
+
+def assemble(*, parts: Path, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """All shards -> (images (N, H, W, 3) uint8, labels (N,) int64), ordered by sample index."""
+    images = labels = None
+    seen = np.zeros(num_samples, dtype=bool)
+    for shard in sorted(parts.glob(SHARD_GLOB)):
+        with np.load(shard) as data:
+            idx, imgs, ys = data["indices"], data["images"], data["labels"]
+        keep = idx < num_samples  # a previous run may have asked for more samples
+        idx, imgs, ys = idx[keep], imgs[keep], ys[keep]
+        if images is None:
+            images = np.empty((num_samples, *imgs.shape[1:]), dtype=np.uint8)
+            labels = np.empty(num_samples, dtype=np.int64)
+        images[idx], labels[idx], seen[idx] = imgs, ys, True
+    if not seen.all():
+        missing = np.flatnonzero(~seen)
+        raise RuntimeError(f"{len(missing)} of {num_samples} samples have no shard in {parts} "
+                           f"(first missing index {missing[0]}); re-run the same command to finish them")
+    return images, labels
+
+
+def image_grid(images: np.ndarray) -> np.ndarray:
+    """(B, H, W, 3) uint8 -> one (rows*H, cols*W, 3) image, row-major, black padding."""
+    n, h, w, c = images.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = np.zeros((rows * h, cols * w, c), dtype=np.uint8)
+    for k, img in enumerate(images):
+        r, q = divmod(k, cols)
+        grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = img
+    return grid
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    from PIL import Image
+
+    _atomic_write(Path(path), lambda f: Image.fromarray(image).save(f, format="PNG"))
+
+
+#################################################################################
+#                          Options, model and checkpoint                        #
+#################################################################################
+
+def parse_model_kw(items: list[str]) -> dict:
+    """['depth=2', 'mlp_ratio=2.0'] -> {'depth': 2, 'mlp_ratio': 2.0} (values parsed as YAML, as train)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--model-kw expects key=value, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def checkpoint_options(checkpoint) -> dict:
+    """MODEL_FIELDS recorded in a training checkpoint's "args" ({} for a raw state dict)."""
+    args = checkpoint.get("args") if isinstance(checkpoint, dict) else None
+    if args is None:
+        return {}
+    args = vars(args) if isinstance(args, argparse.Namespace) else dict(args)  # official: Namespace
+    return {k: args[k] for k in MODEL_FIELDS if args.get(k) is not None}
+
+
+def resolve_options(*, given: dict, stored: dict) -> dict:
+    """The checkpoint's options, filled in by the CLI; a CLI value that contradicts it is an error
+    (except the VAE, whose name may legitimately differ, e.g. a local copy of the hub model)."""
+    resolved = {}
+    for key in MODEL_FIELDS:
+        cli, saved = given.get(key), stored.get(key)
+        if key == "model_kw":
+            cli, saved = (cli or None), (dict(saved) if saved else None)
+        if cli is not None and saved is not None and cli != saved and key != "vae":
+            raise ValueError(f"--{key.replace('_', '-')} {cli!r} contradicts the checkpoint, which was "
+                             f"trained with {key}={saved!r}; drop the option or use the matching checkpoint")
+        resolved[key] = cli if cli is not None else saved
+    if resolved["model"] is None:
+        raise ValueError("the checkpoint does not name its model (a raw state dict, e.g. a released "
+                         "one): pass --model")
+    from udit.models import get_spec
+    resolved["model"] = get_spec(resolved["model"]).name  # unknown names list the valid ones
+    resolved["model_kw"] = resolved["model_kw"] or {}
+    resolved["pixel"] = bool(resolved["pixel"])
+    resolved["num_classes"] = int(resolved["num_classes"] or DEFAULT_NUM_CLASSES)
+    resolved["image_size"] = int(resolved["image_size"] or DEFAULT_IMAGE_SIZE)
+    if resolved["pixel"]:
+        resolved["vae"] = None
+    elif resolved["vae"] is None:
+        from udit.data.vae import DEFAULT_VAE
+        resolved["vae"] = DEFAULT_VAE
+    return resolved
+
+
+def checkpoint_sha256(path: Path) -> str:
+    """SHA-256 of the checkpoint; the trainer's verified .sha256 sidecar saves hashing GBs."""
+    sidecar = path.with_name(path.name + ".sha256")
+    if sidecar.is_file() and sidecar.read_text().strip():
+        return sidecar.read_text().split()[0]
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_model(*, checkpoint, options: dict, in_channels: int, input_size: int, weights: str,
+                device: torch.device) -> torch.nn.Module:
+    """Registry model with the checkpoint's `weights` ('ema' or 'model'), eval mode, on `device`."""
+    from udit.models import create_model, load_checkpoint
+
+    overrides = {"input_size": input_size, "in_channels": in_channels,
+                 "num_classes": options["num_classes"], **options["model_kw"]}  # same order as train
+    model = create_model(options["model"], **overrides)
+    load_checkpoint(model, checkpoint, key=weights)
+    return model.to(device).eval().requires_grad_(False)
+
+
+#################################################################################
+#                                   Sampling                                    #
+#################################################################################
+
+@torch.no_grad()
+def sample_batch(*, model, diffusion, vae, indices: list[int], seed: int, num_classes: int, labels: str,
+                 cfg_scale: float, guidance_channels, sampler: str, eta: float,
+                 shape: tuple[int, int, int], device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Samples `indices` -> (images (B, H, W, 3) uint8, labels (B,) int64); row k depends only on
+    (seed, indices[k]): its own generator draws x_T first, then one noise per step."""
+    from udit.diffusion import ClassifierFreeGuidance
+
+    y = sample_labels(seed=seed, indices=indices, num_classes=num_classes, mode=labels)
+    gens = [sample_generator(seed=seed, index=i, stream=NOISE_STREAM) for i in indices]
+    guided = ClassifierFreeGuidance(model, cfg_scale=cfg_scale, null_class=num_classes,
+                                    guidance_channels=guidance_channels)
+    loop_kw = {"model_kwargs": {"y": y.to(device)}, "device": device, "generator": gens, "clip_denoised": False}
+    batch_shape = (len(indices), *shape)
+    if sampler == "ddpm":
+        x = diffusion.p_sample_loop(guided, batch_shape, **loop_kw)            # (B, C, h, w)
+    else:
+        x = diffusion.ddim_sample_loop(guided, batch_shape, eta=eta, **loop_kw)
+    if vae is not None:
+        from udit.data.vae import LATENT_SCALE
+        x = vae.decode(x / LATENT_SCALE).sample                                # (B, 3, H, W) in ~[-1, 1]
+    # DiT sample_ddp.py: clamp(127.5 x + 128, 0, 255) then a truncating cast to uint8.
+    images = torch.clamp(127.5 * x + 128.0, 0, 255).permute(0, 2, 3, 1)      # (B, H, W, 3)
+    return images.to("cpu", dtype=torch.uint8).numpy(), y.numpy().astype(np.int64)
+
+
+def generate(*, checkpoint: str, out: str, num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = DEFAULT_SEED,
+             cfg_scale: float = 1.0, guidance_channels="3", steps: int = DEFAULT_STEPS, sampler: str = "ddpm",
+             eta: float = 0.0, model: str | None = None, model_kw: dict | None = None,
+             num_classes: int | None = None, image_size: int | None = None, pixel: bool | None = None,
+             vae: str | None = None, weights: str = "ema", labels: str = "random", batch_size: int = 32,
+             grid: str | None = None, device: str | None = None, keep_parts: bool = False,
+             tf32: bool = False) -> dict:
+    """Write `out` (.npz), its grid PNG and out.json; returns the summary written to out.json."""
+    from udit.diffusion import create_diffusion
+    from udit.models.checkpoint import read_checkpoint
+
+    if num_samples < 1 or batch_size < 1 or steps < 1:
+        raise ValueError(f"--num-samples, --batch-size and --steps must be >= 1, "
+                         f"got {num_samples}, {batch_size}, {steps}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+    if labels not in LABEL_MODES:
+        raise ValueError(f"unknown label mode {labels!r}; choose one of {LABEL_MODES}")
+    if weights not in ("ema", "model"):
+        raise ValueError(f"--weights must be 'ema' or 'model', got {weights!r}")
+    guidance_channels = "all" if str(guidance_channels) == "all" else int(guidance_channels)
+    ckpt_path, out = Path(checkpoint), Path(out)
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    if out.suffix != ".npz":
+        raise ValueError(f"--out must end in .npz (the ADM evaluator's format), got {out}")
+    torch.backends.cuda.matmul.allow_tf32 = tf32  # off by default: fp32 as the paper's numbers
+    torch.backends.cudnn.allow_tf32 = tf32
+
+    info = distributed.setup(device)
+    try:
+        state = read_checkpoint(ckpt_path)
+        given = {"model": model, "model_kw": model_kw, "num_classes": num_classes,
+                 "image_size": image_size, "pixel": pixel, "vae": vae}
+        opts = resolve_options(given=given, stored=checkpoint_options(state))
+        if opts["pixel"]:
+            autoencoder, shape = None, (PIXEL_CHANNELS, opts["image_size"], opts["image_size"])
+        else:
+            from udit.data.vae import load_vae  # diffusers: imported only when a VAE is used
+            autoencoder = load_vae(opts["vae"], device=info.device)
+            factor = 2 ** (len(autoencoder.config.block_out_channels) - 1)  # as udit/train.py
+            if opts["image_size"] % factor:
+                raise ValueError(f"image size {opts['image_size']} is not divisible by the VAE factor {factor}")
+            side = opts["image_size"] // factor
+            shape = (autoencoder.config.latent_channels, side, side)
+        config = {  # everything a sample depends on; batch size, device and process count do not count
+            "checkpoint_sha256": checkpoint_sha256(ckpt_path), "weights": weights, **opts,
+            "vae_fingerprint": None if autoencoder is None else _vae_fingerprint(autoencoder),
+            "seed": seed, "cfg_scale": float(cfg_scale), "guidance_channels": guidance_channels,
+            "steps": steps, "sampler": sampler, "eta": float(eta) if sampler == "ddim" else None,
+            "labels": labels, "clip_denoised": False,
+        }
+        summary_path = Path(str(out) + ".json")
+        if out.is_file() and summary_path.is_file():
+            summary = json.loads(summary_path.read_text())
+            if summary.get("config") == config and summary.get("num_samples") == num_samples:
+                if info.is_main:
+                    print(f"{out} already holds these {num_samples} samples; nothing to do", file=sys.stderr)
+                return summary
+
+        parts = Path(str(out) + PARTS_SUFFIX)
+        if info.is_main:
+            parts.mkdir(parents=True, exist_ok=True)
+            for stale in parts.glob(".*.tmp"):  # temp files of a killed run
+                stale.unlink(missing_ok=True)
+            if not (parts / CONFIG_NAME).is_file():
+                write_json(parts / CONFIG_NAME, config)
+        distributed.barrier(info)
+        saved = json.loads((parts / CONFIG_NAME).read_text())
+        if saved != config:
+            changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+            raise ValueError(f"{parts} holds samples made with other options ({', '.join(changed)} differ); "
+                             f"delete it or choose another --out")
+        done = finished_indices(parts)
+        distributed.barrier(info)  # every rank has scanned before any rank adds a shard
+        missing = [i for i in range(num_samples) if i not in done]
+        mine = missing[info.rank::info.world_size]  # i = rank, rank + W, ... on a fresh run
+
+        net = build_model(checkpoint=state, options=opts, in_channels=shape[0], input_size=shape[-1],
+                          weights=weights, device=info.device)
+        del state
+        diffusion = create_diffusion(str(steps))
+        bar = tqdm(total=len(missing), initial=0, disable=not info.is_main, desc="sampling", unit="img",
+                   file=sys.stderr)
+        for start in range(0, len(mine), batch_size):
+            indices = mine[start:start + batch_size]
+            images, ys = sample_batch(model=net, diffusion=diffusion, vae=autoencoder, indices=indices,
+                                      seed=seed, num_classes=opts["num_classes"], labels=labels,
+                                      cfg_scale=cfg_scale, guidance_channels=guidance_channels,
+                                      sampler=sampler, eta=eta, shape=shape, device=info.device)
+            write_npz(parts / f"shard-{indices[0]:08d}-{len(indices):05d}.npz",
+                      indices=np.asarray(indices, dtype=np.int64), images=images, labels=ys)
+            bar.update(len(indices) * info.world_size)  # rank 0 speaks for all ranks
+        bar.close()
+        distributed.barrier(info)
+
+        summary = {"out": out.name, "num_samples": num_samples, "config": config}
+        if info.is_main:
+            arr_0, arr_1 = assemble(parts=parts, num_samples=num_samples)
+            write_npz(out, arr_0=arr_0, arr_1=arr_1)
+            grid_path = Path(grid) if grid else out.with_suffix(".png")
+            write_png(grid_path, image_grid(arr_0[:GRID_MAX]))
+            summary.update(shape=list(arr_0.shape), grid=grid_path.name)
+            write_json(summary_path, summary)
+            if not keep_parts:
+                shutil.rmtree(parts)
+            print(f"wrote {out} arr_0 {arr_0.shape} uint8, arr_1 {arr_1.shape} int64; grid {grid_path}",
+                  file=sys.stderr)
+        distributed.barrier(info)
+        return summary
+    finally:
+        distributed.cleanup(info)
+
+
+def _vae_fingerprint(vae) -> dict:
+    from udit.data.vae import vae_fingerprint
+    return vae_fingerprint(vae)
+
+
+def write_json(path: Path, obj) -> None:
+    _atomic_write(Path(path), lambda f: f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
+
+
+#################################################################################
+#                                      CLI                                      #
+#################################################################################
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="udit sample", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="training checkpoint or released state dict (.pt)")
+    p.add_argument("--out", required=True, help="SAMPLES.npz (ADM format); shards go to SAMPLES.npz.parts/")
+    p.add_argument("--model", help="registry name; default: the checkpoint's (required for raw state dicts)")
+    p.add_argument("--model-kw", nargs="*", default=[], metavar="KEY=VAL",
+                   help="model constructor overrides; default: the checkpoint's (must match training)")
+    p.add_argument("--num-samples", type=int, default=DEFAULT_NUM_SAMPLES)
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="sample i depends only on (seed, i)")
+    p.add_argument("--cfg-scale", type=float, default=1.0, help="1.0: no guidance (the paper's T2); T4 uses 1.5")
+    p.add_argument("--guidance-channels", default="3", help="eps channels guided: 3 as DiT/U-DiT, or 'all'")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="respaced sampling steps")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
+    p.add_argument("--labels", choices=LABEL_MODES, default="random",
+                   help="random: uniform draw per sample (DiT sample_ddp.py); uniform: i %% num_classes")
+    p.add_argument("--weights", choices=("ema", "model"), default="ema", help="which weights of a training ckpt")
+    p.add_argument("--vae", help="VAE hub id or local dir; default: the checkpoint's, else sd-vae-ft-ema")
+    p.add_argument("--pixel", action="store_true", default=None, help="pixel-space model: no VAE")
+    p.add_argument("--num-classes", type=int, help="default: the checkpoint's, else 1000")
+    p.add_argument("--image-size", type=int, help="pixels; default: the checkpoint's, else 256")
+    p.add_argument("--batch-size", type=int, default=32, help="samples per forward on each process")
+    p.add_argument("--grid", help="PNG of the first 64 samples; default: OUT with .png")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    p.add_argument("--keep-parts", action="store_true", help="keep OUT.parts/ after assembling OUT")
+    p.add_argument("--tf32", action="store_true", help="TF32 matmuls (official sample_ddp.py default)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        kwargs = {**vars(args), "model_kw": parse_model_kw(args.model_kw)}
+        generate(**kwargs)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        print(f"udit sample: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
