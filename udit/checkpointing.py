@@ -27,6 +27,15 @@ SIDECAR_SUFFIX = ".sha256"
 HASH_CHUNK = 1 << 20  # bytes read at a time while hashing
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # mkstemp makes 0600 files; give outputs the usual permissions
+
+
 def ckpt_name(step: int) -> str:
     """Zero-padded like the official repos' 0400000.pt, so names sort by step."""
     return f"ckpt-{step:07d}.pt"
@@ -63,6 +72,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -81,6 +91,7 @@ def atomic_torch_save(obj, path: Path) -> str:
             f.flush()
             os.fsync(f.fileno())
         digest = sha256_file(Path(tmp))
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

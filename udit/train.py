@@ -112,7 +112,7 @@ def build_data(opts: TrainOptions, device: torch.device):
             return sample_latent(x.to(device), draws.latent_noise.to(device))
         return dataset, "latents", shape, prepare
 
-    from udit.data import build_image_dataset
+    from udit.data.imagenet import build_image_dataset
     # Flip done here with the per-sample coin, so it does not depend on rank or worker RNG.
     dataset = build_image_dataset(opts.images, opts.image_size, flip=False)
     if getattr(dataset, "num_classes", 0) > opts.num_classes:
@@ -125,7 +125,8 @@ def build_data(opts: TrainOptions, device: torch.device):
     if opts.pixel:
         return dataset, "pixels", (3, opts.image_size, opts.image_size), flip
 
-    from udit.data import load_vae, sample_latent
+    from udit.data import sample_latent
+    from udit.data.vae import load_vae
     vae = load_vae(opts.vae, device=device)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     if opts.image_size % factor:
@@ -204,6 +205,8 @@ def _train(opts: TrainOptions, info: distributed.DistInfo) -> dict:
     model_kw = {"input_size": shape[-1], "in_channels": shape[0], "num_classes": opts.num_classes,
                 **opts.model_kw}
     model = create_model(opts.model, **model_kw).to(device)
+    # DDP broadcasts rank 0's initial weights; the EMA copies them afterwards (DiT: update_ema(decay=0)).
+    net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if info.enabled else model
     ema = make_ema(model)  # exact copy before any step
     drops = LabelDropControl(model)
     opt = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay,
@@ -248,7 +251,6 @@ def _train(opts: TrainOptions, info: distributed.DistInfo) -> dict:
             print(f"nothing to do: at step {start}, stop at {stop}", file=sys.stderr)
         return {"step": start, "kind": kind, "checkpoint": str(ckpt) if ckpt else None}
 
-    net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if info.enabled else model
     if opts.compile:
         net = torch.compile(net)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=StepBatchSampler(order, start, stop),
