@@ -14,7 +14,7 @@ hold the formulas to float64 references.
 
 Why the step is written here and not taken from diffusers' DDPMScheduler: the scheduler computes
 betas with float32 torch.linspace and a float32 cumprod (alphas_cumprod off DiT's float64 values
-by up to ~1e-5 relative near t=999), steps a single scalar timestep per batch, and cannot train
+by up to 3.6e-7 relative, measured), steps a single scalar timestep per batch, and cannot train
 (no VLB term). With custom timesteps = our respaced ones and variance_type="learned_range" it is
 the same update; tests/test_diffusion.py cross-checks one step against it.
 """
