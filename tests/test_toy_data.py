@@ -1,4 +1,5 @@
 """Toy ImageFolder generator and the ADM centre crop."""
+
 import json
 import os
 
@@ -15,14 +16,30 @@ def _tree_bytes(root) -> dict[str, bytes]:
     for folder, _, names in os.walk(root):
         for name in names:
             path = os.path.join(folder, name)
-            files[os.path.relpath(path, root)] = open(path, "rb").read()
+            with open(path, "rb") as f:
+                files[os.path.relpath(path, root)] = f.read()
     return files
 
 
 def test_same_seed_same_bytes_different_seed_different(tmp_path):
     for name, seed in [("a", 3), ("b", 3), ("c", 4)]:
-        assert main(["--out", str(tmp_path / name), "--num-classes", "4", "--per-class", "5",
-                     "--size", "32", "--seed", str(seed)]) == 0
+        assert (
+            main(
+                [
+                    "--out",
+                    str(tmp_path / name),
+                    "--num-classes",
+                    "4",
+                    "--per-class",
+                    "5",
+                    "--size",
+                    "32",
+                    "--seed",
+                    str(seed),
+                ]
+            )
+            == 0
+        )
     a, b, c = (_tree_bytes(tmp_path / name) for name in "abc")
     assert len(a) == 4 * 5 + 1  # images + manifest
     assert a == b
@@ -49,10 +66,14 @@ def test_classes_differ_in_structure(tmp_path):
     energy = {}
     for c, name in enumerate(CLASS_NAMES):
         folder = tmp_path / f"{c:02d}_{name}"
-        grads = [np.abs(np.diff(np.asarray(Image.open(p).convert("L"), dtype=float), axis=1)).mean()
-                 for p in sorted(folder.iterdir())]
+        grads = [
+            np.abs(np.diff(np.asarray(Image.open(p).convert("L"), dtype=float), axis=1)).mean()
+            for p in sorted(folder.iterdir())
+        ]
         energy[name] = np.mean(grads)
-    assert min(energy[n] for n in ("checker", "dstripes")) > max(energy[n] for n in ("circle", "square"))
+    assert min(energy[n] for n in ("checker", "dstripes")) > max(
+        energy[n] for n in ("circle", "square")
+    )
 
 
 def test_resume_completes_partial_folder(tmp_path):
@@ -65,8 +86,9 @@ def test_resume_completes_partial_folder(tmp_path):
     (partial / "02_triangle" / "leftover.png.tmp").write_bytes(b"half")  # a crash mid-write
     counts = generate_toy_data(out=str(partial), num_classes=3, per_class=4, size=32, seed=1)
     assert counts == {"written": len(victims), "skipped": 12 - len(victims), "total": 12}
-    pngs = lambda tree: {k: v for k, v in tree.items() if k.endswith(".png")}  # noqa: E731
-    assert pngs(_tree_bytes(partial)) == pngs(_tree_bytes(full))
+    partial_pngs = {k: v for k, v in _tree_bytes(partial).items() if k.endswith(".png")}
+    full_pngs = {k: v for k, v in _tree_bytes(full).items() if k.endswith(".png")}
+    assert partial_pngs == full_pngs
 
 
 def test_other_settings_in_same_folder_are_refused(tmp_path):
@@ -79,7 +101,9 @@ def test_other_settings_in_same_folder_are_refused(tmp_path):
 
 def test_center_crop_non_square_matches_reference():
     rng = np.random.default_rng(0)
-    image = Image.fromarray(rng.integers(0, 256, size=(200, 300, 3), dtype=np.uint8))  # W 300, H 200
+    image = Image.fromarray(
+        rng.integers(0, 256, size=(200, 300, 3), dtype=np.uint8)
+    )  # W 300, H 200
     out = center_crop_arr(image, 64)
     assert out.size == (64, 64)
     # Reference by hand: 200 >= 128 -> box-halve to 150x100; 100 < 128 stops; bicubic to
@@ -89,5 +113,7 @@ def test_center_crop_non_square_matches_reference():
     # A portrait image smaller than 2x: no box step, bicubic upscale, vertical crop.
     tall = Image.fromarray(rng.integers(0, 256, size=(90, 50, 3), dtype=np.uint8))
     ref = tall.resize((64, round(90 * 64 / 50)), Image.BICUBIC)  # 64 x 115
-    np.testing.assert_array_equal(np.asarray(center_crop_arr(tall, 64)),
-                                  np.asarray(ref)[(115 - 64) // 2:(115 - 64) // 2 + 64])
+    np.testing.assert_array_equal(
+        np.asarray(center_crop_arr(tall, 64)),
+        np.asarray(ref)[(115 - 64) // 2 : (115 - 64) // 2 + 64],
+    )

@@ -10,8 +10,8 @@ Contract with the trainer (udit/train.py):
         item -> (moments: float32 (2C, h, w) = [mean; logvar] of the VAE posterior, label: int)
         len  = images x 2 flips (item i = image i // 2, flip i % 2), so one epoch sees both
         flips, as DiT's RandomHorizontalFlip does in expectation. Per batch:
-            noise = torch.randn(mean_shape, generator=g)       # the trainer's seeded generator
-            x = sample_latent(moments, noise)                   # (N, C, h, w), already * LATENT_SCALE
+            noise = torch.randn(mean_shape, generator=g)  # the trainer's seeded generator
+            x = sample_latent(moments, noise)           # (N, C, h, w), times LATENT_SCALE
         .num_classes, .classes, .latent_channels, .latent_size, .image_size, .manifest
 
     kind == "images": ImageDataset / build_image_dataset(root, image_size, flip=True)
@@ -25,6 +25,7 @@ Contract with the trainer (udit/train.py):
 Labels are indices of the sorted class-folder names (torchvision ImageFolder) in both kinds.
 Names are imported lazily (PEP 562) so `udit toy-data` runs without importing torch.
 """
+
 import importlib
 
 _EXPORTS = {
@@ -51,22 +52,27 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'udit.data' has no attribute {name!r}")
 
 
-def build_train_dataset(*, images: str | None = None, latents: str | None = None,
-                        image_size: int = 256):
+def build_train_dataset(
+    *, images: str | None = None, latents: str | None = None, image_size: int = 256
+):
     """(dataset, kind): a LatentDataset for a cache dir, else an ADM-preprocessed ImageDataset."""
     if (images is None) == (latents is None):
-        raise ValueError("give exactly one of images= (an ImageFolder root) or latents= (a latent cache dir)")
+        raise ValueError(
+            "give exactly one of images= (an ImageFolder root) or latents= (a latent cache dir)"
+        )
     if latents is not None:
         from udit.data.latents import LatentDataset
 
         dataset = LatentDataset(latents)
         if dataset.image_size != image_size:
-            raise ValueError(f"latent cache {latents!r} was extracted at image_size {dataset.image_size}, "
-                             f"but image_size {image_size} was asked for")
+            raise ValueError(
+                f"latent cache {latents!r} was extracted at image_size {dataset.image_size}, "
+                f"but image_size {image_size} was asked for"
+            )
         return dataset, "latents"
     from udit.data.imagenet import build_image_dataset
 
     return build_image_dataset(images, image_size, flip=True), "images"
 
 
-__all__ = [*_EXPORTS, "build_train_dataset"]
+__all__ = list(_EXPORTS) + ["build_train_dataset"]

@@ -5,6 +5,7 @@ ImageNet's `n01440764 ... n15075141` folders give labels 0..999 in the usual ord
 Preprocessing (DiT train.py, from ADM guided_diffusion/image_datasets.py):
 centre crop with box-downsample + bicubic resize, random horizontal flip, [-1, 1].
 """
+
 import numpy as np
 import torch
 from PIL import Image
@@ -27,7 +28,7 @@ def center_crop_arr(pil_image: Image.Image, image_size: int) -> Image.Image:
     left = (image.width - image_size) // 2  # floor: odd margins put the extra pixel right/bottom
     top = (image.height - image_size) // 2
     arr = np.asarray(image)
-    return Image.fromarray(arr[top:top + image_size, left:left + image_size])
+    return Image.fromarray(arr[top : top + image_size, left : left + image_size])
 
 
 class CenterCrop:
@@ -59,7 +60,9 @@ class ImageDataset(ImageFolder):
         if image_size <= 0:
             raise ValueError(f"image_size must be positive, got {image_size}")
         try:
-            super().__init__(root, transform=build_image_transform(image_size=image_size, flip=flip))
+            super().__init__(
+                root, transform=build_image_transform(image_size=image_size, flip=flip)
+            )
         except FileNotFoundError as e:
             raise FileNotFoundError(
                 f"image folder {root!r} is not an ImageFolder tree (root/<class_name>/<image>): {e}"

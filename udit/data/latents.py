@@ -17,6 +17,7 @@ that at a relative rounding of 2^-11 (4.9e-4) of the mean, below the smallest di
 Resumable: each shard and the manifest are written to a temp file and renamed; a re-run
 skips shards whose sha256 matches the manifest and re-encodes the rest.
 """
+
 import argparse
 import hashlib
 import json
@@ -77,19 +78,37 @@ def sample_latent(moments: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     caller's seeded generator (so a resumed run draws the same latents). Returns (..., C, h, w).
     """
     if moments.dim() < 3 or moments.shape[-3] % 2:
-        raise ValueError(f"moments must be (..., 2C, h, w) with an even channel count, got {tuple(moments.shape)}")
+        shape = tuple(moments.shape)
+        raise ValueError(f"moments must be (..., 2C, h, w) with an even channel count, got {shape}")
     mean, logvar = moments.chunk(2, dim=-3)  # (..., C, h, w) each
     if noise.shape != mean.shape:
-        raise ValueError(f"noise shape {tuple(noise.shape)} must equal the mean's {tuple(mean.shape)}")
-    # std = exp(0.5 * logvar): diffusers' DiagonalGaussianDistribution (logvar already clamped to [-30, 20])
+        raise ValueError(
+            f"noise shape {tuple(noise.shape)} must equal the mean's {tuple(mean.shape)}"
+        )
+    # std = exp(0.5 * logvar), as diffusers' DiagonalGaussianDistribution (logvar is cached
+    # after its clamp to [-30, 20])
     return (mean + torch.exp(0.5 * logvar) * noise) * LATENT_SCALE
 
 
 @torch.no_grad()
-def _encode_shard(*, vae, dataset, start: int, stop: int, batch_size: int, num_workers: int,
-                  device, dtype: torch.dtype, progress) -> dict[str, torch.Tensor]:
-    loader = DataLoader(Subset(dataset, range(start, stop)), batch_size=batch_size,
-                        shuffle=False, num_workers=num_workers)
+def _encode_shard(
+    *,
+    vae,
+    dataset,
+    start: int,
+    stop: int,
+    batch_size: int,
+    num_workers: int,
+    device,
+    dtype: torch.dtype,
+    progress,
+) -> dict[str, torch.Tensor]:
+    loader = DataLoader(
+        Subset(dataset, range(start, stop)),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+    )
     moments, labels = [], []
     for x, y in loader:
         x = x.to(device)  # (B, 3, H, W) in [-1, 1]
@@ -103,9 +122,19 @@ def _encode_shard(*, vae, dataset, start: int, stop: int, batch_size: int, num_w
     return {"moments": torch.cat(moments).contiguous(), "labels": torch.cat(labels).contiguous()}
 
 
-def extract_latents(*, images: str, out: str, image_size: int = 256, vae: str = DEFAULT_VAE,
-                    batch_size: int = 32, shard_size: int = 1024, device: str = "cpu",
-                    dtype: str = "float32", num_workers: int = 0, progress: bool = True) -> dict:
+def extract_latents(
+    *,
+    images: str,
+    out: str,
+    image_size: int = 256,
+    vae: str = DEFAULT_VAE,
+    batch_size: int = 32,
+    shard_size: int = 1024,
+    device: str = "cpu",
+    dtype: str = "float32",
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict:
     """Encode every image of the ImageFolder `images` (both flips) into shards under `out`.
 
     Returns the final manifest. Raises ValueError when `out` holds a cache made with other
@@ -128,7 +157,11 @@ def extract_latents(*, images: str, out: str, image_size: int = 256, vae: str = 
         "flips": list(FLIPS),
         "shard_size": shard_size,
         "dtype": dtype,
-        "moments_shape": [2 * model.config.latent_channels, image_size // factor, image_size // factor],
+        "moments_shape": [
+            2 * model.config.latent_channels,
+            image_size // factor,
+            image_size // factor,
+        ],
         "latent_scale": LATENT_SCALE,
     }
     os.makedirs(out, exist_ok=True)
@@ -139,26 +172,48 @@ def extract_latents(*, images: str, out: str, image_size: int = 256, vae: str = 
             previous = json.load(f)
         differ = sorted(k for k in settings if previous.get(k) != settings[k])
         if differ:
-            raise ValueError(f"{out!r} holds a latent cache made with other settings ({', '.join(differ)}); "
-                             f"use another --out or delete it")
+            raise ValueError(
+                f"{out!r} holds a latent cache made with other settings ({', '.join(differ)}); "
+                f"use another --out or delete it"
+            )
         shards = {entry["file"]: entry for entry in previous.get("shards", [])}
     num_shards = math.ceil(len(dataset) / shard_size)
     done = [s for s in range(num_shards) if _shard_is_intact(out, shards.get(shard_name(s)))]
-    bar = tqdm(total=len(dataset), initial=sum(shards[shard_name(s)]["count"] for s in done),
-               unit="img", desc="extract-latents", disable=not progress)
+    bar = tqdm(
+        total=len(dataset),
+        initial=sum(shards[shard_name(s)]["count"] for s in done),
+        unit="img",
+        desc="extract-latents",
+        disable=not progress,
+    )
     for s in range(num_shards):
         if s in done:
             continue
         start, stop = s * shard_size, min((s + 1) * shard_size, len(dataset))
-        tensors = _encode_shard(vae=model, dataset=dataset, start=start, stop=stop,
-                                batch_size=batch_size, num_workers=num_workers, device=device,
-                                dtype=DTYPES[dtype], progress=bar)
+        tensors = _encode_shard(
+            vae=model,
+            dataset=dataset,
+            start=start,
+            stop=stop,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            device=device,
+            dtype=DTYPES[dtype],
+            progress=bar,
+        )
         path = os.path.join(out, shard_name(s))
         save_file(tensors, f"{path}.tmp")
         os.replace(f"{path}.tmp", path)
-        shards[shard_name(s)] = {"file": shard_name(s), "start": start, "count": stop - start,
-                                 "bytes": os.path.getsize(path), "sha256": sha256_file(path)}
-        _write_json_atomic(manifest_path, {**settings, "shards": [shards[k] for k in sorted(shards)]})
+        shards[shard_name(s)] = {
+            "file": shard_name(s),
+            "start": start,
+            "count": stop - start,
+            "bytes": os.path.getsize(path),
+            "sha256": sha256_file(path),
+        }
+        _write_json_atomic(
+            manifest_path, {**settings, "shards": [shards[k] for k in sorted(shards)]}
+        )
     bar.close()
     manifest = {**settings, "shards": [shards[shard_name(s)] for s in range(num_shards)]}
     _write_json_atomic(manifest_path, manifest)
@@ -169,8 +224,11 @@ def _shard_is_intact(out: str, entry: dict | None) -> bool:
     if entry is None:
         return False
     path = os.path.join(out, entry["file"])
-    return (os.path.isfile(path) and os.path.getsize(path) == entry["bytes"]
-            and sha256_file(path) == entry["sha256"])
+    return (
+        os.path.isfile(path)
+        and os.path.getsize(path) == entry["bytes"]
+        and sha256_file(path) == entry["sha256"]
+    )
 
 
 class LatentDataset(Dataset):
@@ -186,21 +244,27 @@ class LatentDataset(Dataset):
             raise ValueError(f"verify must be 'sha256' or 'size', got {verify!r}")
         manifest_path = os.path.join(cache_dir, MANIFEST)
         if not os.path.isfile(manifest_path):
-            raise FileNotFoundError(f"no latent cache at {cache_dir!r} (missing {MANIFEST}); "
-                                    f"make one with `udit extract-latents --images DIR --out {cache_dir}`")
+            raise FileNotFoundError(
+                f"no latent cache at {cache_dir!r} (missing {MANIFEST}); "
+                f"make one with `udit extract-latents --images DIR --out {cache_dir}`"
+            )
         with open(manifest_path) as f:
             self.manifest = json.load(f)
         if self.manifest.get("format_version") != FORMAT_VERSION:
-            raise CorruptCacheError(f"{manifest_path}: format_version {self.manifest.get('format_version')} "
-                                    f"!= {FORMAT_VERSION}; re-extract")
+            raise CorruptCacheError(
+                f"{manifest_path}: format_version {self.manifest.get('format_version')} "
+                f"!= {FORMAT_VERSION}; re-extract"
+            )
         self.cache_dir = cache_dir
         self.shard_size = self.manifest["shard_size"]
         self.num_images = self.manifest["num_images"]
         self.shards = self.manifest["shards"]
         expected = math.ceil(self.num_images / self.shard_size)
         if len(self.shards) != expected or sum(e["count"] for e in self.shards) != self.num_images:
-            raise CorruptCacheError(f"latent cache {cache_dir!r} is incomplete ({len(self.shards)} of {expected} "
-                                    f"shards); re-run `udit extract-latents` with the same --out to finish it")
+            raise CorruptCacheError(
+                f"latent cache {cache_dir!r} is incomplete ({len(self.shards)} of {expected} "
+                f"shards); re-run `udit extract-latents` with the same --out to finish it"
+            )
         labels = []
         for entry in self.shards:
             path = os.path.join(cache_dir, entry["file"])
@@ -218,7 +282,9 @@ class LatentDataset(Dataset):
             raise CorruptCacheError(f"latent shard {path!r} is missing; {hint}")
         size = os.path.getsize(path)
         if size != entry["bytes"]:
-            raise CorruptCacheError(f"latent shard {path!r} has {size} bytes, manifest says {entry['bytes']}; {hint}")
+            raise CorruptCacheError(
+                f"latent shard {path!r} has {size} bytes, manifest says {entry['bytes']}; {hint}"
+            )
         if verify == "sha256" and sha256_file(path) != entry["sha256"]:
             raise CorruptCacheError(f"latent shard {path!r} fails its sha256 checksum; {hint}")
 
@@ -258,7 +324,7 @@ class LatentDataset(Dataset):
             raise IndexError(f"index {i} out of range for {len(self)} items")
         image, flip = divmod(i % len(self), len(FLIPS))
         shard, local = divmod(image, self.shard_size)
-        moments = self._shard(shard).get_slice("moments")[local:local + 1, flip]  # (1, 2C, h, w)
+        moments = self._shard(shard).get_slice("moments")[local : local + 1, flip]  # (1, 2C, h, w)
         return moments[0].float(), int(self.labels[image])
 
 
@@ -268,22 +334,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", required=True, help="ImageFolder root (root/<class>/<image>)")
     parser.add_argument("--out", required=True, help="cache directory (re-run to resume)")
     parser.add_argument("--image-size", type=int, default=256, help="centre-crop side in pixels")
-    parser.add_argument("--vae", default=DEFAULT_VAE, help="hub id or local AutoencoderKL directory")
+    parser.add_argument(
+        "--vae", default=DEFAULT_VAE, help="hub id or local AutoencoderKL directory"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--shard-size", type=int, default=1024, help="images per shard (x2 flips)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="stored precision")
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers for decoding images")
+    parser.add_argument(
+        "--num-workers", type=int, default=0, help="DataLoader workers for decoding images"
+    )
     args = parser.parse_args(argv)
     try:
-        manifest = extract_latents(images=args.images, out=args.out, image_size=args.image_size,
-                                   vae=args.vae, batch_size=args.batch_size, shard_size=args.shard_size,
-                                   device=args.device, dtype=args.dtype, num_workers=args.num_workers)
+        manifest = extract_latents(
+            images=args.images,
+            out=args.out,
+            image_size=args.image_size,
+            vae=args.vae,
+            batch_size=args.batch_size,
+            shard_size=args.shard_size,
+            device=args.device,
+            dtype=args.dtype,
+            num_workers=args.num_workers,
+        )
     except (ValueError, FileNotFoundError, VaeNotAvailableError) as e:
         print(f"udit extract-latents: error: {e}", file=sys.stderr)
         return 2
-    print(f"latent cache {args.out}: {manifest['num_images']} images x {len(FLIPS)} flips in "
-          f"{len(manifest['shards'])} shards, moments {manifest['moments_shape']} {manifest['dtype']}")
+    print(
+        f"latent cache {args.out}: {manifest['num_images']} images x {len(FLIPS)} flips in "
+        f"{len(manifest['shards'])} shards, moments {manifest['moments_shape']} {manifest['dtype']}"
+    )
     return 0
 
 

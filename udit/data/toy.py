@@ -11,6 +11,7 @@ in seconds with numpy + PIL alone.
 Every image has its own RNG, seeded by (seed, class, index): the bytes do not depend on
 the order of generation, so an interrupted run is completed, never duplicated.
 """
+
 import argparse
 import json
 import os
@@ -28,6 +29,7 @@ MIN_SIZE = 16
 
 # --- class structures: each draws a white-on-black mask (mode "L") of side n -----------------
 
+
 def _polygon(draw, *, cx, cy, radius, sides, angle):
     theta = angle + 2 * np.pi * np.arange(sides) / sides
     draw.polygon([(cx + radius * np.cos(a), cy + radius * np.sin(a)) for a in theta], fill=255)
@@ -43,15 +45,27 @@ def _circle(rng, n):
 def _square(rng, n):
     image = Image.new("L", (n, n), 0)
     angle = np.pi / 4 + rng.uniform(-0.25, 0.25)  # axis-aligned, +- 15 degrees
-    _polygon(ImageDraw.Draw(image), cx=rng.uniform(0.35, 0.65) * n, cy=rng.uniform(0.35, 0.65) * n,
-             radius=rng.uniform(0.2, 0.38) * n, sides=4, angle=angle)
+    _polygon(
+        ImageDraw.Draw(image),
+        cx=rng.uniform(0.35, 0.65) * n,
+        cy=rng.uniform(0.35, 0.65) * n,
+        radius=rng.uniform(0.2, 0.38) * n,
+        sides=4,
+        angle=angle,
+    )
     return image
 
 
 def _triangle(rng, n):
     image = Image.new("L", (n, n), 0)
-    _polygon(ImageDraw.Draw(image), cx=rng.uniform(0.35, 0.65) * n, cy=rng.uniform(0.35, 0.65) * n,
-             radius=rng.uniform(0.2, 0.38) * n, sides=3, angle=rng.uniform(0, 2 * np.pi))
+    _polygon(
+        ImageDraw.Draw(image),
+        cx=rng.uniform(0.35, 0.65) * n,
+        cy=rng.uniform(0.35, 0.65) * n,
+        radius=rng.uniform(0.2, 0.38) * n,
+        sides=3,
+        angle=rng.uniform(0, 2 * np.pi),
+    )
     return image
 
 
@@ -76,8 +90,14 @@ def _cross(rng, n):
 def _diamond(rng, n):
     image = Image.new("L", (n, n), 0)
     angle = rng.uniform(-0.25, 0.25)  # a vertex points right: 45 degrees away from _square
-    _polygon(ImageDraw.Draw(image), cx=rng.uniform(0.35, 0.65) * n, cy=rng.uniform(0.35, 0.65) * n,
-             radius=rng.uniform(0.22, 0.4) * n, sides=4, angle=angle)
+    _polygon(
+        ImageDraw.Draw(image),
+        cx=rng.uniform(0.35, 0.65) * n,
+        cy=rng.uniform(0.35, 0.65) * n,
+        radius=rng.uniform(0.22, 0.4) * n,
+        sides=4,
+        angle=angle,
+    )
     return image
 
 
@@ -118,8 +138,15 @@ def _dots(rng, n):
 
 
 CLASSES = {  # name -> mask drawer; the folder prefix keeps ImageFolder's sorted order = this order
-    "circle": _circle, "square": _square, "triangle": _triangle, "ring": _ring, "cross": _cross,
-    "diamond": _diamond, "hstripes": _hstripes, "dstripes": _dstripes, "checker": _checker,
+    "circle": _circle,
+    "square": _square,
+    "triangle": _triangle,
+    "ring": _ring,
+    "cross": _cross,
+    "diamond": _diamond,
+    "hstripes": _hstripes,
+    "dstripes": _dstripes,
+    "checker": _checker,
     "dots": _dots,
 }
 CLASS_NAMES = list(CLASSES)
@@ -133,9 +160,13 @@ def make_image(*, class_index: int, image_index: int, size: int, seed: int) -> I
     """One RGB image of class `class_index`; a pure function of its arguments."""
     rng = np.random.default_rng([seed, class_index, image_index])
     mask = CLASSES[CLASS_NAMES[class_index]](rng, size * SUPERSAMPLE)
-    alpha = np.asarray(mask.resize((size, size), resample=Image.BOX), dtype=np.float32)[..., None] / 255
+    alpha = (
+        np.asarray(mask.resize((size, size), resample=Image.BOX), dtype=np.float32)[..., None] / 255
+    )
     background = rng.integers(0, 256, size=3)
-    foreground = (background + rng.integers(80, 176, size=3)) % 256  # >= 80 levels apart per channel
+    foreground = (
+        background + rng.integers(80, 176, size=3)
+    ) % 256  # >= 80 levels apart per channel
     pixels = alpha * foreground + (1 - alpha) * background
     pixels += rng.normal(0.0, 4.0, size=pixels.shape)  # faint sensor-like noise
     return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="RGB")
@@ -149,8 +180,9 @@ def _write_json_atomic(path: str, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def generate_toy_data(*, out: str, num_classes: int = 10, per_class: int = 300, size: int = 32,
-                      seed: int = 0) -> dict:
+def generate_toy_data(
+    *, out: str, num_classes: int = 10, per_class: int = 300, size: int = 32, seed: int = 0
+) -> dict:
     """Write (or complete) the toy set under `out`; returns counts {written, skipped, total}."""
     if not 1 <= num_classes <= len(CLASS_NAMES):
         raise ValueError(f"--num-classes must be in 1..{len(CLASS_NAMES)}, got {num_classes}")
@@ -158,17 +190,24 @@ def generate_toy_data(*, out: str, num_classes: int = 10, per_class: int = 300, 
         raise ValueError(f"--per-class must be >= 1, got {per_class}")
     if size < MIN_SIZE:
         raise ValueError(f"--size must be >= {MIN_SIZE} px, got {size}")
-    settings = {"generator_version": GENERATOR_VERSION, "num_classes": num_classes,
-                "per_class": per_class, "size": size, "seed": seed,
-                "classes": [class_folder(c) for c in range(num_classes)]}
+    settings = {
+        "generator_version": GENERATOR_VERSION,
+        "num_classes": num_classes,
+        "per_class": per_class,
+        "size": size,
+        "seed": seed,
+        "classes": [class_folder(c) for c in range(num_classes)],
+    }
     os.makedirs(out, exist_ok=True)
     manifest = os.path.join(out, MANIFEST)
     if os.path.exists(manifest):
         with open(manifest) as f:
             previous = json.load(f)
         if previous != settings:
-            raise ValueError(f"{out!r} holds a toy set made with other settings ({previous}); "
-                             f"use another --out or delete it")
+            raise ValueError(
+                f"{out!r} holds a toy set made with other settings ({previous}); "
+                f"use another --out or delete it"
+            )
     else:
         _write_json_atomic(manifest, settings)  # first, so a partial folder records what it is
     written = skipped = 0
@@ -198,13 +237,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
-        counts = generate_toy_data(out=args.out, num_classes=args.num_classes,
-                                   per_class=args.per_class, size=args.size, seed=args.seed)
+        counts = generate_toy_data(
+            out=args.out,
+            num_classes=args.num_classes,
+            per_class=args.per_class,
+            size=args.size,
+            seed=args.seed,
+        )
     except ValueError as e:
         print(f"udit toy-data: error: {e}", file=sys.stderr)
         return 2
-    print(f"toy data in {args.out}: {counts['written']} written, {counts['skipped']} already there, "
-          f"{counts['total']} images, {time.perf_counter() - start:.1f} s")
+    print(
+        f"toy data in {args.out}: {counts['written']} written, {counts['skipped']} already there, "
+        f"{counts['total']} images, {time.perf_counter() - start:.1f} s"
+    )
     return 0
 
 

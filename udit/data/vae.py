@@ -8,12 +8,14 @@ udit/paper/paper_numbers.yaml (`training_settings`), the one in-repo source of p
     vae = load_vae("stabilityai/sd-vae-ft-ema")      # hub id (cached) or a local directory
     save_tiny_vae(out_dir="runs/tiny-vae", seed=0)    # random-init toy VAE, same load path
 """
+
 import argparse
 import hashlib
 import json
 import os
 import socket
 import sys
+import warnings
 from functools import lru_cache
 from importlib import resources
 from urllib.parse import urlparse
@@ -50,8 +52,9 @@ def _vae_missing_message(name: str, reason: str) -> str:
         f"(config.json + weights), or pre-download it on a machine with internet:\n"
         f"  huggingface-cli download {name}\n"
         f"  (fills the hub cache; copy ~/.cache/huggingface/hub to this machine), or\n"
-        f"  python -c \"from diffusers import AutoencoderKL; "
-        f"AutoencoderKL.from_pretrained('{name}').save_pretrained('VAE_DIR')\"  then `--vae VAE_DIR`."
+        f'  python -c "from diffusers import AutoencoderKL; '
+        f"AutoencoderKL.from_pretrained('{name}').save_pretrained('VAE_DIR')\"\n"
+        f"  then `--vae VAE_DIR`."
     )
 
 
@@ -64,7 +67,9 @@ def _hub_is_cached(name: str) -> bool:
 def _hub_is_reachable(timeout_s: float = HUB_PROBE_TIMEOUT_S) -> bool:
     from huggingface_hub import constants
 
-    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0").upper() in ("1", "ON", "YES", "TRUE"):
+    # the env var is read here too: huggingface_hub reads it only once, at import
+    offline_env = os.environ.get("HF_HUB_OFFLINE", "0").upper() in ("1", "ON", "YES", "TRUE")
+    if constants.HF_HUB_OFFLINE or offline_env:
         return False
     url = urlparse(constants.ENDPOINT)
     port = url.port or (443 if url.scheme == "https" else 80)
@@ -86,7 +91,9 @@ def load_vae(
     A hub id that is not in the local cache is downloaded only if the hub answers; offline,
     this raises VaeNotAvailableError at once with instructions.
     """
-    looks_like_path = name_or_path.startswith((".", os.path.sep, "~")) or name_or_path.count("/") > 1
+    looks_like_path = (
+        name_or_path.startswith((".", os.path.sep, "~")) or name_or_path.count("/") > 1
+    )
     if os.path.isdir(name_or_path):
         local_only = True
     elif looks_like_path:
@@ -94,10 +101,15 @@ def load_vae(
     else:  # a hub id: use the cache, else download only if the hub answers
         local_only = _hub_is_cached(name_or_path) or not _hub_is_reachable()
     try:
-        vae = AutoencoderKL.from_pretrained(
-            name_or_path, local_files_only=local_only, torch_dtype=dtype,
-            low_cpu_mem_usage=False,  # the fast path needs `accelerate`, which we do not require
-        )
+        with warnings.catch_warnings():
+            # diffusers passes an argument huggingface_hub 2.x deprecated; nothing for users to fix
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+            vae = AutoencoderKL.from_pretrained(
+                name_or_path,
+                local_files_only=local_only,
+                torch_dtype=dtype,
+                low_cpu_mem_usage=False,  # the fast path needs `accelerate`; not a dependency
+            )
     except (OSError, ValueError) as e:
         reason = "not in the local hub cache and the hub is unreachable" if local_only else str(e)
         raise VaeNotAvailableError(_vae_missing_message(name_or_path, reason)) from e
@@ -126,7 +138,7 @@ def tiny_vae_config(*, latent_channels: int = 4, sample_size: int = 32) -> dict:
 
 
 def save_tiny_vae(*, out_dir: str, seed: int = 0, **config_overrides) -> str:
-    """Random-init a tiny AutoencoderKL (seeded) and save_pretrained it, so load_vae(out_dir) works."""
+    """Random-init a tiny AutoencoderKL (seeded) and save_pretrained it for load_vae(out_dir)."""
     config = {**tiny_vae_config(), **config_overrides}
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
@@ -141,7 +153,9 @@ def save_tiny_vae(*, out_dir: str, seed: int = 0, **config_overrides) -> str:
 def vae_fingerprint(vae: AutoencoderKL) -> dict:
     """SHA-256 of the config and of the weights: two caches match only if both agree."""
     config = {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
-    config_hash = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+    config_hash = hashlib.sha256(
+        json.dumps(config, sort_keys=True, default=str).encode()
+    ).hexdigest()
     weights = hashlib.sha256()
     for key, tensor in sorted(vae.state_dict().items()):
         weights.update(key.encode())
