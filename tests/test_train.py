@@ -127,6 +127,27 @@ def test_resume_refuses_changed_recipe(toy, tmp_path):
         train(_options(run, toy, total_steps=2, ckpt_every=1, global_batch=4))
 
 
+def test_latent_cache_and_online_vae_modes(toy, tmp_path):
+    """Both latent paths build a 4-channel model at image_size / VAE factor and train."""
+    from udit.data import extract_latents, save_tiny_vae
+
+    vae = save_tiny_vae(out_dir=str(tmp_path / "vae"), seed=0)  # factor 4: 16 px -> 4x4 latents
+    cache = tmp_path / "cache"
+    extract_latents(images=str(toy), out=str(cache), image_size=IMAGE_SIZE, vae=vae, progress=False)
+    common = dict(pixel=False, total_steps=2, ckpt_every=2)
+    runs = {"latents": _options(tmp_path / "lat", toy, **{**common, "images": None, "latents": str(cache)}),
+            "vae": _options(tmp_path / "vae-run", toy, **common, vae=vae)}
+    for kind, opts in runs.items():
+        result = train(opts)
+        assert result["kind"] == kind
+        state = _weights(result["checkpoint"])
+        assert state["model"]["x_embedder.proj.weight"].shape == (TINY_KW["hidden_size"], 4, 2, 2)
+        log = [json.loads(line) for line in (Path(opts.run_dir) / "log.jsonl").read_text().splitlines()]
+        assert log[-1]["step"] == 2 and 0 < log[-1]["loss"] < 10
+    with pytest.raises(ValueError, match="extracted at 16 px"):
+        train(_options(tmp_path / "bad", toy, **{**common, "images": None, "latents": str(cache), "image_size": 32}))
+
+
 # ----------------------------------------------------------------------------- DDP
 
 

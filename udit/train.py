@@ -105,6 +105,10 @@ def build_data(opts: TrainOptions, device: torch.device):
     if opts.latents is not None:
         from udit.data import LatentDataset, sample_latent
         dataset = LatentDataset(opts.latents)
+        if dataset.image_size != opts.image_size:
+            raise ValueError(f"latent cache {opts.latents} was extracted at {dataset.image_size} px, "
+                             f"but --image-size is {opts.image_size}")
+        _check_classes(dataset, opts)
         moments, _ = dataset[0]
         shape = (moments.shape[0] // 2, *moments.shape[1:])  # moments = [mean; logvar]
 
@@ -112,11 +116,10 @@ def build_data(opts: TrainOptions, device: torch.device):
             return sample_latent(x.to(device), draws.latent_noise.to(device))
         return dataset, "latents", shape, prepare
 
-    from udit.data.imagenet import build_image_dataset
+    from udit.data import build_image_dataset
     # Flip done here with the per-sample coin, so it does not depend on rank or worker RNG.
     dataset = build_image_dataset(opts.images, opts.image_size, flip=False)
-    if getattr(dataset, "num_classes", 0) > opts.num_classes:
-        raise ValueError(f"{opts.images} has {dataset.num_classes} classes but --num-classes is {opts.num_classes}")
+    _check_classes(dataset, opts)
 
     def flip(x, draws):
         x = x.to(device)
@@ -125,8 +128,7 @@ def build_data(opts: TrainOptions, device: torch.device):
     if opts.pixel:
         return dataset, "pixels", (3, opts.image_size, opts.image_size), flip
 
-    from udit.data import sample_latent
-    from udit.data.vae import load_vae
+    from udit.data import load_vae, sample_latent
     vae = load_vae(opts.vae, device=device)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     if opts.image_size % factor:
@@ -139,6 +141,12 @@ def build_data(opts: TrainOptions, device: torch.device):
         moments = torch.cat([posterior.mean, posterior.logvar], dim=1)  # (N, 2C, h, w)
         return sample_latent(moments, draws.latent_noise.to(device))
     return dataset, "vae", shape, encode
+
+
+def _check_classes(dataset, opts: TrainOptions) -> None:
+    if dataset.num_classes > opts.num_classes:
+        source = opts.latents or opts.images
+        raise ValueError(f"{source} has {dataset.num_classes} classes but --num-classes is {opts.num_classes}")
 
 
 #################################################################################
