@@ -261,6 +261,13 @@ class DiT(nn.Module):
         guided = uncond + cfg_scale * (cond - uncond)                   # (B, k, H, W)
         return torch.cat([torch.cat([guided, guided]), rest], dim=1)    # (2B, C_out, H, W)
 
+    def num_params(self, *, deployed: bool = False) -> int:
+        """Parameter count, pos_embed included as upstream counts it. DiT has no
+        re-parameterisation, so the deployed count is the same (the flag keeps one API
+        with the U-shaped family)."""
+        del deployed
+        return sum(p.numel() for p in self.parameters())
+
 
 #################################################################################
 #                                  DiT configs                                  #

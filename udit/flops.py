@@ -1,0 +1,248 @@
+"""`udit flops`: forward GFLOPs per image of every registry model, next to the paper's numbers.
+
+Convention of the paper (and of DiT): fvcore counts, one fused multiply-add = one FLOP,
+batch 1, latent 4 x 32 x 32 (ImageNet 256), the model in eval mode, i.e. the deployed graph
+(the U-shaped family folds its re-parameterised FFN in eval mode). fvcore does not count
+elementwise ops, softmax or activations; we keep that convention (the paper's numbers
+follow it) and only add a handle for F.scaled_dot_product_attention, which fvcore would
+otherwise count as zero (-10% on DiT-S/2).
+
+    udit flops                               # table: every model at 256 + the ImageNet-512 rows (T6)
+    udit flops --models DiT-XL/2 U-DiT-B --format json
+    udit flops --input-size 64               # every model at latent 64
+
+Writes flops.csv and flops.json to --out-dir (atomically); stdout carries only the table
+(or the JSON list with --format json); progress goes to stderr.
+"""
+import argparse
+import contextlib
+import csv
+import gc
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+import torch
+import torch.nn as nn
+from fvcore.nn import FlopCountAnalysis
+from fvcore.nn.jit_handles import get_shape
+
+from udit.models import MODELS, get_spec
+from udit.models.dit import paper_numbers
+
+LATENT_256 = 32       # ImageNet 256 px through the f=8 VAE
+LATENT_512 = 64       # ImageNet 512 px (paper T6)
+IN_CHANNELS = 4       # sd-vae-ft-ema latent channels
+DEFAULT_TOLERANCE = 0.01  # |rel_err| allowed unless a spec sets extra["gflops_tolerance"]
+COLUMNS = ["model", "slug", "input_size", "params_M", "gflops", "paper_gflops", "rel_err", "source", "note"]
+
+# ImageNet-512 rows of the paper: (registry name, key in paper_numbers.yaml imagenet512_T6).
+IMAGENET512_ROWS = [("U-DiT-B", "U-DiT-B"), ("DiT-XL/2", "DiT-XL/2 (replicated)")]
+
+# Ops fvcore meets in our models and does not count, on purpose. All are O(elements) per
+# token (no reduction over a channel or token axis of the size of a matmul), i.e. below
+# 1e-3 of the total at every size in the table; counting them would also break the
+# paper's convention, which fvcore defines. Anything not listed still warns on stderr.
+NEGLIGIBLE_OPS = [
+    # elementwise arithmetic: residuals, adaLN modulate/gates, RoPE rotations, guidance
+    "aten::add", "aten::add_", "aten::sub", "aten::rsub", "aten::mul", "aten::mul_", "aten::div",
+    "aten::div_", "aten::neg", "aten::pow", "aten::sqrt", "aten::rsqrt", "aten::reciprocal",
+    "aten::clamp_min", "aten::clamp_max", "aten::abs", "aten::where",
+    # pointwise non-linearities and the attention softmax
+    "aten::silu", "aten::gelu", "aten::sigmoid", "aten::tanh", "aten::softmax", "aten::exp",
+    "aten::log", "aten::sin", "aten::cos",
+    # L2 normalisation of q/k (cosine attention): one pass over q and k
+    "aten::linalg_vector_norm", "aten::norm", "aten::frobenius_norm", "aten::sum", "aten::mean",
+    # table look-ups and data movement
+    "aten::embedding", "aten::pixel_shuffle", "aten::pixel_unshuffle", "aten::repeat",
+    "aten::repeat_interleave", "aten::view_as_complex", "aten::view_as_real", "aten::flip",
+    "aten::expand_as", "aten::clone", "aten::movedim", "aten::unflatten", "aten::im2col", "aten::col2im",
+    "aten::scalar_tensor", "aten::lift_fresh", "aten::numpy_T", "aten::mT", "aten::slice_scatter",
+]
+
+
+def sdpa_flop_jit(inputs: list, outputs: list) -> int:
+    """fvcore handle for aten::scaled_dot_product_attention: the MACs of q k^T plus attn v,
+    B*heads*Lq*Lk*(d_qk + d_v), what fvcore counts for the explicit matmuls. Independent
+    of which kernel (flash, memory-efficient, math) runs."""
+    q, k, v = (get_shape(inputs[i]) for i in range(3))
+    batch_heads_lq = math.prod(q[:-1])   # (..., Lq, d_qk) -> B * heads * Lq
+    return batch_heads_lq * k[-2] * (q[-1] + v[-1])
+
+
+def build_for_counting(name: str, *, input_size: int) -> nn.Module:
+    """The model in eval mode with uninitialised weights: values do not change FLOPs, and
+    skipping initialisation saves ~10 s per large model. Built on the meta device and then
+    given (uninitialised) CPU storage; falls back to a normal build if a constructor cannot
+    run on meta."""
+    spec = get_spec(name)
+    try:
+        with torch.device("meta"):
+            model = spec.build(input_size=input_size)
+        model = model.to_empty(device="cpu")
+    except (NotImplementedError, RuntimeError, TypeError) as err:
+        print(f"[flops] {name}: meta build failed ({err}); building normally", file=sys.stderr)
+        model = spec.build(input_size=input_size)
+    return model.eval()
+
+
+def count_flops(model: nn.Module, *, input_size: int, in_channels: int = IN_CHANNELS) -> tuple[int, dict]:
+    """(MACs of one forward pass at batch 1, {uncounted op: occurrences}) for forward(x, t, y)."""
+    x = torch.zeros(1, in_channels, input_size, input_size)
+    t = torch.zeros(1)
+    y = torch.zeros(1, dtype=torch.long)
+    analysis = FlopCountAnalysis(model, (x, t, y))
+    analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
+    analysis.set_op_handle(**{op: None for op in NEGLIGIBLE_OPS})
+    analysis.unsupported_ops_warnings(False)   # reported by the caller, once per model
+    analysis.uncalled_modules_warnings(False)  # e.g. the label embedder's dropout path
+    analysis.tracer_warnings("none")
+    # Flush denormals: uninitialised weights can hold them and they slow CPU math 10-100x.
+    torch.set_flush_denormal(True)
+    try:
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+            total = analysis.total()
+    finally:
+        torch.set_flush_denormal(False)  # torch's default
+    return int(total), dict(analysis.unsupported_ops())
+
+
+def param_count(model: nn.Module) -> int:
+    """Deployed parameter count: the model's own num_params(deployed=True) when it has one
+    (re-parameterised FFNs count at their fused size, paper T8), else every parameter."""
+    if hasattr(model, "num_params"):
+        return int(model.num_params(deployed=True))
+    return sum(p.numel() for p in model.parameters())
+
+
+def paper_gflops(name: str, *, input_size: int) -> tuple[float | None, str]:
+    """(paper GFLOPs, source) of a model at a latent size, or (None, '') if the paper has none."""
+    if input_size == LATENT_256:
+        spec = get_spec(name)
+        return spec.paper_gflops, spec.source
+    if input_size == LATENT_512:
+        t6 = paper_numbers()["imagenet512_T6"]
+        for model, key in IMAGENET512_ROWS:
+            if model == name:
+                return float(t6[key][0]), "T6 (imagenet512_T6)"
+    return None, ""
+
+
+def flops_row(name: str, *, input_size: int) -> dict[str, Any]:
+    spec = get_spec(name)
+    start = time.perf_counter()
+    model = build_for_counting(spec.name, input_size=input_size)
+    in_channels = getattr(model, "in_channels", IN_CHANNELS)
+    macs, uncounted = count_flops(model, input_size=input_size, in_channels=in_channels)
+    params = param_count(model)
+    del model
+    gc.collect()
+    paper, source = paper_gflops(spec.name, input_size=input_size)
+    gflops = macs / 1e9
+    note = spec.note if input_size == LATENT_256 else f"latent {input_size}; {spec.note}".rstrip("; ")
+    if uncounted:
+        print(f"[flops] {spec.name}: ops not counted (not in NEGLIGIBLE_OPS): {uncounted}", file=sys.stderr)
+    print(f"[flops] {spec.name} @ {input_size}: {gflops:.4f} GFLOPs "
+          f"({time.perf_counter() - start:.1f} s)", file=sys.stderr)
+    return {
+        "model": spec.name,
+        "slug": spec.slug,
+        "input_size": input_size,
+        "params_M": round(params / 1e6, 4),
+        "gflops": round(gflops, 4),
+        "paper_gflops": paper,
+        "rel_err": None if paper is None else round((gflops - paper) / paper, 5),
+        "source": source,
+        "note": note,
+    }
+
+
+def flops_table(*, models: list[str] | None = None, input_size: int | None = None) -> list[dict]:
+    """Rows for `models` (default: the whole registry). input_size None = the paper's table:
+    every model at latent 32 plus the ImageNet-512 rows (latent 64) of T6."""
+    names = [get_spec(m).name for m in (models or list(MODELS))]
+    if input_size is not None:
+        return [flops_row(n, input_size=input_size) for n in names]
+    rows = [flops_row(n, input_size=LATENT_256) for n in names]
+    rows += [flops_row(n, input_size=LATENT_512) for n, _ in IMAGENET512_ROWS if n in names]
+    return rows
+
+
+def tolerance(name: str) -> float:
+    """Allowed |rel_err| of a model's GFLOPs against the paper (spec.extra, else 1%)."""
+    return float(get_spec(name).extra.get("gflops_tolerance", DEFAULT_TOLERANCE))
+
+
+def _atomic_write(path: str, text: str) -> None:
+    folder = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def to_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: ("" if r[k] is None else r[k]) for k in COLUMNS} for r in rows)
+    return buf.getvalue()
+
+
+def write_table(rows: list[dict], *, out_dir: str) -> tuple[str, str]:
+    """flops.csv and flops.json in out_dir, each replaced atomically."""
+    os.makedirs(out_dir, exist_ok=True)
+    csv_path, json_path = os.path.join(out_dir, "flops.csv"), os.path.join(out_dir, "flops.json")
+    _atomic_write(csv_path, to_csv(rows))
+    _atomic_write(json_path, json.dumps(rows, indent=1) + "\n")
+    return csv_path, json_path
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"{'model':<28} {'size':>4} {'params_M':>9} {'gflops':>9} {'paper':>8} {'rel_err':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        paper = "-" if r["paper_gflops"] is None else f"{r['paper_gflops']:.2f}"
+        err = "-" if r["rel_err"] is None else f"{100 * r['rel_err']:+.2f}%"
+        lines.append(f"{r['model']:<28} {r['input_size']:>4} {r['params_M']:>9.2f} {r['gflops']:>9.4f} "
+                     f"{paper:>8} {err:>8}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="udit flops", description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", metavar="NAME", help=f"subset (default all): {', '.join(MODELS)}")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="latent side for every model (default: 32 for all, plus the 512 rows at 64)")
+    parser.add_argument("--out-dir", default=os.path.join("results", "flops"), help="where flops.csv/json go")
+    parser.add_argument("--format", choices=["table", "json", "csv"], default="table", help="what stdout shows")
+    args = parser.parse_args(argv)
+    for name in args.models or []:
+        try:
+            get_spec(name)
+        except KeyError as err:
+            parser.error(str(err.args[0]))
+    if args.input_size is not None and args.input_size <= 0:
+        parser.error(f"--input-size must be positive, got {args.input_size}")
+
+    start = time.perf_counter()
+    rows = flops_table(models=args.models, input_size=args.input_size)
+    csv_path, json_path = write_table(rows, out_dir=args.out_dir)
+    print(f"[flops] {len(rows)} rows in {time.perf_counter() - start:.1f} s -> {csv_path}, {json_path}",
+          file=sys.stderr)
+    out = {"table": format_table, "json": lambda r: json.dumps(r, indent=1), "csv": to_csv}[args.format](rows)
+    sys.stdout.write(out if out.endswith("\n") else out + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
