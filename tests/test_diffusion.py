@@ -265,13 +265,13 @@ class LabelEcho(nn.Module):
         return x.repeat(1, 2, 1, 1) + scale * (y.to(x.dtype) + 1)[:, None, None, None]
 
 
-@pytest.mark.parametrize("channels", [3, "all"])
+@pytest.mark.parametrize("channels", [3, "3", "all"])
 def test_cfg_guides_eps_channels_and_passes_sigma_from_conditional_half(channels):
     model, s = LabelEcho(), 4.0
     x, y = torch.randn(2, C, H, H), torch.tensor([2, 5])
     out = ClassifierFreeGuidance(model, cfg_scale=s, guidance_channels=channels)(x, torch.tensor([7, 7]), y=y)
     cond, uncond = model(x, None, y), model(x, None, torch.full_like(y, 10))
-    k = C if channels == "all" else 3
+    k = C if channels == "all" else int(channels)
     torch.testing.assert_close(out[:, :k], uncond[:, :k] + s * (cond[:, :k] - uncond[:, :k]))
     torch.testing.assert_close(out[:, k:], cond[:, k:])
     assert out.shape == (2, 2 * C, H, H) and model.batch_sizes[0] == 4   # one doubled forward
@@ -289,6 +289,8 @@ def test_cfg_scale_one_runs_a_single_batch_and_sampler_accepts_the_wrapper():
     assert z.shape == (3, C, H, H) and torch.isfinite(z).all()
     with pytest.raises(ValueError, match="null_class"):
         ClassifierFreeGuidance(nn.Identity(), cfg_scale=1.5)
+    with pytest.raises(ValueError, match="guidance_channels"):
+        ClassifierFreeGuidance(model, cfg_scale=1.5, guidance_channels="first3")
 
 
 def test_ddim_eta0_is_deterministic_and_matches_formula():

@@ -22,7 +22,10 @@ GUIDED_CHANNELS = 3
 
 
 class ClassifierFreeGuidance(nn.Module):
-    """Wraps `model(x, t, y)`; null_class defaults to model.num_classes (the label-dropout row)."""
+    """Wraps `model(x, t, y)`; null_class defaults to model.num_classes (the label-dropout row).
+
+    guidance_channels: an int (or its digits as a string, e.g. "3") or "all".
+    """
 
     def __init__(self, model: nn.Module, *, cfg_scale: float, null_class: int | None = None,
                  guidance_channels: int | str = GUIDED_CHANNELS):
@@ -34,6 +37,8 @@ class ClassifierFreeGuidance(nn.Module):
             if null_class is None:
                 raise ValueError("model has no num_classes attribute; pass null_class= (the index of "
                                  "the unconditional label, num_classes in DiT)")
+        if isinstance(guidance_channels, str) and guidance_channels.isdigit():
+            guidance_channels = int(guidance_channels)                   # "3" as a CLI passes it
         if guidance_channels != "all" and (not isinstance(guidance_channels, int) or guidance_channels < 1):
             raise ValueError(f"guidance_channels must be a positive int or 'all', got {guidance_channels!r}")
         self.model = model
