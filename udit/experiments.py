@@ -166,7 +166,7 @@ def load_config(path: str | Path, *, root: str | Path | None = None) -> dict:
 
 
 def expand_base(config: dict, *, root: str | Path) -> dict:
-    """Copy the `base` config's experiments (and released) into `config`, mapped by `scale`."""
+    """Copy the `base` config's experiments into `config`, mapped by `scale` (released ones stay with the base)."""
     if "base" not in config:
         return config
     base_path = Path(root) / config["base"]
@@ -179,7 +179,6 @@ def expand_base(config: dict, *, root: str | Path) -> dict:
     expanded = dict(config)
     expanded["experiments"] = {eid: _scaled(base["experiments"][eid], base=base, scale=scale, eid=eid)
                                for eid in wanted}
-    expanded.setdefault("released", base.get("released", {}))
     return expanded
 
 
