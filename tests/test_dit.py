@@ -1,0 +1,151 @@
+"""DiT baselines: shapes, the official state-dict layout, initialisation, guidance."""
+import math
+
+import pytest
+import torch
+
+from udit.models.dit import DIT_CONFIGS, DIT_MODELS, DiT, paper_numbers, sincos_pos_embed_2d
+
+# Parameter counts of the official models at latent 32 (architecture-facts.md, DiT section).
+OFFICIAL_PARAMS_M = {"DiT-S/2": 32.96, "DiT-B/2": 130.51, "DiT-L/2": 458.10, "DiT-XL/2": 675.13}
+
+
+def tiny_dit(**overrides) -> DiT:
+    kwargs = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=4,
+                  num_classes=10)
+    return DiT(**{**kwargs, **overrides})
+
+
+def official_keys(depth: int) -> list[str]:
+    """Key order of facebookresearch/DiT models.py (timm PatchEmbed/Attention/Mlp inside)."""
+    keys = ["pos_embed", "x_embedder.proj.weight", "x_embedder.proj.bias",
+            "t_embedder.mlp.0.weight", "t_embedder.mlp.0.bias", "t_embedder.mlp.2.weight",
+            "t_embedder.mlp.2.bias", "y_embedder.embedding_table.weight"]
+    for i in range(depth):
+        for layer in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "adaLN_modulation.1"):
+            keys += [f"blocks.{i}.{layer}.weight", f"blocks.{i}.{layer}.bias"]
+    for layer in ("linear", "adaLN_modulation.1"):
+        keys += [f"final_layer.{layer}.weight", f"final_layer.{layer}.bias"]
+    return keys
+
+
+def test_registry_names_and_paper_gflops():
+    assert list(DIT_MODELS) == ["DiT-S/8", "DiT-S/4", "DiT-S/2", "DiT-B/8", "DiT-B/4", "DiT-B/2",
+                                "DiT-L/4", "DiT-L/2", "DiT-XL/4", "DiT-XL/2"]
+    table = paper_numbers()["dit_gflops"]
+    for name, spec in DIT_MODELS.items():
+        assert spec.paper_gflops == table[name] and spec.paper_gflops > 0
+    assert DIT_MODELS["DiT-XL/2"].paper_gflops == 118.64
+
+
+@pytest.mark.parametrize("name", list(DIT_MODELS))
+def test_every_config_shapes_and_learned_sigma(name):
+    # Full width/heads/patch of the config, depth 1 and latent 16 keep it fast.
+    depth, hidden, heads, patch = DIT_CONFIGS[name]
+    model = DIT_MODELS[name].build(depth=1, input_size=16, num_classes=10).eval()
+    assert (model.patch_size, model.blocks[0].attn.num_heads) == (patch, heads)
+    assert model.pos_embed.shape == (1, (16 // patch) ** 2, hidden)
+    x = torch.randn(2, 4, 16, 16)
+    out = model(x, torch.tensor([3.0, 999.0]), torch.tensor([1, 10]))  # 10 = null class
+    assert out.shape == (2, 8, 16, 16)  # eps (4) + learned sigma (4)
+
+
+def test_full_size_param_counts_match_official():
+    # Meta device: shapes only, no memory or init time.
+    for name, expected in OFFICIAL_PARAMS_M.items():
+        with torch.device("meta"):
+            model = DIT_MODELS[name].build()
+        assert len(model.blocks) == DIT_CONFIGS[name][0]
+        assert model.num_params(deployed=True) / 1e6 == pytest.approx(expected, abs=0.005)
+
+
+def test_no_learned_sigma_halves_output_channels():
+    model = tiny_dit(learn_sigma=False)
+    assert model(torch.randn(1, 4, 8, 8), torch.zeros(1), torch.zeros(1, dtype=torch.long)).shape == (1, 4, 8, 8)
+
+
+def test_state_dict_layout_is_official():
+    model = tiny_dit(depth=2)
+    assert list(model.state_dict()) == official_keys(2)
+    assert isinstance(model.pos_embed, torch.nn.Parameter) and not model.pos_embed.requires_grad
+    assert model.y_embedder.embedding_table.weight.shape == (11, 32)  # + null class
+    assert model.final_layer.linear.weight.shape == (2 * 2 * 8, 32)  # p*p*2C
+
+
+def test_sincos_pos_embed_layout():
+    dim, grid = 16, 4
+    emb = sincos_pos_embed_2d(dim, grid)
+    assert emb.shape == (grid * grid, dim) and emb.dtype == torch.float32
+    quarter = dim // 4
+    # Token 0 (row 0, col 0): sin(0) = 0 then cos(0) = 1 in both halves.
+    assert torch.equal(emb[0], torch.tensor(([0.0] * quarter + [1.0] * quarter) * 2))
+    # Token 1 is (row 0, col 1): the first half encodes the column, the second the row (as DiT/MAE).
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    assert torch.allclose(emb[1, :quarter].double(), torch.sin(omega), atol=1e-6)
+    assert torch.equal(emb[1, dim // 2:], emb[0, dim // 2:])
+    # Token `grid` is (row 1, col 0): first half as token 0, second half moves.
+    assert torch.equal(emb[grid, :dim // 2], emb[0, :dim // 2])
+    assert torch.allclose(emb[grid, dim // 2:dim // 2 + quarter].double(), torch.sin(omega), atol=1e-6)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_pos_embed_2d(18, 4)
+
+
+def test_initialisation_is_adaln_zero():
+    model = tiny_dit()
+    for block in model.blocks:
+        assert not block.adaLN_modulation[-1].weight.any() and not block.adaLN_modulation[-1].bias.any()
+    assert not model.final_layer.linear.weight.any()
+    assert torch.equal(model.pos_embed[0], sincos_pos_embed_2d(32, 4))
+    std = model.y_embedder.embedding_table.weight.std().item()
+    assert 0.015 < std < 0.025  # normal(0, 0.02)
+    qkv = model.blocks[0].attn.qkv.weight
+    bound = math.sqrt(6 / (qkv.shape[0] + qkv.shape[1]))  # xavier-uniform
+    assert qkv.abs().max() <= bound and qkv.abs().max() > 0.9 * bound
+    out = model(torch.randn(2, 4, 8, 8), torch.tensor([1.0, 2.0]), torch.tensor([0, 1]))
+    assert not out.any()  # adaLN-Zero + zero final layer: the untrained model predicts 0
+
+
+def _randomise(model: DiT, seed: int = 0) -> DiT:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+def test_sdpa_and_explicit_attention_agree():
+    model = _randomise(tiny_dit())
+    x, t, y = torch.randn(3, 4, 8, 8), torch.tensor([0.0, 10.0, 900.0]), torch.tensor([0, 4, 9])
+    fused = model(x, t, y)
+    for block in model.blocks:
+        block.attn.fused = False
+    assert torch.allclose(fused, model(x, t, y), atol=1e-5)
+    assert fused.abs().mean() > 1e-2  # not the trivial zero output
+
+
+@pytest.mark.parametrize("cfg_channels", [3, None])
+def test_forward_with_cfg_matches_separate_passes(cfg_channels):
+    model = _randomise(tiny_dit())
+    x = torch.randn(2, 4, 8, 8)
+    t = torch.tensor([50.0, 50.0])
+    y = torch.tensor([7, 10])  # [cond | null]
+    scale = 4.0
+    out = model.forward_with_cfg(torch.cat([x[:1], x[:1]]), t, y, scale, cfg_channels=cfg_channels)
+    cond = model(x[:1], t[:1], y[:1])
+    uncond = model(x[:1], t[:1], y[1:])
+    k = 4 if cfg_channels is None else cfg_channels
+    guided = uncond[:, :k] + scale * (cond[:, :k] - uncond[:, :k])
+    assert out.shape == (2, 8, 8, 8)
+    assert torch.allclose(out[0, :k], guided[0], atol=1e-5) and torch.allclose(out[1, :k], guided[0], atol=1e-5)
+    assert torch.allclose(out[0, k:], cond[0, k:], atol=1e-5)     # unguided channels pass through
+    assert torch.allclose(out[1, k:], uncond[0, k:], atol=1e-5)
+
+
+def test_bad_input_is_named():
+    model = tiny_dit()
+    with pytest.raises(ValueError, match=r"expected latents \(N, 4, 8, 8\)"):
+        model(torch.randn(1, 4, 16, 16), torch.zeros(1), torch.zeros(1, dtype=torch.long))
+    with pytest.raises(ValueError, match="not divisible by patch_size"):
+        tiny_dit(input_size=9)
+    with pytest.raises(ValueError, match="not divisible by 3 heads"):
+        tiny_dit(num_heads=3)
