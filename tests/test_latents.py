@@ -200,6 +200,8 @@ def test_other_settings_refused_and_build_train_dataset(setup, capsys):
     args = list(setup["args"])
     args[args.index("--shard-size") + 1] = "5"
     assert latents_module.main(args) == 2 and "shard_size" in capsys.readouterr().err
+    args[args.index("--image-size") + 1] = "30"
+    assert latents_module.main(args) == 2 and "not divisible" in capsys.readouterr().err
     dataset, kind = build_train_dataset(latents=str(setup["cache"]), image_size=SIZE)
     assert kind == "latents" and len(dataset) == 30
     dataset, kind = build_train_dataset(images=str(setup["images"]), image_size=SIZE)

@@ -147,6 +147,8 @@ def extract_latents(
     dataset = build_image_dataset(images, image_size, flip=False)  # flips are both encoded below
     model = load_vae(vae, device=device)
     factor = 2 ** (len(model.config.block_out_channels) - 1)  # encoder downsampling
+    if image_size % factor:
+        raise ValueError(f"image_size {image_size} is not divisible by the VAE's factor {factor}")
     settings = {
         "format_version": FORMAT_VERSION,
         "vae": {"name": vae, **vae_fingerprint(model)},
