@@ -1,0 +1,239 @@
+"""`udit sample`: ADM npz layout, per-sample determinism, resume after SIGKILL, DDP, cfg, weights.
+
+A tiny pixel-space DiT (8x8 RGB, 4 classes) with perturbed weights (the final layer is
+zero-initialised, which would make every sample pure noise-free output) is sampled for a few
+respaced steps on CPU.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from udit.models import create_model
+from udit.sample import generate, main
+
+IMAGE = 8                       # pixels
+CLASSES = 4
+STEPS = 4                       # respaced sampling steps: enough to exercise the chain
+TINY = {"depth": 1, "hidden_size": 32, "num_heads": 2, "patch_size": 2}
+PERTURB = 0.05                  # std of the noise added to every weight
+REPO = Path(__file__).resolve().parents[1]
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """2 shared cores: intra-op threads only add contention for models this small."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _tiny_model(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = create_model("DiT-S/2", input_size=IMAGE, in_channels=3, num_classes=CLASSES, **TINY)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(PERTURB * torch.randn_like(p))
+    return model
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    """A training-style checkpoint (ema != model weights) and the EMA weights as a raw state dict."""
+    root = tmp_path_factory.mktemp("ckpt")
+    ema, raw = _tiny_model(0).state_dict(), _tiny_model(1).state_dict()
+    args = {"model": "DiT-S/2", "model_kw": TINY, "pixel": True, "num_classes": CLASSES, "image_size": IMAGE}
+    torch.save({"model": raw, "ema": ema, "step": 10, "args": args}, root / "train.pt")
+    torch.save(ema, root / "released.pt")
+    return root
+
+
+def _sample(ckpt: Path, out: Path, **kw) -> dict:
+    base = {"num_samples": 6, "steps": STEPS, "batch_size": 4, "device": "cpu", "seed": 3}
+    generate(checkpoint=str(ckpt), out=str(out), **{**base, **kw})
+    with np.load(out) as data:
+        return {k: data[k] for k in data.files}
+
+
+def _adm_read_arr0(path: Path) -> np.ndarray:
+    """Read arr_0 the way guided-diffusion's evaluator.py streams it: zip member, npy v1/v2 header,
+    raw C-order bytes (it falls back to np.load only for other versions or fortran order)."""
+    with zipfile.ZipFile(path) as zf, zf.open("arr_0.npy") as f:
+        version = np.lib.format.read_magic(f)
+        assert version == (1, 0), f"npy header version {version}"
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        assert not fortran and dtype == np.uint8
+        data = f.read()
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def test_npz_layout_is_what_the_adm_evaluator_reads(ckpts, tmp_path):
+    out = tmp_path / "s.npz"
+    arrays = _sample(ckpts / "train.pt", out, num_samples=5)
+    assert sorted(arrays) == ["arr_0", "arr_1"]
+    images, labels = arrays["arr_0"], arrays["arr_1"]
+    assert images.dtype == np.uint8 and images.shape == (5, IMAGE, IMAGE, 3)  # NHWC
+    assert labels.dtype == np.int64 and labels.shape == (5,)
+    assert labels.min() >= 0 and labels.max() < CLASSES
+    np.testing.assert_array_equal(_adm_read_arr0(out), images)
+    assert images.std() > 1.0, "samples are constant: the checkpoint did not reach the model"
+    # Grid of 5 samples: 3 columns x 2 rows; shards are removed once the npz is assembled.
+    from PIL import Image
+    assert Image.open(out.with_suffix(".png")).size == (3 * IMAGE, 2 * IMAGE)
+    assert not (tmp_path / "s.npz.parts").exists()
+    summary = json.loads((tmp_path / "s.npz.json").read_text())
+    assert summary["num_samples"] == 5 and summary["config"]["model"] == "DiT-S/2"
+
+
+def test_uniform_labels_cycle_over_classes(ckpts, tmp_path):
+    labels = _sample(ckpts / "train.pt", tmp_path / "u.npz", labels="uniform", num_samples=6)["arr_1"]
+    np.testing.assert_array_equal(labels, np.arange(6) % CLASSES)
+
+
+def test_sample_depends_only_on_seed_and_index(ckpts, tmp_path):
+    a = _sample(ckpts / "train.pt", tmp_path / "a.npz", batch_size=4, cfg_scale=1.5)
+    b = _sample(ckpts / "train.pt", tmp_path / "b.npz", batch_size=1, cfg_scale=1.5)
+    longer = _sample(ckpts / "train.pt", tmp_path / "c.npz", batch_size=3, cfg_scale=1.5, num_samples=8)
+    other = _sample(ckpts / "train.pt", tmp_path / "d.npz", batch_size=4, cfg_scale=1.5, seed=4)
+    for key in ("arr_0", "arr_1"):
+        np.testing.assert_array_equal(a[key], b[key])
+        np.testing.assert_array_equal(a[key], longer[key][:6])  # more samples: same first six
+    assert not np.array_equal(a["arr_0"], other["arr_0"])
+    # Distinct samples within a run: each index has its own noise.
+    assert len({img.tobytes() for img in a["arr_0"]}) == 6
+
+
+def test_guidance_scale_changes_samples(ckpts, tmp_path):
+    plain = _sample(ckpts / "train.pt", tmp_path / "p.npz", cfg_scale=1.0)
+    guided = _sample(ckpts / "train.pt", tmp_path / "g.npz", cfg_scale=1.5)
+    np.testing.assert_array_equal(plain["arr_1"], guided["arr_1"])  # same labels, same noise
+    assert not np.array_equal(plain["arr_0"], guided["arr_0"])
+
+
+def test_ema_by_default_and_released_state_dicts(ckpts, tmp_path):
+    ema = _sample(ckpts / "train.pt", tmp_path / "e.npz")
+    raw = _sample(ckpts / "train.pt", tmp_path / "m.npz", weights="model")
+    assert not np.array_equal(ema["arr_0"], raw["arr_0"])
+    # The EMA weights saved as a bare state dict (a released checkpoint) need the model named.
+    released = _sample(ckpts / "released.pt", tmp_path / "r.npz", model="DiT-S/2", model_kw=TINY,
+                       pixel=True, num_classes=CLASSES, image_size=IMAGE)
+    np.testing.assert_array_equal(ema["arr_0"], released["arr_0"])
+
+
+def test_ddim_is_deterministic_and_differs_from_ddpm(ckpts, tmp_path):
+    ddim = _sample(ckpts / "train.pt", tmp_path / "i.npz", sampler="ddim")
+    again = _sample(ckpts / "train.pt", tmp_path / "j.npz", sampler="ddim", batch_size=1)
+    ddpm = _sample(ckpts / "train.pt", tmp_path / "k.npz")
+    np.testing.assert_array_equal(ddim["arr_0"], again["arr_0"])
+    assert not np.array_equal(ddim["arr_0"], ddpm["arr_0"])
+
+
+def test_clear_errors(ckpts, tmp_path, capsys):
+    base = ["--out", str(tmp_path / "x.npz"), "--num-samples", "2", "--steps", "2", "--device", "cpu"]
+    assert main(["--checkpoint", str(ckpts / "train.pt"), "--model", "DiT-B/2", *base]) == 2
+    assert "contradicts the checkpoint" in capsys.readouterr().err
+    assert main(["--checkpoint", str(ckpts / "train.pt"), "--model-kw", "depth=2", *base]) == 2
+    assert "model-kw" in capsys.readouterr().err
+    assert main(["--checkpoint", str(ckpts / "released.pt"), "--pixel", *base]) == 2
+    assert "pass --model" in capsys.readouterr().err
+    assert main(["--checkpoint", str(tmp_path / "missing.pt"), *base]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert main(["--checkpoint", str(ckpts / "released.pt"), "--model", "DiT-Q/9", "--pixel", *base]) == 2
+    assert "known models" in capsys.readouterr().err
+
+
+def test_parts_made_with_other_options_are_refused(ckpts, tmp_path):
+    out = tmp_path / "s.npz"
+    _sample(ckpts / "train.pt", out, num_samples=2, keep_parts=True)
+    with pytest.raises(ValueError, match="seed"):
+        _sample(ckpts / "train.pt", out, num_samples=2, seed=99)
+
+
+def test_rerun_of_a_finished_job_is_a_no_op(ckpts, tmp_path):
+    out = tmp_path / "s.npz"
+    _sample(ckpts / "train.pt", out, num_samples=3)
+    stamp = out.stat().st_mtime_ns
+    _sample(ckpts / "train.pt", out, num_samples=3)
+    assert out.stat().st_mtime_ns == stamp
+
+
+def _cli(ckpt: Path, out: Path, *extra: str) -> list[str]:
+    return ["--checkpoint", str(ckpt), "--out", str(out), "--num-samples", "8", "--steps", str(STEPS),
+            "--seed", "3", "--device", "cpu", *extra]
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(ckpts, tmp_path):
+    ckpt = ckpts / "train.pt"
+    reference = _sample(ckpt, tmp_path / "ref.npz", num_samples=8, batch_size=8)
+    out = tmp_path / "killed.npz"
+    parts = tmp_path / "killed.npz.parts"
+    proc = subprocess.Popen([sys.executable, "-m", "udit.sample", *_cli(ckpt, out, "--batch-size", "2",
+                             "--pause-after-shard", "30")], env=SUBPROCESS_ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(parts.glob("shard-*.npz"))) < 1:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "no shard written within 60 s"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not out.exists()
+    finished = {p.name: p.stat().st_mtime_ns for p in parts.glob("shard-*.npz")}
+    assert 1 <= len(finished) < 4
+
+    resumed = _sample(ckpt, out, num_samples=8, batch_size=2, keep_parts=True)
+    for name, stamp in finished.items():  # finished shards were kept, not recomputed
+        assert (parts / name).stat().st_mtime_ns == stamp
+    assert len(list(parts.glob("shard-*.npz"))) == 4
+    for key in ("arr_0", "arr_1"):
+        np.testing.assert_array_equal(resumed[key], reference[key])
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(ckpts, tmp_path):
+    ckpt = ckpts / "train.pt"
+    reference = _sample(ckpt, tmp_path / "one.npz", num_samples=8, batch_size=8)
+    out = tmp_path / "two.npz"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "udit.sample", *_cli(ckpt, out, "--batch-size", "3", "--keep-parts")]
+    result = subprocess.run(cmd, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    shards = [np.load(p)["indices"].tolist() for p in sorted((tmp_path / "two.npz.parts").glob("shard-*"))]
+    assert sorted(shards) == [[0, 2, 4], [1, 3, 5], [6], [7]]  # rank r takes r, r + 2, ...
+    with np.load(out) as two:
+        for key in ("arr_0", "arr_1"):
+            np.testing.assert_array_equal(two[key], reference[key])
+
+
+def test_latent_model_is_decoded_by_the_vae(tmp_path):
+    """Latent space: a tiny random AutoencoderKL (real diffusers, factor 4) decodes z / LATENT_SCALE."""
+    from udit.data.vae import save_tiny_vae
+
+    vae_dir = save_tiny_vae(out_dir=str(tmp_path / "vae"), seed=0)
+    side = 8  # latents of 32-px images through the factor-4 tiny VAE
+    torch.manual_seed(0)
+    model = create_model("DiT-S/2", input_size=side, in_channels=4, num_classes=CLASSES, **TINY)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(PERTURB * torch.randn_like(p))
+    args = {"model": "DiT-S/2", "model_kw": TINY, "num_classes": CLASSES, "image_size": 4 * side,
+            "pixel": False, "vae": vae_dir}
+    torch.save({"model": model.state_dict(), "ema": model.state_dict(), "args": args}, tmp_path / "c.pt")
+    arrays = _sample(tmp_path / "c.pt", tmp_path / "z.npz", num_samples=3)
+    assert arrays["arr_0"].shape == (3, 4 * side, 4 * side, 3) and arrays["arr_0"].dtype == np.uint8
+    summary = json.loads((tmp_path / "z.npz.json").read_text())
+    assert summary["config"]["vae_fingerprint"]["weights_sha256"]
+    with pytest.raises(ValueError, match="pixel"):  # the checkpoint was trained on latents
+        _sample(tmp_path / "c.pt", tmp_path / "p.npz", pixel=True)
