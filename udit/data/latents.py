@@ -65,6 +65,12 @@ def _write_json_atomic(path: str, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _dataset_sha256(dataset) -> str:
     """Fingerprint of the image list (relative paths and labels): a resume must see the same set."""
     rel = [(os.path.relpath(path, dataset.root), label) for path, label in dataset.samples]
@@ -205,6 +211,7 @@ def extract_latents(
         )
         path = os.path.join(out, shard_name(s))
         save_file(tensors, f"{path}.tmp")
+        os.chmod(f"{path}.tmp", 0o666 & ~_umask())  # safetensors writes 0600; caches are shared
         os.replace(f"{path}.tmp", path)
         shards[shard_name(s)] = {
             "file": shard_name(s),
