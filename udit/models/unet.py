@@ -11,7 +11,10 @@ Layout (official udit_models.py): 3x3 stem conv -> enc1 (C, HxW) -> enc2 (2C, H/
 Separate timestep/label embedders per width (C, 2C, 4C); module names match the official code so its
 checkpoints load strictly. forward(x, t, y): (N, in_channels, H, W) -> (N, 2*in_channels, H, W).
 """
-from functools import partial
+from functools import lru_cache, partial
+from importlib import resources
+
+import yaml
 
 import torch
 import torch.nn as nn
@@ -226,4 +229,86 @@ class UShapedDiT(nn.Module):
 #################################################################################
 #                                   Registry                                    #
 #################################################################################
-UNET_MODELS: dict[str, ModelSpec] = {}
+
+@lru_cache(maxsize=None)
+def _paper() -> dict:
+    """udit/paper/paper_numbers.yaml, the one in-repo source of every paper number."""
+    return yaml.safe_load(resources.files("udit").joinpath("paper", "paper_numbers.yaml").read_text())
+
+
+def _paper_gflops(table: str, row: str) -> float:
+    return float(_paper()[table][row][0])  # columns: [gflops, fid, sfid, is, precision, recall]
+
+
+RELEASED_TOL, TOY_TOL = 0.01, 0.03  # fvcore GFLOPs vs paper: released configs are known, toy ones reconstructed
+
+# U-DiT-S/B/L exactly as the official U_DiT_S/B/L (paper T8: C, heads, depths; MLP ratio 2, two sub-layers).
+RELEASED = {"U-DiT-S": dict(hidden_size=96, num_heads=4), "U-DiT-B": dict(hidden_size=192, num_heads=8),
+            "U-DiT-L": dict(hidden_size=384, num_heads=16)}
+RELEASED_COMMON = dict(depths=(2, 5, 8, 5, 2), sublayers=2, mlp_ratio=2.0, attention="tokens",
+                       downsampler="dwconv_shortcut", downsampler_kernel=5, cosine=True, rope=True, ffn="rep",
+                       dec1_mult=2, output_conv=True)
+# Measured here with fvcore / parameter counts of the train graph (architecture-facts: 58.90 / 231.25 / 916.34 M).
+TRAIN_GRAPH_PARAMS_M = {"U-DiT-S": 58.90, "U-DiT-B": 231.25, "U-DiT-L": 916.34}
+PLAIN = dict(cosine=False, rope=False, ffn="mlp")  # plain DiT attention and MLP: vanilla U-DiT (T10), toy base
+
+# Toy scale (T1, T7, T9): the paper publishes no configuration. Reconstruction, chosen by searching
+# widths/depths/layouts for the smallest worst-case GFLOPs error over every toy figure: C=40, 2 heads,
+# one DiT-style (attention, FFN) pair per block, depths [2, 7, 8, 7, 2], DiT's MLP ratio 4, official
+# level layout (dec1 at 2C) without the 3x3 output conv; the T7 dense downsampler is a dense 5x5 conv
+# (the depthwise 5x5 made dense). fvcore: DiT-UNet 1.388, Slim (C=30) 0.907, KV 0.908, U-DiT-T 0.908,
+# PS only 0.892, DWconv FFN 0.969, dense 2.203 -> worst residual +2.0% (DWconv FFN vs 0.95).
+TOY = dict(hidden_size=40, num_heads=2, depths=(2, 7, 8, 7, 2), sublayers=1, mlp_ratio=4.0,
+           downsampler_kernel=5, dec1_mult=2, output_conv=False)
+TOY_NOTE = ("toy config reconstructed (paper gives none): C=40, 2 heads, depths [2,7,8,7,2], one "
+            "attention+FFN pair per block, MLP ratio 4, dec1 at 2C, no output conv")
+UDIT_T = dict(TOY, **PLAIN, attention="tokens", downsampler="dwconv_shortcut")
+SLIM_WIDTH = 30  # full attention with C=30 lands on the 0.92 GFLOPs of T9 (no RoPE, so head_dim 15 is fine)
+
+
+def _spec(name: str, cfg: dict, *, gflops: float, source: str, note: str, tol: float, **extra) -> ModelSpec:
+    return ModelSpec(name=name, build=partial(UShapedDiT, **cfg), paper_gflops=gflops, source=source, note=note,
+                     extra={"gflops_tolerance": tol, "config": dict(cfg), **extra})
+
+
+def _toy(name: str, cfg: dict, table: str, row: str, source: str, note: str = "") -> ModelSpec:
+    return _spec(name, cfg, gflops=_paper_gflops(table, row), source=source, tol=TOY_TOL,
+                 note=TOY_NOTE + (f"; {note}" if note else ""))
+
+
+UNET_MODELS: dict[str, ModelSpec] = {s.name: s for s in [
+    _toy("DiT-UNet", dict(TOY, **PLAIN, attention="full"), "toy_T1", "DiT-UNet", "T1",
+         "plain U-Net of DiT blocks, full self-attention at every level"),
+    _toy("DiT-UNet (Slim)", dict(TOY, **PLAIN, attention="full", hidden_size=SLIM_WIDTH),
+         "ablation_T9", "DiT-UNet (Slim)", "T9", f"DiT-UNet narrowed to C={SLIM_WIDTH} to match U-DiT-T's cost"),
+    _toy("DiT-UNet + KV downsampling", dict(UDIT_T, attention="kv"), "toy_T1",
+         "DiT-UNet + key-value downsampling", "T1",
+         "keys/values 2x2 average-pooled after the depthwise-conv downsampler; queries keep all tokens "
+         "(operator reconstructed: the paper names no pooling operator)"),
+    _toy("U-DiT-T", UDIT_T, "downsampler_T7", "depthwise conv with shortcut + pixel shuffle", "T7",
+         "= DiT-UNet + token downsampling; the paper gives 0.90 GFLOPs in T1 and 0.91 in T7/T9 for this model"),
+    _toy("U-DiT-T + cos", dict(UDIT_T, cosine=True), "ablation_T9", "+ cosine similarity", "T9"),
+    _toy("U-DiT-T + cos + RoPE2D", dict(UDIT_T, cosine=True, rope=True), "ablation_T9", "+ RoPE2D", "T9"),
+    _toy("U-DiT-T + cos + RoPE2D + DWconv FFN", dict(UDIT_T, cosine=True, rope=True, ffn="dwconv"),
+         "ablation_T9", "+ depthwise-conv FFN", "T9",
+         "FFN = official FeedForward(rep=False): 1x1, GELU, dw5x5, 1x1 (= the deployed re-param graph)"),
+    _toy("U-DiT-T + cos + RoPE2D + DWconv FFN + re-param", dict(UDIT_T, cosine=True, rope=True, ffn="rep"),
+         "ablation_T9", "+ re-parameterisation", "T9",
+         "train graph adds split 1x1s and identity/3x3/1x1 branches; eval FLOPs = the fused graph"),
+    _toy("U-DiT-T (PS only)", dict(UDIT_T, downsampler="ps"), "downsampler_T7", "pixel shuffle only", "T7"),
+    _toy("U-DiT-T (DWconv + PS)", dict(UDIT_T, downsampler="dwconv"), "downsampler_T7",
+         "depthwise conv + pixel shuffle", "T7", "depthwise 5x5 without the identity shortcut"),
+    _spec("U-DiT-T (dense conv)", dict(UDIT_T, downsampler="dense"), gflops=2.22, source="T7",
+          tol=TOY_TOL, note=TOY_NOTE + "; T7 caption: a dense-conv downsampler costs 2.22 GFLOPs; here a dense "
+          "5x5 conv with shortcut (the official toy script measures 2.22 with a dense 3x3 in a different config)"),
+    *[_spec(f"{name} vanilla", dict(RELEASED_COMMON, **width, **PLAIN), source="T10", tol=RELEASED_TOL,
+            gflops=_paper_gflops("vanilla_vs_all_T10", f"{name} vanilla"),
+            note="U-DiT without cosine attention, RoPE2D, depthwise FFN and re-param (DiT MLP, ratio 2)")
+      for name, width in RELEASED.items()],
+    *[_spec(name, dict(RELEASED_COMMON, **width), source="T2", tol=RELEASED_TOL,
+            gflops=_paper_gflops("main_400k_T2", name),
+            note="official udit_models.py U_DiT_S/B/L; official checkpoints load strictly",
+            paper_params_m=_paper()["configurations_T8"][name]["params_m"],
+            train_graph_params_m=TRAIN_GRAPH_PARAMS_M[name])
+      for name, width in RELEASED.items()],
+]}
