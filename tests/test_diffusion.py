@@ -1,5 +1,6 @@
 """udit.diffusion against float64 references of the DDPM/IDDPM formulas, diffusers' DDPMScheduler,
 and the behaviour of DiT's respacing and classifier-free guidance."""
+
 import math
 
 import numpy as np
@@ -8,8 +9,13 @@ import torch
 import torch.nn as nn
 from diffusers import DDPMScheduler
 
-from udit.diffusion import (ClassifierFreeGuidance, create_diffusion, discretized_gaussian_log_likelihood,
-                            normal_kl, space_timesteps)
+from udit.diffusion import (
+    ClassifierFreeGuidance,
+    create_diffusion,
+    discretized_gaussian_log_likelihood,
+    normal_kl,
+    space_timesteps,
+)
 
 T = 1000
 C, H = 4, 8  # latent channels and side of the toy tensors
@@ -23,15 +29,23 @@ def reference_schedule(num_steps: int = T) -> dict[str, np.ndarray]:
     acp = np.cumprod(alphas)
     acp_prev = np.concatenate([[1.0], acp[:-1]])
     # Product of N(x_t; sqrt(a_t) x_{t-1}, b_t) and N(x_{t-1}; sqrt(acp_prev) x_0, 1 - acp_prev).
-    # At t=0 the prior on x_{-1}... is a point mass at x_0: precision infinite, variance 0, mean x_0.
+    # At t=0 the prior on x_{t-1} is a point mass at x_0: infinite precision, variance 0.
     with np.errstate(divide="ignore", invalid="ignore"):
         precision = 1.0 / (1.0 - acp_prev) + alphas / betas
         post_var = 1.0 / precision
-        coef1 = np.where(np.arange(num_steps) == 0, 1.0, post_var * np.sqrt(acp_prev) / (1.0 - acp_prev))
+        coef1 = np.where(
+            np.arange(num_steps) == 0, 1.0, post_var * np.sqrt(acp_prev) / (1.0 - acp_prev)
+        )
     coef2 = post_var * np.sqrt(alphas) / betas
-    return {"betas": betas, "acp": acp, "acp_prev": acp_prev, "post_var": post_var,
-            "post_logvar": np.log(np.maximum(post_var, post_var[1])),  # t=0 clipped to beta~_1
-            "coef1": coef1, "coef2": coef2}
+    return {
+        "betas": betas,
+        "acp": acp,
+        "acp_prev": acp_prev,
+        "post_var": post_var,
+        "post_logvar": np.log(np.maximum(post_var, post_var[1])),  # t=0 clipped to beta~_1
+        "coef1": coef1,
+        "coef2": coef2,
+    }
 
 
 class TinyDenoiser(nn.Module):
@@ -60,12 +74,20 @@ def test_schedule_tables_match_float64_reference_and_diffusers():
     assert d.num_timesteps == T
     np.testing.assert_allclose(d.tables["betas"], ref["betas"], rtol=1e-12)
     np.testing.assert_allclose(d.tables["alphas_cumprod"], ref["acp"], rtol=1e-12)
-    np.testing.assert_allclose(d.tables["posterior_variance"], ref["post_var"], rtol=1e-10, atol=1e-300)
-    np.testing.assert_allclose(d.tables["posterior_log_variance_clipped"], ref["post_logvar"], rtol=1e-10)
+    np.testing.assert_allclose(
+        d.tables["posterior_variance"], ref["post_var"], rtol=1e-10, atol=1e-300
+    )
+    np.testing.assert_allclose(
+        d.tables["posterior_log_variance_clipped"], ref["post_logvar"], rtol=1e-10
+    )
     np.testing.assert_allclose(d.tables["posterior_mean_coef1"], ref["coef1"], rtol=1e-10)
-    np.testing.assert_allclose(d.tables["posterior_mean_coef2"], ref["coef2"], rtol=1e-10, atol=1e-15)
+    np.testing.assert_allclose(
+        d.tables["posterior_mean_coef2"], ref["coef2"], rtol=1e-10, atol=1e-15
+    )
     # diffusers builds the same schedule in float32.
-    sched = DDPMScheduler(beta_schedule="linear", beta_start=1e-4, beta_end=0.02, num_train_timesteps=T)
+    sched = DDPMScheduler(
+        beta_schedule="linear", beta_start=1e-4, beta_end=0.02, num_train_timesteps=T
+    )
     np.testing.assert_allclose(sched.alphas_cumprod.double().numpy(), ref["acp"], rtol=1e-6)
 
 
@@ -76,12 +98,18 @@ def test_q_sample_and_posterior_match_float64_reference():
     t = torch.tensor([0, 1, 10, 500, 999])
     tn = t.numpy()[:, None, None, None]
     expected_xt = np.sqrt(ref["acp"][tn]) * x0.numpy() + np.sqrt(1 - ref["acp"][tn]) * noise.numpy()
-    np.testing.assert_allclose(d.q_sample(x0, t, noise=noise).numpy(), expected_xt, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        d.q_sample(x0, t, noise=noise).numpy(), expected_xt, rtol=1e-12, atol=1e-12
+    )
     mean, var, logvar = d.q_posterior(x0, x_t, t)
     expected_mean = ref["coef1"][tn] * x0.numpy() + ref["coef2"][tn] * x_t.numpy()
     np.testing.assert_allclose(mean.numpy(), expected_mean, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(var.numpy(), np.broadcast_to(ref["post_var"][tn], var.shape), rtol=1e-10)
-    np.testing.assert_allclose(logvar.numpy(), np.broadcast_to(ref["post_logvar"][tn], var.shape), rtol=1e-10)
+    np.testing.assert_allclose(
+        var.numpy(), np.broadcast_to(ref["post_var"][tn], var.shape), rtol=1e-10
+    )
+    np.testing.assert_allclose(
+        logvar.numpy(), np.broadcast_to(ref["post_logvar"][tn], var.shape), rtol=1e-10
+    )
     # x_0 at t=0 is given by x_0: the posterior mean is x_0 itself.
     np.testing.assert_allclose(mean[0].numpy(), x0[0].numpy(), atol=1e-12)
 
@@ -101,19 +129,23 @@ def test_learned_range_interpolates_log_variance(v):
 def test_normal_kl_matches_closed_form():
     g = torch.Generator().manual_seed(1)
     m1, lv1, m2, lv2 = (torch.randn(3, 7, generator=g, dtype=torch.float64) for _ in range(4))
-    expected = torch.distributions.kl_divergence(torch.distributions.Normal(m1, torch.exp(0.5 * lv1)),
-                                                 torch.distributions.Normal(m2, torch.exp(0.5 * lv2)))
+    expected = torch.distributions.kl_divergence(
+        torch.distributions.Normal(m1, torch.exp(0.5 * lv1)),
+        torch.distributions.Normal(m2, torch.exp(0.5 * lv2)),
+    )
     torch.testing.assert_close(normal_kl(m1, lv1, m2, lv2), expected, rtol=1e-12, atol=1e-12)
     # Scalars broadcast: KL(N(m1, s1) || N(0, 1)).
     prior = torch.distributions.Normal(torch.zeros_like(m1), torch.ones_like(m1))
-    expected = torch.distributions.kl_divergence(torch.distributions.Normal(m1, torch.exp(0.5 * lv1)), prior)
+    expected = torch.distributions.kl_divergence(
+        torch.distributions.Normal(m1, torch.exp(0.5 * lv1)), prior
+    )
     torch.testing.assert_close(normal_kl(m1, lv1, 0.0, 0.0), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_decoder_nll_matches_float64_reference():
     g = torch.Generator().manual_seed(2)
-    x = torch.randint(0, 256, (4, 64), generator=g).double() / 127.5 - 1.0   # uint8 grid in [-1, 1]
-    x[0, :2] = torch.tensor([-1.0, 1.0])                                     # both edge bins
+    x = torch.randint(0, 256, (4, 64), generator=g).double() / 127.5 - 1.0  # uint8 grid in [-1, 1]
+    x[0, :2] = torch.tensor([-1.0, 1.0])  # both edge bins
     means = x + 0.02 * torch.randn(x.shape, generator=g, dtype=torch.float64)
     log_scales = torch.empty_like(x).uniform_(-5.0, -2.0, generator=g)
     got = discretized_gaussian_log_likelihood(x, means=means, log_scales=log_scales)
@@ -125,7 +157,7 @@ def test_decoder_nll_matches_float64_reference():
         return np.log(np.maximum(p, 1e-12))
 
     def tanh_cdf(u):
-        return 0.5 * (1 + np.tanh(np.sqrt(2 / np.pi) * (u + 0.044715 * u ** 3)))
+        return 0.5 * (1 + np.tanh(np.sqrt(2 / np.pi) * (u + 0.044715 * u**3)))
 
     # rtol 1e-8: tiny bins (log p ~ -19) lose digits to the cancellation in cdf_upper - cdf_lower.
     np.testing.assert_allclose(got.numpy(), bins(tanh_cdf), rtol=1e-8, atol=1e-10)
@@ -137,10 +169,15 @@ def test_decoder_nll_matches_float64_reference():
 def test_vb_term_is_kl_for_t_positive_and_decoder_nll_at_t0():
     ref, d = reference_schedule(), create_diffusion("")
     g = torch.Generator().manual_seed(3)
-    x0 = (torch.randint(0, 256, (3, C, H, H), generator=g).double() / 127.5 - 1.0)
+    x0 = torch.randint(0, 256, (3, C, H, H), generator=g).double() / 127.5 - 1.0
     noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
-    output = torch.cat([torch.randn(x0.shape, generator=g, dtype=torch.float64),
-                        torch.rand(x0.shape, generator=g, dtype=torch.float64) * 2 - 1], dim=1)
+    output = torch.cat(
+        [
+            torch.randn(x0.shape, generator=g, dtype=torch.float64),
+            torch.rand(x0.shape, generator=g, dtype=torch.float64) * 2 - 1,
+        ],
+        dim=1,
+    )
     t = torch.tensor([0, 3, 700])
     vb = d.training_losses(fixed_output(output), x0, t, noise=noise)["vb"]
 
@@ -151,10 +188,17 @@ def test_vb_term_is_kl_for_t_positive_and_decoder_nll_at_t0():
     p_mean = ref["coef1"][tn] * x0_hat + ref["coef2"][tn] * xt
     p_logvar = (v + 1) / 2 * np.log(ref["betas"][tn]) + (1 - v) / 2 * ref["post_logvar"][tn]
     q_mean, q_logvar = ref["coef1"][tn] * x0.numpy() + ref["coef2"][tn] * xt, ref["post_logvar"][tn]
-    kl = 0.5 * (p_logvar - q_logvar + np.exp(q_logvar - p_logvar) + (q_mean - p_mean) ** 2 / np.exp(p_logvar) - 1)
+    kl = 0.5 * (
+        p_logvar
+        - q_logvar
+        + np.exp(q_logvar - p_logvar)
+        + (q_mean - p_mean) ** 2 / np.exp(p_logvar)
+        - 1
+    )
     np.testing.assert_allclose(vb[1:].numpy(), kl[1:].mean(axis=(1, 2, 3)) / LN2, rtol=1e-9)
-    nll = -discretized_gaussian_log_likelihood(x0[:1], means=torch.from_numpy(p_mean[:1]),
-                                               log_scales=torch.from_numpy(0.5 * p_logvar[:1]))
+    nll = -discretized_gaussian_log_likelihood(
+        x0[:1], means=torch.from_numpy(p_mean[:1]), log_scales=torch.from_numpy(0.5 * p_logvar[:1])
+    )
     np.testing.assert_allclose(vb[0].item(), nll.mean().item() / LN2, rtol=1e-9)
 
 
@@ -169,7 +213,7 @@ def test_training_losses_shapes_and_vb_trains_only_the_variance():
     torch.testing.assert_close(losses["loss"], losses["mse"] + losses["vb"])
     torch.testing.assert_close(losses["mse"], ((noise - output[:, :C]) ** 2).mean(dim=(1, 2, 3)))
     (grad_vb,) = torch.autograd.grad(losses["vb"].sum(), output, retain_graph=True)
-    assert torch.count_nonzero(grad_vb[:, :C]) == 0            # mean detached inside the VLB
+    assert torch.count_nonzero(grad_vb[:, :C]) == 0  # mean detached inside the VLB
     assert torch.count_nonzero(grad_vb[:, C:]) == grad_vb[:, C:].numel()
     (grad_mse,) = torch.autograd.grad(losses["mse"].sum(), output)
     assert torch.count_nonzero(grad_mse[:, C:]) == 0
@@ -178,14 +222,18 @@ def test_training_losses_shapes_and_vb_trains_only_the_variance():
 def test_model_output_shape_is_checked():
     d = create_diffusion("")
     with pytest.raises(ValueError, match="learned-sigma"):
-        d.training_losses(fixed_output(torch.zeros(2, C, H, H)), torch.zeros(2, C, H, H), torch.tensor([1, 2]))
+        d.training_losses(
+            fixed_output(torch.zeros(2, C, H, H)), torch.zeros(2, C, H, H), torch.tensor([1, 2])
+        )
 
 
 def test_p_sample_step_matches_float64_reference():
     ref, d = reference_schedule(), create_diffusion("")
     g = torch.Generator().manual_seed(5)
-    x, noise = torch.randn(4, C, H, H, generator=g, dtype=torch.float64), torch.randn(4, C, H, H, generator=g,
-                                                                                       dtype=torch.float64)
+    x, noise = (
+        torch.randn(4, C, H, H, generator=g, dtype=torch.float64),
+        torch.randn(4, C, H, H, generator=g, dtype=torch.float64),
+    )
     output = torch.randn(4, 2 * C, H, H, generator=g, dtype=torch.float64).tanh()
     t = torch.tensor([0, 1, 321, 999])
     got = d.p_sample(fixed_output(output), x, t, noise=noise)["sample"].numpy()
@@ -200,7 +248,7 @@ def test_p_sample_step_matches_float64_reference():
 
 def test_respacing_250_recomputes_betas_and_maps_timesteps():
     kept = space_timesteps(num_timesteps=T, section_counts="250")
-    stride = (T - 1) / (250 - 1)                                  # both ends kept, evenly spread
+    stride = (T - 1) / (250 - 1)  # both ends kept, evenly spread
     assert kept == [round(i * stride) for i in range(250)] and kept[0] == 0 and kept[-1] == T - 1
     d = create_diffusion("250")
     assert d.num_timesteps == 250 and list(d.timestep_map) == kept
@@ -209,14 +257,22 @@ def test_respacing_250_recomputes_betas_and_maps_timesteps():
     np.testing.assert_allclose(d.tables["betas"][1], 1 - acp[kept[1]] / acp[kept[0]], rtol=1e-12)
 
     seen = []
+
     def recording_model(x, t, y):
         seen.append(t.tolist())
         return torch.zeros(x.shape[0], 2 * C, *x.shape[2:])
-    d.p_sample_loop(recording_model, (2, C, H, H), model_kwargs=dict(y=torch.zeros(2, dtype=torch.long)))
-    assert seen == [[k, k] for k in reversed(kept)]           # the model sees original steps
+
+    d.p_sample_loop(
+        recording_model, (2, C, H, H), model_kwargs=dict(y=torch.zeros(2, dtype=torch.long))
+    )
+    assert seen == [[k, k] for k in reversed(kept)]  # the model sees original steps
     seen.clear()
-    d.training_losses(recording_model, torch.zeros(2, C, H, H), torch.tensor([1, 249]),
-                      model_kwargs=dict(y=torch.zeros(2, dtype=torch.long)))
+    d.training_losses(
+        recording_model,
+        torch.zeros(2, C, H, H),
+        torch.tensor([1, 249]),
+        model_kwargs=dict(y=torch.zeros(2, dtype=torch.long)),
+    )
     assert seen == [[kept[1], kept[249]]]
 
 
@@ -225,7 +281,11 @@ def test_respacing_variants_and_errors():
     sections = space_timesteps(num_timesteps=300, section_counts="10,15,20")
     assert len(sections) == 45 and sections[:2] == [0, 11] and sections[-1] == 299
     assert create_diffusion("").num_timesteps == T and create_diffusion(100).num_timesteps == 100
-    for bad, message in [("abc", "not an integer"), ("ddim999", "integer stride"), ("2000", "cannot keep")]:
+    for bad, message in [
+        ("abc", "not an integer"),
+        ("ddim999", "integer stride"),
+        ("2000", "cannot keep"),
+    ]:
         with pytest.raises(ValueError, match=message):
             create_diffusion(bad)
     with pytest.raises(ValueError, match="noise_schedule"):
@@ -235,15 +295,23 @@ def test_respacing_variants_and_errors():
 @pytest.mark.parametrize("respacing", ["", "250"])
 def test_one_step_matches_diffusers_ddpm_scheduler(respacing):
     d = create_diffusion(respacing)
-    sched = DDPMScheduler(beta_schedule="linear", beta_start=1e-4, beta_end=0.02, num_train_timesteps=T,
-                          variance_type="learned_range", clip_sample=False)
+    sched = DDPMScheduler(
+        beta_schedule="linear",
+        beta_start=1e-4,
+        beta_end=0.02,
+        num_train_timesteps=T,
+        variance_type="learned_range",
+        clip_sample=False,
+    )
     sched.set_timesteps(timesteps=[int(k) for k in d.timestep_map[::-1]])
     g = torch.Generator().manual_seed(6)
     x = torch.randn(2, C, H, H, generator=g)
     output = torch.randn(2, 2 * C, H, H, generator=g).tanh()
     for i in [0, 1, d.num_timesteps // 2, d.num_timesteps - 1]:
         original = int(d.timestep_map[i])
-        expected = sched.step(output, original, x, generator=torch.Generator().manual_seed(i)).prev_sample
+        expected = sched.step(
+            output, original, x, generator=torch.Generator().manual_seed(i)
+        ).prev_sample
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(i))
         got = d.p_sample(fixed_output(output), x, torch.full((2,), i), noise=noise)["sample"]
         # diffusers' schedule is float32 (alphas_cumprod within 4e-7 relative of float64).
@@ -251,7 +319,7 @@ def test_one_step_matches_diffusers_ddpm_scheduler(respacing):
 
 
 class LabelEcho(nn.Module):
-    """Output channel k = x + (k + 1) * (y + 1): every channel tells which label it was computed for."""
+    """Output channel k = x + (k + 1) * (y + 1): channels encode the label used."""
 
     num_classes = 10
 
@@ -269,12 +337,14 @@ class LabelEcho(nn.Module):
 def test_cfg_guides_eps_channels_and_passes_sigma_from_conditional_half(channels):
     model, s = LabelEcho(), 4.0
     x, y = torch.randn(2, C, H, H), torch.tensor([2, 5])
-    out = ClassifierFreeGuidance(model, cfg_scale=s, guidance_channels=channels)(x, torch.tensor([7, 7]), y=y)
+    out = ClassifierFreeGuidance(model, cfg_scale=s, guidance_channels=channels)(
+        x, torch.tensor([7, 7]), y=y
+    )
     cond, uncond = model(x, None, y), model(x, None, torch.full_like(y, 10))
     k = C if channels == "all" else int(channels)
     torch.testing.assert_close(out[:, :k], uncond[:, :k] + s * (cond[:, :k] - uncond[:, :k]))
     torch.testing.assert_close(out[:, k:], cond[:, k:])
-    assert out.shape == (2, 2 * C, H, H) and model.batch_sizes[0] == 4   # one doubled forward
+    assert out.shape == (2, 2 * C, H, H) and model.batch_sizes[0] == 4  # one doubled forward
 
 
 def test_cfg_scale_one_runs_a_single_batch_and_sampler_accepts_the_wrapper():
@@ -284,8 +354,12 @@ def test_cfg_scale_one_runs_a_single_batch_and_sampler_accepts_the_wrapper():
     torch.testing.assert_close(out, model(x, None, y))
     assert model.batch_sizes == [3, 3]
     net = TinyDenoiser()
-    z = create_diffusion("5").p_sample_loop(ClassifierFreeGuidance(net, cfg_scale=1.5), (3, C, H, H),
-                                            model_kwargs=dict(y=y), generator=torch.Generator().manual_seed(0))
+    z = create_diffusion("5").p_sample_loop(
+        ClassifierFreeGuidance(net, cfg_scale=1.5),
+        (3, C, H, H),
+        model_kwargs=dict(y=y),
+        generator=torch.Generator().manual_seed(0),
+    )
     assert z.shape == (3, C, H, H) and torch.isfinite(z).all()
     with pytest.raises(ValueError, match="null_class"):
         ClassifierFreeGuidance(nn.Identity(), cfg_scale=1.5)
@@ -296,8 +370,12 @@ def test_cfg_scale_one_runs_a_single_batch_and_sampler_accepts_the_wrapper():
 def test_ddim_eta0_is_deterministic_and_matches_formula():
     d, net = create_diffusion("ddim20"), TinyDenoiser()
     z, y = torch.randn(2, C, H, H), torch.tensor([1, 3])
-    a = d.ddim_sample_loop(net, z.shape, z, model_kwargs=dict(y=y), generator=torch.Generator().manual_seed(1))
-    b = d.ddim_sample_loop(net, z.shape, z, model_kwargs=dict(y=y), generator=torch.Generator().manual_seed(2))
+    a = d.ddim_sample_loop(
+        net, z.shape, z, model_kwargs=dict(y=y), generator=torch.Generator().manual_seed(1)
+    )
+    b = d.ddim_sample_loop(
+        net, z.shape, z, model_kwargs=dict(y=y), generator=torch.Generator().manual_seed(2)
+    )
     assert torch.equal(a, b)
     # One step in float64: x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev) eps.
     x = torch.randn(2, C, H, H, dtype=torch.float64)
@@ -308,18 +386,30 @@ def test_ddim_eta0_is_deterministic_and_matches_formula():
     abar, abar_prev = acp[t][:, None, None, None], acp[t - 1][:, None, None, None]
     eps = output[:, :C].numpy()
     x0_hat = (x.numpy() - np.sqrt(1 - abar) * eps) / np.sqrt(abar)
-    np.testing.assert_allclose(got, np.sqrt(abar_prev) * x0_hat + np.sqrt(1 - abar_prev) * eps, rtol=1e-9)
+    np.testing.assert_allclose(
+        got, np.sqrt(abar_prev) * x0_hat + np.sqrt(1 - abar_prev) * eps, rtol=1e-9
+    )
 
 
 def test_sample_depends_only_on_its_own_generator():
     d, net = create_diffusion("10"), TinyDenoiser()
+
     def sample(seeds, labels):
-        return d.p_sample_loop(net, (len(seeds), C, H, H), model_kwargs=dict(y=torch.tensor(labels)),
-                               generator=[torch.Generator().manual_seed(s) for s in seeds])
+        return d.p_sample_loop(
+            net,
+            (len(seeds), C, H, H),
+            model_kwargs=dict(y=torch.tensor(labels)),
+            generator=[torch.Generator().manual_seed(s) for s in seeds],
+        )
+
     pair, single = sample([11, 12], [4, 7]), sample([12], [7])
     # Equal up to float32 batch-size effects in the conv, amplified over the chain (|x| ~ 1e2).
     assert (pair[1:] - single).abs().max() <= 1e-5 * single.abs().max()
     assert not torch.allclose(pair[0], pair[1])
     with pytest.raises(ValueError, match="one generator per sample"):
-        d.p_sample_loop(net, (2, C, H, H), model_kwargs=dict(y=torch.tensor([0, 1])),
-                        generator=[torch.Generator()])
+        d.p_sample_loop(
+            net,
+            (2, C, H, H),
+            model_kwargs=dict(y=torch.tensor([0, 1])),
+            generator=[torch.Generator()],
+        )

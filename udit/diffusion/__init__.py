@@ -1,11 +1,12 @@
 """DiT's Gaussian diffusion, rewritten: schedules, hybrid loss, DDPM/DDIM samplers, respacing, CFG.
 
-    diffusion = create_diffusion("")        # training: 1000 steps, linear betas, learned sigma
-    losses = diffusion.training_losses(model, x, t, model_kwargs=dict(y=y))   # "loss", "mse", "vb": (N,)
-    sampler = create_diffusion("250")       # DiT/U-DiT evaluation: 250 respaced DDPM steps
-    z0 = sampler.p_sample_loop(ClassifierFreeGuidance(model, cfg_scale=1.5), z.shape, z,
-                               model_kwargs=dict(y=y))
+diffusion = create_diffusion("")        # training: 1000 steps, linear betas, learned sigma
+losses = diffusion.training_losses(model, x, t, model_kwargs=dict(y=y))  # "loss", "mse", "vb"
+sampler = create_diffusion("250")       # DiT/U-DiT evaluation: 250 respaced DDPM steps
+z0 = sampler.p_sample_loop(ClassifierFreeGuidance(model, cfg_scale=1.5), z.shape, z,
+                           model_kwargs=dict(y=y))
 """
+
 from udit.diffusion.cfg import GUIDED_CHANNELS, ClassifierFreeGuidance
 from udit.diffusion.gaussian import GaussianDiffusion
 from udit.diffusion.noise import randn
@@ -16,9 +17,15 @@ from udit.diffusion.vlb import discretized_gaussian_log_likelihood, normal_kl
 DEFAULT_SAMPLING_STEPS = 250
 
 
-def create_diffusion(timestep_respacing: str | int | None = "", *, noise_schedule: str = "linear",
-                     learn_sigma: bool = True, sigma_small: bool = False, rescale_learned_sigmas: bool = False,
-                     diffusion_steps: int = NUM_TRAIN_TIMESTEPS) -> GaussianDiffusion:
+def create_diffusion(
+    timestep_respacing: str | int | None = "",
+    *,
+    noise_schedule: str = "linear",
+    learn_sigma: bool = True,
+    sigma_small: bool = False,
+    rescale_learned_sigmas: bool = False,
+    diffusion_steps: int = NUM_TRAIN_TIMESTEPS,
+) -> GaussianDiffusion:
     """The DiT diffusion: "" keeps all `diffusion_steps`; "250", "10,20,30" or "ddim50" respace.
 
     Defaults are DiT's create_diffusion defaults (diffusion/__init__.py), which train.py uses as is:
@@ -33,12 +40,22 @@ def create_diffusion(timestep_respacing: str | int | None = "", *, noise_schedul
     # when every step is kept: the tables then match DiT's to the last float64 bit.
     betas, timestep_map = respace_betas(betas=betas, use_timesteps=kept)
     var_type = "learned_range" if learn_sigma else ("fixed_small" if sigma_small else "fixed_large")
-    return GaussianDiffusion(betas=betas, timestep_map=timestep_map, var_type=var_type,
-                             rescale_vb=rescale_learned_sigmas)
+    return GaussianDiffusion(
+        betas=betas, timestep_map=timestep_map, var_type=var_type, rescale_vb=rescale_learned_sigmas
+    )
 
 
 __all__ = [
-    "ClassifierFreeGuidance", "DEFAULT_SAMPLING_STEPS", "GUIDED_CHANNELS", "GaussianDiffusion",
-    "NUM_TRAIN_TIMESTEPS", "create_diffusion", "discretized_gaussian_log_likelihood", "named_betas",
-    "normal_kl", "randn", "respace_betas", "space_timesteps",
+    "DEFAULT_SAMPLING_STEPS",
+    "GUIDED_CHANNELS",
+    "NUM_TRAIN_TIMESTEPS",
+    "ClassifierFreeGuidance",
+    "GaussianDiffusion",
+    "create_diffusion",
+    "discretized_gaussian_log_likelihood",
+    "named_betas",
+    "normal_kl",
+    "randn",
+    "respace_betas",
+    "space_timesteps",
 ]

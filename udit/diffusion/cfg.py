@@ -14,6 +14,7 @@ guidance_channels="all" guides every eps channel (the textbook form).
 Unlike DiT, the caller does not double the batch: the wrapper takes N samples and returns N outputs,
 so sampling noise is drawn for N samples only and stays tied to each sample's own generator.
 """
+
 import torch
 import torch.nn as nn
 
@@ -27,20 +28,32 @@ class ClassifierFreeGuidance(nn.Module):
     guidance_channels: an int (or its digits as a string, e.g. "3") or "all".
     """
 
-    def __init__(self, model: nn.Module, *, cfg_scale: float, null_class: int | None = None,
-                 guidance_channels: int | str = GUIDED_CHANNELS):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        cfg_scale: float,
+        null_class: int | None = None,
+        guidance_channels: int | str = GUIDED_CHANNELS,
+    ):
         super().__init__()
         if not float(cfg_scale) == float(cfg_scale) or cfg_scale < 0:  # rejects NaN and negatives
             raise ValueError(f"cfg_scale must be a number >= 0, got {cfg_scale!r}")
         if null_class is None:
             null_class = getattr(model, "num_classes", None)
             if null_class is None:
-                raise ValueError("model has no num_classes attribute; pass null_class= (the index of "
-                                 "the unconditional label, num_classes in DiT)")
+                raise ValueError(
+                    "model has no num_classes attribute; pass null_class= (the index of "
+                    "the unconditional label, num_classes in DiT)"
+                )
         if isinstance(guidance_channels, str) and guidance_channels.isdigit():
-            guidance_channels = int(guidance_channels)                   # "3" as a CLI passes it
-        if guidance_channels != "all" and (not isinstance(guidance_channels, int) or guidance_channels < 1):
-            raise ValueError(f"guidance_channels must be a positive int or 'all', got {guidance_channels!r}")
+            guidance_channels = int(guidance_channels)  # "3" as a CLI passes it
+        if guidance_channels != "all" and (
+            not isinstance(guidance_channels, int) or guidance_channels < 1
+        ):
+            raise ValueError(
+                f"guidance_channels must be a positive int or 'all', got {guidance_channels!r}"
+            )
         self.model = model
         self.cfg_scale = float(cfg_scale)
         self.null_class = int(null_class)
@@ -48,13 +61,17 @@ class ClassifierFreeGuidance(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, **kwargs) -> torch.Tensor:
         if self.cfg_scale == 1.0:
-            return self.model(x, t, y=y, **kwargs)                      # no guidance, no doubled batch
+            return self.model(x, t, y=y, **kwargs)  # no guidance, no doubled batch
         n = x.shape[0]
-        out = self.model(torch.cat([x, x]), torch.cat([t, t]),           # (2N, C, H, W)
-                         y=torch.cat([y, torch.full_like(y, self.null_class)]), **kwargs)
-        cond, uncond = out[:n], out[n:]                                  # (N, 2C, H, W) each
+        out = self.model(
+            torch.cat([x, x]),
+            torch.cat([t, t]),  # (2N, C, H, W)
+            y=torch.cat([y, torch.full_like(y, self.null_class)]),
+            **kwargs,
+        )
+        cond, uncond = out[:n], out[n:]  # (N, 2C, H, W) each
         k = x.shape[1] if self.guidance_channels == "all" else self.guidance_channels
         if k > x.shape[1]:
             raise ValueError(f"guidance_channels={k} exceeds the {x.shape[1]} eps channels")
         guided = uncond[:, :k] + self.cfg_scale * (cond[:, :k] - uncond[:, :k])
-        return torch.cat([guided, cond[:, k:]], dim=1)                   # (N, 2C, H, W)
+        return torch.cat([guided, cond[:, k:]], dim=1)  # (N, 2C, H, W)

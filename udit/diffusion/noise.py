@@ -5,25 +5,37 @@ of every draw comes from generators[i] alone, so a sample is the same whatever b
 device count produced it. Draws happen on the generator's device and are then moved, so a CPU
 generator gives the same numbers for a CPU or a GPU run.
 """
-from typing import Sequence
+
+from collections.abc import Sequence
 
 import torch
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
-def randn(shape: Sequence[int], *, generator: Generators = None, device: torch.device | str | None = None,
-          dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def randn(
+    shape: Sequence[int],
+    *,
+    generator: Generators = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """Standard normal tensor of `shape`; generator: None (global RNG), one, or one per row."""
     shape = tuple(int(s) for s in shape)
     if generator is None:
         return torch.randn(shape, device=device, dtype=dtype)
     if isinstance(generator, torch.Generator):
-        return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
+        return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(
+            device
+        )
     generators = list(generator)
     if len(generators) != shape[0]:
-        raise ValueError(f"got {len(generators)} generators for a batch of {shape[0]}; "
-                         f"pass one generator per sample")
-    rows = [torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=dtype).to(device)
-            for g in generators]
+        raise ValueError(
+            f"got {len(generators)} generators for a batch of {shape[0]}; "
+            f"pass one generator per sample"
+        )
+    rows = [
+        torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=dtype).to(device)
+        for g in generators
+    ]
     return torch.cat(rows, dim=0)
