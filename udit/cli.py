@@ -9,6 +9,9 @@ import sys
 # command -> module with a `main(argv: list[str] | None) -> int`
 COMMANDS: dict[str, tuple[str, str]] = {
     "flops": ("udit.flops", "count forward GFLOPs of every registry model with fvcore"),
+    "toy-data": ("udit.data.toy", "write a seeded procedural toy ImageFolder"),
+    "tiny-vae": ("udit.data.vae", "save a random-init tiny AutoencoderKL for toy runs"),
+    "extract-latents": ("udit.data.latents", "encode an ImageFolder, both flips, into a sharded latent cache"),
 }
 
 
