@@ -33,6 +33,7 @@ import yaml
 from tqdm import tqdm
 
 from udit import distributed
+from udit.diffusion import DEFAULT_SAMPLING_STEPS, ClassifierFreeGuidance, create_diffusion
 
 PARTS_SUFFIX = ".parts"          # OUT.npz -> OUT.npz.parts/ holds the finished shards
 SHARD_GLOB = "shard-*.npz"
@@ -56,9 +57,9 @@ def _settings() -> dict:
     return yaml.safe_load(text)["training_settings"]
 
 
-# paper_numbers.yaml training_settings: "sampling: 250-step respaced DDPM", "fid_samples: 50000",
-# "global_seed: 0" (official sample_ddp.py defaults; the paper is silent).
-DEFAULT_STEPS = int(str(_settings()["sampling"]).split("-")[0])
+# paper_numbers.yaml training_settings: "fid_samples: 50000" and "global_seed: 0" (official
+# sample_ddp.py defaults; the paper is silent); 250 respaced DDPM steps come from udit.diffusion.
+DEFAULT_STEPS = DEFAULT_SAMPLING_STEPS
 DEFAULT_NUM_SAMPLES = int(str(_settings()["fid_samples"]).split()[0])
 DEFAULT_SEED = int(_settings()["global_seed"])
 
@@ -109,15 +110,17 @@ def write_npz(path: Path, **arrays: np.ndarray) -> None:
     _atomic_write(Path(path), lambda f: np.savez(f, **arrays))
 
 
-def finished_indices(parts: Path) -> dict[int, Path]:
-    """Sample index -> shard file, for every readable shard (an unreadable one is redone)."""
+def finished_indices(parts: Path, *, delete_unreadable: bool = False) -> dict[int, Path]:
+    """Sample index -> shard file, for every readable shard; an unreadable one is redone."""
     found = {}
     for shard in sorted(parts.glob(SHARD_GLOB)):
         try:
             with np.load(shard) as data:
                 indices = data["indices"]
         except Exception as err:  # noqa: BLE001 - a damaged shard is recomputed, not fatal
-            print(f"warning: ignoring unreadable shard {shard.name}: {err}", file=sys.stderr)
+            print(f"warning: unreadable shard {shard.name} will be redone: {err}", file=sys.stderr)
+            if delete_unreadable:
+                shard.unlink(missing_ok=True)
             continue
         found.update({int(i): shard for i in indices})
     return found
@@ -144,15 +147,12 @@ def assemble(*, parts: Path, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def image_grid(images: np.ndarray) -> np.ndarray:
-    """(B, H, W, 3) uint8 -> one (rows*H, cols*W, 3) image, row-major, black padding."""
-    n, h, w, c = images.shape
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    grid = np.zeros((rows * h, cols * w, c), dtype=np.uint8)
-    for k, img in enumerate(images):
-        r, q = divmod(k, cols)
-        grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = img
-    return grid
+    """(B, H, W, 3) uint8 -> one row-major (rows*H, cols*W, 3) image of ceil(sqrt(B)) columns."""
+    from torchvision.utils import make_grid
+
+    grid = make_grid(torch.from_numpy(images).permute(0, 3, 1, 2), nrow=math.ceil(math.sqrt(len(images))),
+                     padding=0)                                                # (3, rows*H, cols*W)
+    return grid.permute(1, 2, 0).numpy()
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
@@ -248,8 +248,6 @@ def sample_batch(*, model, diffusion, vae, indices: list[int], seed: int, num_cl
                  shape: tuple[int, int, int], device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """Samples `indices` -> (images (B, H, W, 3) uint8, labels (B,) int64); row k depends only on
     (seed, indices[k]): its own generator draws x_T first, then one noise per step."""
-    from udit.diffusion import ClassifierFreeGuidance
-
     y = sample_labels(seed=seed, indices=indices, num_classes=num_classes, mode=labels)
     gens = [sample_generator(seed=seed, index=i, stream=NOISE_STREAM) for i in indices]
     guided = ClassifierFreeGuidance(model, cfg_scale=cfg_scale, null_class=num_classes,
@@ -276,7 +274,6 @@ def generate(*, checkpoint: str, out: str, num_samples: int = DEFAULT_NUM_SAMPLE
              grid: str | None = None, device: str | None = None, keep_parts: bool = False,
              tf32: bool = False, pause_after_shard: float = 0.0) -> dict:
     """Write `out` (.npz), its grid PNG and out.json; returns the summary written to out.json."""
-    from udit.diffusion import create_diffusion
     from udit.models.checkpoint import read_checkpoint
 
     if num_samples < 1 or batch_size < 1 or steps < 1:
@@ -303,16 +300,7 @@ def generate(*, checkpoint: str, out: str, num_samples: int = DEFAULT_NUM_SAMPLE
         given = {"model": model, "model_kw": model_kw, "num_classes": num_classes,
                  "image_size": image_size, "pixel": pixel, "vae": vae}
         opts = resolve_options(given=given, stored=checkpoint_options(state))
-        if opts["pixel"]:
-            autoencoder, shape = None, (PIXEL_CHANNELS, opts["image_size"], opts["image_size"])
-        else:
-            from udit.data.vae import load_vae  # diffusers: imported only when a VAE is used
-            autoencoder = load_vae(opts["vae"], device=info.device)
-            factor = 2 ** (len(autoencoder.config.block_out_channels) - 1)  # as udit/train.py
-            if opts["image_size"] % factor:
-                raise ValueError(f"image size {opts['image_size']} is not divisible by the VAE factor {factor}")
-            side = opts["image_size"] // factor
-            shape = (autoencoder.config.latent_channels, side, side)
+        autoencoder, shape = load_space(opts, device=info.device)
         config = {  # everything a sample depends on; batch size, device and process count do not count
             "checkpoint_sha256": checkpoint_sha256(ckpt_path), "weights": weights, **opts,
             "vae_fingerprint": None if autoencoder is None else _vae_fingerprint(autoencoder),
@@ -321,37 +309,21 @@ def generate(*, checkpoint: str, out: str, num_samples: int = DEFAULT_NUM_SAMPLE
             "labels": labels, "clip_denoised": False,
         }
         summary_path = Path(str(out) + ".json")
+        summary = {"out": out.name, "num_samples": num_samples, "config": config}
         if out.is_file() and summary_path.is_file():
-            summary = json.loads(summary_path.read_text())
-            if summary.get("config") == config and summary.get("num_samples") == num_samples:
+            previous = json.loads(summary_path.read_text())
+            if {k: previous.get(k) for k in summary} == summary:
                 if info.is_main:
                     print(f"{out} already holds these {num_samples} samples; nothing to do", file=sys.stderr)
-                return summary
+                return previous
 
         parts = Path(str(out) + PARTS_SUFFIX)
-        if info.is_main:
-            parts.mkdir(parents=True, exist_ok=True)
-            for stale in parts.glob(".*.tmp"):  # temp files of a killed run
-                stale.unlink(missing_ok=True)
-            if not (parts / CONFIG_NAME).is_file():
-                write_json(parts / CONFIG_NAME, config)
-        distributed.barrier(info)
-        saved = json.loads((parts / CONFIG_NAME).read_text())
-        if saved != config:
-            changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
-            raise ValueError(f"{parts} holds samples made with other options ({', '.join(changed)} differ); "
-                             f"delete it or choose another --out")
-        done = finished_indices(parts)
-        distributed.barrier(info)  # every rank has scanned before any rank adds a shard
-        missing = [i for i in range(num_samples) if i not in done]
-        mine = missing[info.rank::info.world_size]  # i = rank, rank + W, ... on a fresh run
-
+        mine, total = claim_indices(parts=parts, config=config, num_samples=num_samples, info=info)
         net = build_model(checkpoint=state, options=opts, in_channels=shape[0], input_size=shape[-1],
                           weights=weights, device=info.device)
         del state
         diffusion = create_diffusion(str(steps))
-        bar = tqdm(total=len(missing), initial=0, disable=not info.is_main, desc="sampling", unit="img",
-                   file=sys.stderr)
+        bar = tqdm(total=total, disable=not info.is_main, desc="sampling", unit="img", file=sys.stderr)
         for start in range(0, len(mine), batch_size):
             indices = mine[start:start + batch_size]
             images, ys = sample_batch(model=net, diffusion=diffusion, vae=autoencoder, indices=indices,
@@ -365,7 +337,6 @@ def generate(*, checkpoint: str, out: str, num_samples: int = DEFAULT_NUM_SAMPLE
         bar.close()
         distributed.barrier(info)
 
-        summary = {"out": out.name, "num_samples": num_samples, "config": config}
         if info.is_main:
             arr_0, arr_1 = assemble(parts=parts, num_samples=num_samples)
             write_npz(out, arr_0=arr_0, arr_1=arr_1)
@@ -381,6 +352,40 @@ def generate(*, checkpoint: str, out: str, num_samples: int = DEFAULT_NUM_SAMPLE
         return summary
     finally:
         distributed.cleanup(info)
+
+
+def load_space(opts: dict, *, device: torch.device):
+    """(VAE or None, per-sample shape the model samples in): pixels, or latents of the VAE."""
+    if opts["pixel"]:
+        return None, (PIXEL_CHANNELS, opts["image_size"], opts["image_size"])
+    from udit.data.vae import load_vae  # diffusers: imported only when a VAE is used
+    vae = load_vae(opts["vae"], device=device)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)  # as udit/train.py
+    if opts["image_size"] % factor:
+        raise ValueError(f"image size {opts['image_size']} is not divisible by the VAE factor {factor}")
+    return vae, (vae.config.latent_channels, opts["image_size"] // factor, opts["image_size"] // factor)
+
+
+def claim_indices(*, parts: Path, config: dict, num_samples: int, info) -> tuple[list[int], int]:
+    """(indices this rank computes, how many are missing in all) after checking OUT.parts/ holds
+    shards made with `config`. Missing indices are dealt out i = rank, rank + W, ..."""
+    if info.is_main:
+        parts.mkdir(parents=True, exist_ok=True)
+        for stale in parts.glob(".*.tmp"):  # temp files of a killed run
+            stale.unlink(missing_ok=True)
+        if not (parts / CONFIG_NAME).is_file():
+            write_json(parts / CONFIG_NAME, config)
+        finished_indices(parts, delete_unreadable=True)  # assemble() must not meet them later
+    distributed.barrier(info)
+    saved = json.loads((parts / CONFIG_NAME).read_text())
+    if saved != config:
+        changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+        raise ValueError(f"{parts} holds samples made with other options ({', '.join(changed)} differ); "
+                         f"delete it or choose another --out")
+    done = finished_indices(parts)
+    distributed.barrier(info)  # every rank has scanned before any rank adds a shard
+    missing = [i for i in range(num_samples) if i not in done]
+    return missing[info.rank::info.world_size], len(missing)
 
 
 def _vae_fingerprint(vae) -> dict:
