@@ -143,7 +143,12 @@ def test_clear_errors(ckpts, tmp_path, capsys):
     assert main(["--checkpoint", str(ckpts / "train.pt"), "--model", "DiT-B/2", *base]) == 2
     assert "contradicts the checkpoint" in capsys.readouterr().err
     assert main(["--checkpoint", str(ckpts / "train.pt"), "--model-kw", "depth=2", *base]) == 2
-    assert "model-kw" in capsys.readouterr().err
+    assert "--model-kw {'depth': 2} contradicts" in capsys.readouterr().err
+    assert main(["--checkpoint", str(ckpts / "train.pt"), "--model-kw", "mlp_ratio=2", *base]) == 2
+    assert "--model-kw {'mlp_ratio': 2} contradicts" in capsys.readouterr().err  # not trained with it
+    # The training values (or a subset) and the model's slug are accepted.
+    assert main(["--checkpoint", str(ckpts / "train.pt"), "--model", "dit-s-2", "--model-kw", "depth=1",
+                 *base]) == 0
     assert main(["--checkpoint", str(ckpts / "released.pt"), "--pixel", *base]) == 2
     assert "pass --model" in capsys.readouterr().err
     assert main(["--checkpoint", str(tmp_path / "missing.pt"), *base]) == 2

@@ -188,11 +188,23 @@ def checkpoint_options(checkpoint) -> dict:
 def resolve_options(*, given: dict, stored: dict) -> dict:
     """The checkpoint's options, filled in by the CLI; a CLI value that contradicts it is an error
     (except the VAE, whose name may legitimately differ, e.g. a local copy of the hub model)."""
+    from udit.models import get_spec
+
+    given, stored = dict(given), dict(stored)
+    for opts in (given, stored):  # paper name or slug; unknown names list the valid ones
+        if opts.get("model") is not None:
+            opts["model"] = get_spec(opts["model"]).name
     resolved = {}
     for key in MODEL_FIELDS:
         cli, saved = given.get(key), stored.get(key)
         if key == "model_kw":
             cli, saved = (cli or None), (dict(saved) if saved else None)
+            if cli and saved is not None:  # a subset of the training overrides is fine
+                clash = {k: v for k, v in cli.items() if k not in saved or saved[k] != v}
+                if clash:
+                    raise ValueError(f"--model-kw {clash!r} contradicts the checkpoint, which was trained "
+                                     f"with model_kw={saved!r}; drop the option or fix it")
+                cli = saved
         if cli is not None and saved is not None and cli != saved and key != "vae":
             raise ValueError(f"--{key.replace('_', '-')} {cli!r} contradicts the checkpoint, which was "
                              f"trained with {key}={saved!r}; drop the option or use the matching checkpoint")
@@ -200,8 +212,6 @@ def resolve_options(*, given: dict, stored: dict) -> dict:
     if resolved["model"] is None:
         raise ValueError("the checkpoint does not name its model (a raw state dict, e.g. a released "
                          "one): pass --model")
-    from udit.models import get_spec
-    resolved["model"] = get_spec(resolved["model"]).name  # unknown names list the valid ones
     resolved["model_kw"] = resolved["model_kw"] or {}
     resolved["pixel"] = bool(resolved["pixel"])
     resolved["num_classes"] = int(resolved["num_classes"] or DEFAULT_NUM_CLASSES)
@@ -409,12 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="registry name; default: the checkpoint's (required for raw state dicts)")
     p.add_argument("--model-kw", nargs="*", default=[], metavar="KEY=VAL",
                    help="model constructor overrides; default: the checkpoint's (must match training)")
-    p.add_argument("--num-samples", type=int, default=DEFAULT_NUM_SAMPLES)
+    p.add_argument("--num-samples", type=int, default=DEFAULT_NUM_SAMPLES, help="FID-50K as the paper")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="sample i depends only on (seed, i)")
     p.add_argument("--cfg-scale", type=float, default=1.0, help="1.0: no guidance (the paper's T2); T4 uses 1.5")
     p.add_argument("--guidance-channels", default="3", help="eps channels guided: 3 as DiT/U-DiT, or 'all'")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="respaced sampling steps")
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm", help="ancestral DDPM as the paper, or DDIM")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
     p.add_argument("--labels", choices=LABEL_MODES, default="random",
                    help="random: uniform draw per sample (DiT sample_ddp.py); uniform: i %% num_classes")
