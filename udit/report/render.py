@@ -1,0 +1,160 @@
+"""`udit report`: every paper table and figure, paper beside reproduction, as one HTML page.
+
+    udit report --config config/smoke.yaml --results results --out report/
+
+Reads only job outputs (results/flops/flops.json, results/*/metrics/*.json,
+results/*/train/log.jsonl, results/*/samples/*.png) and writes
+    report/index.html          the page (opens from disk: images beside it, relative links)
+    report/figures/*.png|svg   figures (marked with report() in the make_report rule)
+    report/tables/*.csv|html   one table per paper table + records.csv (long form)
+    report/samples/*.png       sample grids copied from results
+Anything not run yet is "pending"; numbers from a stand-in Inception get a red banner.
+"""
+import argparse
+import datetime
+import os
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import jinja2
+import pandas as pd
+
+from udit import experiments as ex
+from udit.report import figures, tables
+
+TEMPLATE = "index.html.j2"
+PACKAGES = ["torch", "torchvision", "torch-fidelity", "fvcore", "diffusers", "numpy", "pandas", "matplotlib"]
+FIGURES = {  # file stem -> caption (the page and workflow/captions/figure.rst)
+    "fid_vs_gflops": "FID-50K vs GFLOPs at 400K iterations (the paper's headline comparison, Table 2): "
+                     "paper points left, reproduced runs right (GFLOPs from fvcore).",
+    "fid_vs_iterations": "FID vs training iterations: the paper's Table 5 curves left, each reproduced "
+                         "run over its evaluated milestones right (dotted lines: milestone checkpoints).",
+    "ablation_ladder": "The ablation ladder (Table 9) as FID bars: paper left, reproduction right.",
+    "training_loss": "Training loss (mse + vb, hybrid objective) of every run, from its log.jsonl.",
+}
+
+
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Temp file beside the target + os.replace: a reader sees the old or the new file, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the report is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        res = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"],
+                             capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.strip() or None
+
+
+def copy_grids(nodes: list[tables.Node], *, results: Path, out_dir: Path) -> list[dict]:
+    """Copy each evaluated node's sample grid beside the page; one entry per grid found."""
+    grids = []
+    for node in nodes:
+        src = node.grid_path(results)
+        if src.is_file():
+            name = f"{node.experiment}-{node.tag}.png"
+            atomic_write(out_dir / name, src.read_bytes())
+            grids.append({"src": f"samples/{name}", "experiment": node.experiment, "title": node.title,
+                          "tag": node.tag})
+    return grids
+
+
+def cell_lines(records: pd.DataFrame, table_key: str) -> list[dict]:
+    """Template rows of one paper table: row, run, and per metric paper / reproduced / diff / status."""
+    lines = []
+    sub = records[records["table"] == table_key]
+    for (row, node), group in sub.groupby(["row", "node"], sort=False, dropna=False):
+        cells = []
+        for rec in group.itertuples():
+            reproduced = tables.fmt(rec.reproduced, rec.metric)
+            cells.append({"metric": rec.metric, "paper": tables.fmt(rec.paper, rec.metric) or "-",
+                          "reproduced": reproduced or ("pending" if rec.status == "pending" else "-"),
+                          "diff": "" if pd.isna(rec.diff) else f"{rec.diff:+.3g}",
+                          "rel": "" if pd.isna(rec.rel_diff) else f"{rec.rel_diff:+.1%}",
+                          "status": rec.status, "note": rec.note or "", "tolerance": rec.tolerance})
+        lines.append({"row": row, "node": node if isinstance(node, str) else None, "cells": cells,
+                      "uncalibrated": bool(group["uncalibrated"].any())})
+    return lines
+
+
+def build_report(*, config: Path, results: Path, out: Path) -> dict:
+    """Write the whole report into `out`; returns the summary counts."""
+    cfg = ex.load_config(config)
+    experiments, released = ex.resolve_experiments(cfg), ex.resolve_released(cfg)
+    results, out = Path(results), Path(out)
+    records, provenance = tables.collect_records(experiments=experiments, released=released, results=results)
+    table_files = tables.write_tables(records, out_dir=out / "tables", write=atomic_write)
+
+    fig_dir = out / "figures"
+    milestones = {eid: exp.milestones for eid, exp in experiments.items()}
+    logs = {eid: results / eid / "train" / "log.jsonl" for eid in experiments
+            if (results / eid / "train" / "log.jsonl").is_file()}
+    made = [figures.fid_vs_gflops(records, fig_dir), figures.fid_vs_iterations(records, milestones, fig_dir),
+            figures.ablation_ladder(records, fig_dir), figures.training_loss(logs, fig_dir)]
+    nodes = tables.config_nodes(experiments=experiments, released=released, results=results)
+    grids = copy_grids(nodes, results=results, out_dir=out / "samples")
+
+    summary = tables.summary(records)
+    uncalibrated = sorted(p["node"] for p in provenance if p["uncalibrated"]) if provenance else []
+    env = jinja2.Environment(loader=jinja2.PackageLoader("udit.report", "templates"),
+                             autoescape=jinja2.select_autoescape(["html", "j2"]),
+                             undefined=jinja2.StrictUndefined)  # a template mistake fails the job
+    html = env.get_template(TEMPLATE).render(
+        description=cfg.get("description", ""), config=Path(config).as_posix(), summary=summary,
+        tolerances=tables.TOLERANCES, labels=tables.METRIC_LABELS, metrics=tables.METRICS,
+        tables=[{"key": t.key, "label": t.label, "title": t.title, "lines": cell_lines(records, t.key),
+                 "csv": f"tables/{t.key}.csv"} for t in tables.shown_tables(records)],
+        figures=[{"src": f"figures/{name}", "svg": f"figures/{Path(name).stem}.svg",
+                  "caption": FIGURES[Path(name).stem]} for name in made],
+        grids=grids, provenance=provenance, uncalibrated=uncalibrated, table_files=table_files,
+        generated=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        report_commit=git_commit(), versions=package_versions())
+    atomic_write(out / "index.html", html)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="udit report", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, required=True, help="the workflow config the results come from")
+    parser.add_argument("--results", type=Path, default=Path("results"), help="results folder of the DAG")
+    parser.add_argument("--out", type=Path, default=Path("report"), help="folder for index.html and its files")
+    args = parser.parse_args(argv)
+    if not args.results.is_dir():
+        print(f"udit report: results folder {args.results} does not exist", file=sys.stderr)
+        return 2
+    try:
+        summary = build_report(config=args.config, results=args.results, out=args.out)
+    except ex.ConfigError as err:
+        print(f"udit report: {err}", file=sys.stderr)
+        return 2
+    print(f"[report] {args.out / 'index.html'}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
