@@ -17,7 +17,7 @@ from udit import checkpointing
 from udit.data.toy import generate_toy_data
 from udit.models import create_model
 from udit.train import TrainOptions, main, train
-from udit.train_state import DataOrder, draw_samples, make_ema, update_ema
+from udit.train_state import DataOrder, LabelDropControl, draw_samples, make_ema, update_ema
 
 TINY_KW = {"hidden_size": 32, "depth": 2, "num_heads": 2}  # DiT-S/2 shrunk to ~0.1 M parameters
 IMAGE_SIZE = 16
@@ -184,6 +184,28 @@ def test_global_batch_split_is_rank_independent():
     assert not torch.equal(whole.noise[0], draw_samples(offset=0, count=1, **{**kw, "step": 8}).noise[0])
     with pytest.raises(ValueError, match="not divisible by world size"):
         DataOrder(num_items=40, global_batch=9, world_size=2, rank=0, seed=0)
+
+
+@pytest.mark.parametrize("name, kw", [("DiT-S/2", TINY_KW),
+                                      ("U-DiT-S", {"hidden_size": 16, "num_heads": 2, "depths": (1, 1, 1, 1, 1)})])
+def test_label_dropout_follows_trainer_mask(name, kw):
+    """The trainer's per-sample coins decide which labels every LabelEmbedder drops (DiT passes
+    force_drop by keyword-less default, the U-shaped model positionally)."""
+    torch.manual_seed(0)
+    model = create_model(name, input_size=8, in_channels=3, num_classes=NUM_CLASSES, **kw)
+    with torch.no_grad():  # adaLN-Zero starts as the identity: perturb so labels matter
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    control = LabelDropControl(model)
+    x, t, y = torch.randn(4, 3, 8, 8), torch.tensor([1, 200, 500, 900]), torch.tensor([0, 1, 2, 3])
+    drop = torch.tensor([True, False, True, False])
+    control.masks = drop[:, None].expand(4, len(control))
+    model.train()
+    got = model(x, t, y)
+    model.eval()
+    want = model(x, t, torch.where(drop, NUM_CLASSES, y))  # null class where the coin says drop
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(want, model(x, t, y))  # the labels do change the output
 
 
 # ----------------------------------------------------------------------------- EMA

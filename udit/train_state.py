@@ -146,18 +146,26 @@ class LabelDropControl:
         if len(probs) > 1:
             raise ValueError(f"label embedders disagree on dropout probability: {sorted(probs)}")
         self.drop_prob = probs.pop() if probs else 0.0
+        # A model may drop the same labels in every embedder (U-shaped `shared_label_drop`):
+        # then one coin per sample serves them all.
+        self.shared = bool(getattr(model, "shared_label_drop", False))
         self.masks: torch.Tensor | None = None  # (N, K) bool, set before each forward
-        self.handles = [m.register_forward_pre_hook(self._hook(k), with_kwargs=True)
+        self.handles = [m.register_forward_pre_hook(self._hook(0 if self.shared else k), with_kwargs=True)
                         for k, m in enumerate(self.embedders)]
 
     def __len__(self) -> int:
-        return len(self.embedders)
+        return 1 if self.shared and self.embedders else len(self.embedders)
 
     def _hook(self, k: int):
         def hook(module, args, kwargs):
-            if module.training and self.masks is not None and kwargs.get("force_drop") is None:
-                kwargs = {**kwargs, "force_drop": self.masks[:, k]}
-            return args, kwargs
+            # In training force_drop only ever carries the dropout coins (guidance is eval-only),
+            # so the trainer's per-sample mask replaces whatever the model drew itself.
+            if not (module.training and self.masks is not None):
+                return args, kwargs
+            mask = self.masks[:, k]
+            if len(args) >= 2:  # forward(y, force_drop) called positionally
+                return (args[0], mask, *args[2:]), kwargs
+            return args, {**kwargs, "force_drop": mask}
         return hook
 
     def remove(self) -> None:
