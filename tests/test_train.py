@@ -79,6 +79,7 @@ def reference(toy, tmp_path_factory) -> Path:
 # ----------------------------------------------------------------------------- resume
 
 
+@pytest.mark.slow
 def test_step_exact_resume_after_sigkill(toy, reference, tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "udit.train",
@@ -127,6 +128,7 @@ def test_resume_refuses_changed_recipe(toy, tmp_path):
         train(_options(run, toy, total_steps=2, ckpt_every=1, global_batch=4))
 
 
+@pytest.mark.slow
 def test_latent_cache_and_online_vae_modes(toy, tmp_path):
     """Both latent paths build a 4-channel model at image_size / VAE factor and train."""
     from udit.data import extract_latents, save_tiny_vae
