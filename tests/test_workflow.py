@@ -1,0 +1,156 @@
+"""The workflow as data: schema, both configs, every paper node in the DAG, lint, `udit plan`."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from udit import experiments as ex
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+# Paper tables every row of which must be reproduced by some evaluation of config/paper.yaml
+# (the DiT paper's own numbers and 7M-iteration rows come from runs the U-DiT paper did not do).
+TABLES_FULLY_COVERED = ["toy_T1", "downsampler_T7", "ablation_T9", "main_400k_T2", "cfg_1.5_T4",
+                        "imagenet512_T6", "vanilla_vs_all_T10"]
+# job counts of `snakemake -n --configfile config/paper.yaml` (recorded in the closing note)
+PAPER_JOB_COUNTS = {"train": 33, "sample": 37, "evaluate": 37, "extract_latents": 2, "count_flops": 1}
+
+
+def run_snakemake(*args, cwd=ROOT):
+    return subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    block = output.split("Job stats:")[1].split("total")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
+
+
+@pytest.mark.parametrize("name", ["paper.yaml", "smoke.yaml"])
+def test_schema_accepts_both_configs(name):
+    raw = yaml.safe_load((ROOT / "config" / name).read_text())
+    validate(raw, str(SCHEMA))                      # what the Snakefile does at start-up
+    config = ex.load_config(ROOT / "config" / name)
+    experiments = ex.resolve_experiments(config)
+    ex.check_models(experiments)                    # every model is a registry name
+    assert len(experiments) >= 25
+
+
+def test_smoke_maps_the_same_experiments_to_toy_sizes():
+    paper = ex.resolve_experiments(ex.load_config(ROOT / "config" / "paper.yaml"))
+    smoke = ex.resolve_experiments(ex.load_config(ROOT / "config" / "smoke.yaml"))
+    assert list(smoke) == list(paper)
+    for eid, exp in smoke.items():
+        assert exp.model == paper[eid].model
+        assert len(exp.milestones) == len(paper[eid].milestones)       # same node structure
+        assert exp.iterations <= 40 and exp.global_batch <= 8 and exp.size == "toy"
+        assert all(e.fid_samples <= 16 for e in exp.evaluations)
+
+
+def test_bad_key_is_rejected_with_its_name(tmp_path):
+    raw = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    raw["scale"]["step_divizor"] = 3
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ex.ConfigError, match="step_divizor"):
+        ex.load_config(bad)
+    result = run_snakemake("-n", "--configfile", str(bad))
+    assert result.returncode != 0
+    assert "step_divizor" in result.stdout + result.stderr
+
+
+def test_bad_value_and_bad_paper_reference_are_named(tmp_path):
+    raw = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    raw["experiments"]["u-dit-b"]["size"] = "huge"
+    with pytest.raises(ex.ConfigError, match=r"experiments/u-dit-b/size"):
+        ex.validate_config(raw)
+    raw["experiments"]["u-dit-b"]["size"] = "B"
+    raw["experiments"]["u-dit-b"]["evaluations"][0]["paper"][0]["row"] = "U-DiT-Z"
+    with pytest.raises(ex.ConfigError, match="U-DiT-Z"):
+        ex.resolve_experiments(raw)
+
+
+def test_paper_config_references_every_paper_row():
+    experiments = ex.resolve_experiments(ex.load_config(ROOT / "config" / "paper.yaml"))
+    referenced = {(r.table, r.row, r.key) for e in experiments.values() for ev in e.evaluations for r in ev.paper}
+    numbers = ex.paper_numbers()
+    missing = [(t, row) for t in TABLES_FULLY_COVERED for row in numbers[t]
+               if not any(rt == t and rr == str(row) for rt, rr, _ in referenced)]
+    assert not missing, f"paper rows no experiment reproduces: {missing}"
+    for model in ("U-DiT-B", "U-DiT-L"):   # T5: every milestone of the 1M runs
+        keys = {k for t, r, k in referenced if t == "longer_training_T5" and r == model}
+        assert keys == {"200K", "400K", "600K", "800K", "1M"}
+    assert experiments["u-dit-b"].milestones == [200_000, 400_000, 600_000, 800_000, 1_000_000]
+
+
+def test_paper_dry_run_lists_every_node():
+    result = run_snakemake("-n", "--configfile", "config/paper.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    counts = job_counts(out)
+    for rule, n in PAPER_JOB_COUNTS.items():
+        assert counts.get(rule) == n, (rule, counts)
+    experiments = ex.resolve_experiments(ex.load_config(ROOT / "config" / "paper.yaml"))
+    for eid, exp in experiments.items():
+        for e in exp.evaluations:
+            assert f"results/{eid}/metrics/{e.tag}.json" in out
+    # 1M continues the 800K checkpoint of the same run: no retraining from scratch
+    assert re.search(r"input: .*results/u-dit-b/train/checkpoints/ckpt-0800000\.pt[\s\S]*?"
+                     r"output: results/u-dit-b/train/checkpoints/ckpt-1000000\.pt", out)
+
+
+def test_smoke_dry_run_and_slurm_profile_resolve():
+    result = run_snakemake("-n")                      # default configfile = smoke
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = job_counts(result.stdout + result.stderr)
+    for rule in ("make_toy_data", "make_tiny_vae", "extract_latents", "make_standin_inception",
+                 "build_reference", "train", "sample", "evaluate", "count_flops", "make_report"):
+        assert counts.get(rule, 0) >= 1, (rule, counts)
+    assert counts["extract_latents"] == 1             # latents extracted once, shared
+    result = run_snakemake("-n", "--profile", "slurm")  # ./slurm/ resolves from the repo root
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_lint_is_clean():
+    result = run_snakemake("--lint")
+    assert result.returncode == 0
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+
+
+def test_released_target_lists_what_to_download():
+    result = run_snakemake("-n", "released", "--configfile", "config/paper.yaml")
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    assert "released checkpoints missing" in out
+    assert "data/released/DiT-XL-2-256x256.pt  <-  https://dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-256x256.pt" in out
+
+
+def test_plan_prints_nodes_and_total(tmp_path):
+    from udit import plan
+
+    raw = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    raw["scale"]["only"] = ["toy-dit-s-4", "u-dit-b"]
+    raw["base"] = str(ROOT / "config" / "paper.yaml")
+    cfg = tmp_path / "plan.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    result = subprocess.run([sys.executable, "-m", "udit.plan", "--configfile", str(cfg), "--format", "json",
+                             "--gpu-macs-per-s", "1e9"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    import json
+    report = json.loads(result.stdout)
+    nodes = report["nodes"]
+    assert [(n["experiment"], n["to_step"]) for n in nodes] == [
+        ("toy-dit-s-4", 16), ("u-dit-b", 8), ("u-dit-b", 16), ("u-dit-b", 24), ("u-dit-b", 32), ("u-dit-b", 40)]
+    for n in nodes:
+        assert n["gflops"] > 0 and n["images"] == (n["to_step"] - n["from_step"]) * 8
+        assert n["train_pflops"] == pytest.approx(n["gflops"] * 1e9 * 3 * n["images"] / 1e15, rel=1e-3)
+        assert n["gpu_hours"] == pytest.approx(n["train_pflops"] * 1e15 / 1e9 / 3600)
+    assert report["total_gpu_hours"] == pytest.approx(sum(n["gpu_hours"] for n in nodes))
+    # the default throughput is the paper's T11 DiT-XL/2 rate: 118.64 GFLOPs x 3 x 256 x 1.71 / 8 GPUs
+    rate, note = plan.paper_throughput()
+    assert rate == pytest.approx(118.64e9 * 3 * 256 * 1.71 / 8)
+    assert "T11" in note
