@@ -1,0 +1,275 @@
+"""Metrics: torch-fidelity Inception features, ADM protocol, reference and evaluate commands.
+
+Offline: the official Inception weights cannot be downloaded here, so a random-weight
+state dict of the same architecture is generated once per session (~96 MB, tmp dir only)
+and loaded through the real weights-path code. PyTorch's default init makes activations
+vanish, so convs get Kaiming-normal weights and BatchNorm statistics are calibrated on
+one batch; metrics on such features are meaningful for plumbing, not for quality.
+Every Inception forward costs ~6 GFLOPs on CPU, so the image sets are tiny.
+"""
+import json
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch_fidelity import FeatureExtractorInceptionV3
+from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+from udit.metrics import evaluate, inception, provenance, reference, scores
+from udit.metrics.npz import ArrayImages, NpzImages, open_npz_array
+
+N_IMAGES = 12  # > k + 1 for precision/recall; small because Inception is slow on CPU
+SIZE = 32  # Inception resizes everything to 299, so tiny images cost the same and load fast
+CALIBRATION_IMAGES = 8
+
+
+def smooth_images(n: int, *, seed: int) -> np.ndarray:
+    """uint8 (n, SIZE, SIZE, 3): coarse random colour fields, upsampled, plus pixel noise."""
+    rng = np.random.default_rng(seed)
+    coarse = torch.from_numpy(rng.uniform(0, 255, (n, 3, 4, 4)).astype(np.float32))
+    fine = torch.nn.functional.interpolate(coarse, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    fine = fine + torch.from_numpy(rng.normal(0, 12, fine.shape).astype(np.float32))
+    return fine.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def make_random_inception_weights(path: Path, *, seed: int = 0) -> None:
+    """torch-fidelity's Inception-V3 with Kaiming convs and calibrated BatchNorm, saved at `path`."""
+    torch.manual_seed(seed)
+    empty = path.with_name("empty.pth")
+    torch.save({}, empty)
+    # Build the real architecture without loading anything: skip the weights load once.
+    with mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict", lambda self, state_dict: None):
+        model = FeatureExtractorInceptionV3("random", ["logits"], feature_extractor_weights_path=str(empty))
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+        elif isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average: one batch sets the running stats
+    torch.nn.init.normal_(model.fc.weight, std=2048**-0.5)
+    torch.nn.init.zeros_(model.fc.bias)
+    model.train()
+    calibration = torch.from_numpy(smooth_images(CALIBRATION_IMAGES, seed=seed + 100)).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        model(calibration)
+    torch.save(model.state_dict(), path)
+
+
+def write_npz(path: Path, **arrays) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
+    make_random_inception_weights(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def images_a() -> np.ndarray:
+    return smooth_images(N_IMAGES, seed=1)
+
+
+@pytest.fixture(scope="session")
+def reference_npz(tmp_path_factory, weights, images_a) -> Path:
+    """Reference built by the real `udit build-reference` entry point from a folder of PNGs."""
+    root = tmp_path_factory.mktemp("reference")
+    folder = root / "images" / "class_0"
+    folder.mkdir(parents=True)
+    for i, image in enumerate(images_a):
+        Image.fromarray(image).save(folder / f"{i:03d}.png")
+    out = root / "ref.npz"
+    argv = ["--images", str(root / "images"), "--out", str(out), "--inception-weights", str(weights),
+            "--image-size", str(SIZE), "--device", "cpu"]
+    assert reference.main(argv) == 0
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# weights and extractor
+# ---------------------------------------------------------------------------------------
+
+def test_missing_weights_error_names_file_url_and_config_key(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError) as err:
+        inception.resolve_weights(tmp_path / "nope.pth")
+    message = str(err.value)
+    assert inception.WEIGHTS_FILENAME in message and inception.WEIGHTS_URL in message
+    assert "inception_weights" in message and "nope.pth" in message
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # empty hub cache: also a clear error
+    with pytest.raises(FileNotFoundError, match="torch hub cache"):
+        inception.resolve_weights(None)
+
+
+def test_weights_found_in_torch_hub_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cached = tmp_path / "hub" / "checkpoints" / inception.WEIGHTS_FILENAME
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"placeholder")
+    assert inception.resolve_weights(None) == cached
+
+
+def test_official_weights_check_uses_sha256_prefix(tmp_path):
+    assert provenance.is_official_weights("6726825d" + "0" * 56)
+    assert not provenance.is_official_weights("0" * 64)
+    other = tmp_path / "x.bin"
+    other.write_bytes(b"not inception")
+    assert not provenance.is_official_weights(provenance.sha256_file(other))
+
+
+def test_float64_internal_dtype_is_refused(weights):
+    # torch-fidelity would silently run float32 instead.
+    with pytest.raises(ValueError, match="float32"):
+        inception.InceptionV3ADM("x", [inception.POOL], feature_extractor_weights_path=str(weights),
+                                 feature_extractor_internal_dtype="float64")
+
+
+def manual_spatial(model: FeatureExtractorInceptionV3, images: np.ndarray) -> torch.Tensor:
+    """TF mixed_6/conv[..., :7] by walking torch-fidelity's modules by hand, NHWC-flattened."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).to(torch.float32)
+    x = interpolate_bilinear_2d_like_tensorflow1x(x, size=(299, 299), align_corners=False)
+    x = (x - 128) / 128
+    for name in ["Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1",
+                 "Conv2d_4a_3x3", "MaxPool_2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b",
+                 "Mixed_6c"]:
+        x = getattr(model, name)(x)
+    x = model.Mixed_6d.branch1x1(x)  # (N, 192, 17, 17)
+    return x[:, :7].permute(0, 2, 3, 1).reshape(len(images), -1)  # (N, 2023)
+
+
+def test_feature_shapes_layout_and_batch_independence(weights, images_a, reference_npz):
+    extractor = inception.load_extractor(weights=weights)
+    subset = images_a[:4]
+    feats = inception.extract_features(ArrayImages(subset), extractor=extractor, batch_size=3)
+    assert feats[inception.POOL].shape == (4, 2048)
+    assert feats[inception.LOGITS].shape == (4, 1008)
+    assert feats[inception.SPATIAL].shape == (4, inception.SPATIAL_DIM) == (4, 2023)
+    assert all(v.dtype == np.float32 for v in feats.values())
+    assert feats[inception.POOL].std() > 1e-3  # calibrated random weights do not vanish
+
+    with torch.no_grad():
+        manual = manual_spatial(extractor, subset[:2]).numpy()
+    np.testing.assert_allclose(feats[inception.SPATIAL][:2], manual, rtol=1e-4, atol=1e-4)
+    # the check can fail: NCHW flattening of the same map is a different vector
+    nchw = manual.reshape(2, 17, 17, 7).transpose(0, 3, 1, 2).reshape(2, -1)
+    assert not np.allclose(feats[inception.SPATIAL][:2], nchw, atol=1e-4)
+
+    # batch size 3 here (3 + 1) vs the reference's single batch of N_IMAGES
+    cached_pool = open_npz_array(reference_npz, "pool_3")[:4]
+    np.testing.assert_allclose(feats[inception.POOL], cached_pool, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------
+# metrics from features (no Inception)
+# ---------------------------------------------------------------------------------------
+
+def test_frechet_distance_closed_form_for_diagonal_gaussians():
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.normal(size=6).astype(np.float32), rng.normal(size=6)  # float32 vs float64 on purpose
+    var1, var2 = rng.uniform(0.5, 2, 6), rng.uniform(0.5, 2, 6)
+    expected = np.sum((mu1.astype(np.float64) - mu2) ** 2) + np.sum(var1 + var2 - 2 * np.sqrt(var1 * var2))
+    got = scores.frechet_distance({"mu": mu1, "sigma": np.diag(var1)}, {"mu": mu2, "sigma": np.diag(var2)})
+    assert got == pytest.approx(expected, rel=1e-9)
+
+
+def test_inception_score_matches_adm_formula_with_remainder_split():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (12000, 10)).astype(np.float32)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    per_split = []
+    for start in range(0, len(p), 5000):  # ADM: 5000, 5000, 2000, no shuffle
+        part = p[start:start + 5000]
+        kl = part * (np.log(part) - np.log(part.mean(0, keepdims=True)))
+        per_split.append(np.exp(kl.sum(1).mean()))
+    out = scores.inception_score_adm(logits)
+    assert out["splits"] == 3
+    assert out["mean"] == pytest.approx(np.mean(per_split), rel=1e-5)
+    assert scores.inception_score_adm(logits[:4000])["splits"] == 1  # fewer than 5000: one split
+
+
+def test_precision_recall_orientation():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(200, 8)).astype(np.float32)
+    collapsed = (0.1 * rng.normal(size=(200, 8))).astype(np.float32)  # mode collapse near the centre
+    pr = scores.precision_recall(collapsed, real)
+    assert pr["precision"] > 0.9 and pr["recall"] < 0.3
+    assert scores.precision_recall(real, real) == {"precision": 1.0, "recall": 1.0}
+
+
+def test_npz_members_are_memory_mapped_when_stored(tmp_path):
+    images = smooth_images(3, seed=5)
+    mapped = open_npz_array(write_npz(tmp_path / "a.npz", arr_0=images), "arr_0")
+    assert isinstance(mapped, np.memmap)
+    np.testing.assert_array_equal(mapped, images)
+    np.savez_compressed(tmp_path / "c.npz", arr_0=images)
+    np.testing.assert_array_equal(open_npz_array(tmp_path / "c.npz", "arr_0"), images)
+    dataset = NpzImages(tmp_path / "a.npz")
+    assert dataset[1].shape == (3, SIZE, SIZE) and dataset[1].dtype == torch.uint8
+    with pytest.raises(ValueError, match="uint8"):
+        NpzImages(write_npz(tmp_path / "f.npz", arr_0=images.astype(np.float32)))
+    with pytest.raises(ValueError, match="NHWC"):
+        NpzImages(write_npz(tmp_path / "n.npz", arr_0=images.transpose(0, 3, 1, 2)))
+
+
+# ---------------------------------------------------------------------------------------
+# reference and evaluate, end to end
+# ---------------------------------------------------------------------------------------
+
+def test_build_reference_writes_adm_format(reference_npz, images_a, weights):
+    with np.load(reference_npz) as ref:
+        assert {"arr_0", "mu", "sigma", "mu_s", "sigma_s"} <= set(ref.files)
+        np.testing.assert_array_equal(ref["arr_0"], images_a)  # PNG round trip + no-op crop at SIZE
+        assert ref["mu"].shape == (2048,) and ref["sigma"].shape == (2048, 2048)
+        assert ref["mu_s"].shape == (2023,) and ref["sigma_s"].shape == (2023, 2023)
+        assert ref["sigma"].dtype == np.float64
+        assert str(ref["inception_sha256"]) == provenance.sha256_file(weights)
+        assert json.loads(str(ref["provenance_json"]))["options"]["num_images"] == N_IMAGES
+
+
+def test_center_crop_matches_adm_geometry():
+    image = Image.fromarray(np.zeros((300, 700, 3), np.uint8))
+    assert reference.center_crop_arr(image, 64).shape == (64, 64, 3)  # halved twice, then resized
+
+
+@pytest.mark.slow
+def test_evaluate_shifted_samples(tmp_path, weights, images_a, reference_npz):
+    shifted = np.clip(images_a.astype(np.int16) + 90, 0, 255).astype(np.uint8)
+    samples = write_npz(tmp_path / "samples.npz", arr_0=shifted, arr_1=np.zeros(N_IMAGES, np.int64))
+    out = tmp_path / "metrics.json"
+    argv = ["--samples", str(samples), "--reference", str(reference_npz), "--inception-weights", str(weights),
+            "--out", str(out), "--device", "cpu"]
+    assert evaluate.main(argv) == 0
+    result = json.loads(out.read_text())
+    for key in ("fid", "sfid", "is", "precision", "recall", "kid", "protocol", "provenance"):
+        assert key in result
+    assert result["uncalibrated"] is True  # random weights are not pt_inception-2015-12-05
+    assert result["fid"] > 1.0 and result["sfid"] > 1.0
+    protocol = result["protocol"]
+    assert protocol["N"] == N_IMAGES and protocol["k"] == 3 and protocol["splits"] == 1
+    assert protocol["shuffle"] is False and protocol["kid_subset_size"] == N_IMAGES
+    assert protocol["reference_pool_3"].startswith("read from")
+    prov = result["provenance"]
+    assert prov["sha256"]["samples"] == provenance.sha256_file(samples)
+    assert prov["sha256"]["reference"] == provenance.sha256_file(reference_npz)
+    assert prov["inception_weights"]["sha256"] == provenance.sha256_file(weights)
+    assert prov["versions"]["torch_fidelity"] and "time_utc" in prov
+    assert not list(tmp_path.glob(".metrics.json.*"))  # atomic write left no temp file
+
+
+@pytest.mark.slow
+def test_evaluate_accepts_official_reference_format(tmp_path, weights, images_a, reference_npz):
+    """ADM's VIRTUAL_*.npz holds only arr_0, mu, sigma, mu_s, sigma_s: features are recomputed."""
+    with np.load(reference_npz) as ref:
+        official = write_npz(tmp_path / "VIRTUAL_ref.npz", **{k: ref[k] for k in reference.ADM_REFERENCE_KEYS})
+    samples = write_npz(tmp_path / "samples.npz", arr_0=images_a)
+    result = evaluate.evaluate(samples=samples, reference=official, weights=weights, device=torch.device("cpu"))
+    assert result["protocol"]["reference_pool_3"] == "computed from reference arr_0"
+    trace = np.trace(open_npz_array(official, "sigma"))
+    assert abs(result["fid"]) < 1e-4 * trace  # same images: ~0 up to eigenvalue round-off
+    assert abs(result["sfid"]) < 1e-4 * np.trace(open_npz_array(official, "sigma_s"))
+    assert result["precision"] == 1.0 and result["recall"] == 1.0

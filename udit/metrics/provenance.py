@@ -1,0 +1,123 @@
+"""Where a metric came from: versions, device, input hashes, weights check, commit, time.
+
+Official weights check. torch-fidelity's file name weights-inception-2015-12-05-6726825d.pth
+follows torch hub's convention: `torch.hub.download_url_to_file(..., hash_prefix=...)` /
+`load_state_dict_from_url(check_hash=True)` take the part after the last '-' as
+`hash_prefix` and require `sha256(file).hexdigest().startswith(hash_prefix)`. So
+6726825d is the first 8 hex digits of the file's SHA-256. The full digest is not
+published by torch-fidelity and the file cannot be downloaded here, so the check is
+the 8-digit prefix (32 bits: it catches wrong or random-weight files, not a forgery).
+Any other file makes a result
+`uncalibrated`: its numbers are not comparable with the paper's.
+"""
+import datetime
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+OFFICIAL_WEIGHTS_SHA256_PREFIX = "6726825d"  # from the file name; torch hub hash_prefix convention
+HASH_CHUNK = 1 << 20  # bytes read at a time while hashing
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def is_official_weights(sha256: str) -> bool:
+    return sha256.startswith(OFFICIAL_WEIGHTS_SHA256_PREFIX)
+
+
+def git_commit() -> str | None:
+    """HEAD of the checkout this package runs from, or None (installed wheel, no git)."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def versions() -> dict[str, str]:
+    import torch_fidelity
+    import torchvision
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "torch_fidelity": torch_fidelity.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"{device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def collect(*, device: torch.device, weights: Path, files: dict[str, Path]) -> dict:
+    """Provenance block of a metrics JSON; `files` maps a role ('samples') to a path."""
+    weights_sha = sha256_file(weights)
+    return {
+        "versions": versions(),
+        "device": device_name(device),
+        "inception_weights": {
+            "file": Path(weights).name,
+            "sha256": weights_sha,
+            "official": is_official_weights(weights_sha),
+            "official_check": f"sha256 prefix {OFFICIAL_WEIGHTS_SHA256_PREFIX} (torch hub hash_prefix)",
+        },
+        "sha256": {role: sha256_file(path) for role, path in files.items()},
+        "files": {role: Path(path).name for role, path in files.items()},
+        "git_commit": git_commit(),
+        "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Temp file in the same directory + fsync + os.replace: a reader sees old or new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: dict) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_savez(path: str | Path, **arrays) -> None:
+    """np.savez (uncompressed, so readers can memory-map it) written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
