@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: the report runs in batch jobs
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
 DPI = 110
@@ -49,17 +50,22 @@ def _iterations(key: str) -> int:
 
 
 def _pivot(records: pd.DataFrame, table: str) -> pd.DataFrame:
-    """One line per (row, node) of a table with paper_<metric> / <metric> columns."""
+    """One line per (row, node) of a table: row, node, uncalibrated, paper_<metric>, <metric>."""
+    lines = []
     sub = records[records["table"] == table]
-    if sub.empty:
-        return pd.DataFrame()
-    wide = sub.pivot_table(index=["row", "node"], columns="metric", values=["paper", "reproduced"],
-                           aggfunc="first", dropna=False, sort=False)
-    flat = pd.DataFrame(index=wide.index)
-    for (kind, metric) in wide.columns:
-        flat[f"paper_{metric}" if kind == "paper" else metric] = wide[(kind, metric)]
-    unc = sub.groupby(["row", "node"], sort=False)["uncalibrated"].any()
-    return flat.join(unc).reset_index()
+    for (row, node), group in sub.groupby(["row", "node"], sort=False, dropna=False):
+        line = {"row": row, "node": node if isinstance(node, str) else None,
+                "uncalibrated": bool(group["uncalibrated"].any())}
+        for rec in group.itertuples():
+            line[f"paper_{rec.metric}"], line[rec.metric] = rec.paper, rec.reproduced
+        lines.append(line)
+    return pd.DataFrame(lines)
+
+
+def plain_log_ticks(axis) -> None:
+    """Log axis labelled 6, 20, 100 instead of 6x10^0 (minor labels off: they collide)."""
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(ticker.NullFormatter())
 
 
 def fid_vs_gflops(records: pd.DataFrame, out_dir: Path) -> str:
@@ -70,11 +76,14 @@ def fid_vs_gflops(records: pd.DataFrame, out_dir: Path) -> str:
     for _, r in paper.iterrows():
         if pd.notna(r.get("paper_fid")) and pd.notna(r.get("paper_gflops")):
             marker = "*" if r["row"].startswith("U-DiT") else "o"
+            cited = r["row"].endswith("(dit-paper)")   # DiT's own number: hollow, unlabelled
             left.scatter(r["paper_gflops"], r["paper_fid"], marker=marker, s=90 if marker == "*" else 40,
-                         color=PAPER_COLOR)
-            left.annotate(r["row"], (r["paper_gflops"], r["paper_fid"]), fontsize=7, xytext=(4, 3),
-                          textcoords="offset points")
-    left.set(xscale="log", xlabel="GFLOPs (paper)", ylabel="FID-50K", title="Paper (Table 2)")
+                         facecolors="none" if cited else PAPER_COLOR, edgecolors=PAPER_COLOR)
+            if not cited:
+                left.annotate(r["row"].replace(" (replicated)", ""), (r["paper_gflops"], r["paper_fid"]),
+                              fontsize=7, xytext=(4, 3), textcoords="offset points")
+    left.set(xscale="log", xlabel="GFLOPs (paper)", ylabel="FID-50K", title="Paper (Table 2; hollow: DiT paper)")
+    plain_log_ticks(left.xaxis)
     done = t2[t2["fid"].notna() & t2["gflops"].notna()].drop_duplicates("node") if len(t2) else t2
     if len(done):
         for _, r in done.iterrows():
@@ -83,6 +92,7 @@ def fid_vs_gflops(records: pd.DataFrame, out_dir: Path) -> str:
             right.annotate(r["node"].split("/")[0], (r["gflops"], r["fid"]), fontsize=7, xytext=(4, 3),
                            textcoords="offset points")
         right.set(xscale="log", xlabel="GFLOPs (fvcore, paper-size architecture)", ylabel="FID")
+        plain_log_ticks(right.xaxis)
         repro_title(right, "Reproduction (Table 2 runs)", bool(done["uncalibrated"].any()))
     else:
         pending(right, "no Table 2 run evaluated yet")
@@ -101,6 +111,8 @@ def fid_vs_iterations(records: pd.DataFrame, milestones: dict[str, list[int]], o
         group = group.sort_values("it")
         left.plot(group["it"], group["paper"], marker="o", label=model)
     left.set(xscale="log", xlabel="training iterations", ylabel="FID-50K", title="Paper (Table 5)")
+    left.xaxis.set_major_formatter(ticker.EngFormatter())
+    left.xaxis.set_minor_formatter(ticker.NullFormatter())
     if len(t5):
         left.legend(fontsize=8)
 
