@@ -1,6 +1,7 @@
 """udit train: step-exact resume after a real SIGKILL, world-size independence under torchrun,
 EMA initialisation, checkpoint validation and rotation. CPU, a 2-block DiT of width 32 on
 16 px toy images in pixel space, so every run takes a few seconds."""
+
 import json
 import os
 import signal
@@ -29,19 +30,48 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _cli_args(run_dir, data, **extra) -> list[str]:
-    args = ["--model", "DiT-S/2", "--run-dir", str(run_dir), "--images", str(data), "--pixel",
-            "--image-size", str(IMAGE_SIZE), "--num-classes", str(NUM_CLASSES), "--global-batch", str(BATCH),
-            "--log-every", "2", "--num-workers", "0", "--device", "cpu",
-            "--model-kw", *[f"{k}={v}" for k, v in TINY_KW.items()]]
+    args = [
+        "--model",
+        "DiT-S/2",
+        "--run-dir",
+        str(run_dir),
+        "--images",
+        str(data),
+        "--pixel",
+        "--image-size",
+        str(IMAGE_SIZE),
+        "--num-classes",
+        str(NUM_CLASSES),
+        "--global-batch",
+        str(BATCH),
+        "--log-every",
+        "2",
+        "--num-workers",
+        "0",
+        "--device",
+        "cpu",
+        "--model-kw",
+        *[f"{k}={v}" for k, v in TINY_KW.items()],
+    ]
     for key, value in extra.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
     return args
 
 
 def _options(run_dir, data, **extra) -> TrainOptions:
-    kw = dict(model="DiT-S/2", run_dir=str(run_dir), images=str(data), pixel=True, image_size=IMAGE_SIZE,
-              num_classes=NUM_CLASSES, global_batch=BATCH, log_every=2, num_workers=0, device="cpu",
-              model_kw=dict(TINY_KW))
+    kw = dict(
+        model="DiT-S/2",
+        run_dir=str(run_dir),
+        images=str(data),
+        pixel=True,
+        image_size=IMAGE_SIZE,
+        num_classes=NUM_CLASSES,
+        global_batch=BATCH,
+        log_every=2,
+        num_workers=0,
+        device="cpu",
+        model_kw=dict(TINY_KW),
+    )
     return TrainOptions(**{**kw, **extra})
 
 
@@ -82,10 +112,16 @@ def reference(toy, tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_step_exact_resume_after_sigkill(toy, reference, tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "udit.train",
-           *_cli_args(run, toy, total_steps=2 * N, ckpt_every=N, pause_after_ckpt=KILL_TIMEOUT_S)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "udit.train",
+        *_cli_args(run, toy, total_steps=2 * N, ckpt_every=N, pause_after_ckpt=KILL_TIMEOUT_S),
+    ]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    sidecar = run / checkpointing.CKPT_DIR / (checkpointing.ckpt_name(N) + checkpointing.SIDECAR_SUFFIX)
+    sidecar = (
+        run / checkpointing.CKPT_DIR / (checkpointing.ckpt_name(N) + checkpointing.SIDECAR_SUFFIX)
+    )
     deadline = time.monotonic() + KILL_TIMEOUT_S
     while not sidecar.exists():
         assert proc.poll() is None, f"trainer exited early: {proc.stderr.read().decode()[-2000:]}"
@@ -95,7 +131,9 @@ def test_step_exact_resume_after_sigkill(toy, reference, tmp_path):
     assert proc.wait(timeout=30) == -signal.SIGKILL
     assert [s for s, _ in checkpointing.list_checkpoints(run)] == [N]  # killed before step 2N
     # A torn write of a later checkpoint (no sidecar, truncated pickle) must be skipped.
-    (run / checkpointing.CKPT_DIR / checkpointing.ckpt_name(N + 1)).write_bytes(b"PK\x03\x04 truncated")
+    (run / checkpointing.CKPT_DIR / checkpointing.ckpt_name(N + 1)).write_bytes(
+        b"PK\x03\x04 truncated"
+    )
 
     with pytest.warns(UserWarning, match="skipping invalid checkpoint"):
         result = train(_options(run, toy, total_steps=2 * N, ckpt_every=N))
@@ -112,11 +150,15 @@ def test_step_exact_resume_after_sigkill(toy, reference, tmp_path):
 def test_stop_at_then_continue_equals_one_run(toy, reference, tmp_path):
     """The 400K -> 1M flow: a node stops at a milestone, a later node continues the same run."""
     run = tmp_path / "run"
-    first = train(_options(run, toy, total_steps=2 * N, ckpt_every=100, stop_at=N - 1, milestones=(N - 1,)))
+    first = train(
+        _options(run, toy, total_steps=2 * N, ckpt_every=100, stop_at=N - 1, milestones=(N - 1,))
+    )
     assert first["step"] == N - 1
     final = train(_options(run, toy, total_steps=2 * N, ckpt_every=100, milestones=(N - 1,)))
     assert _max_diff(_weights(final["checkpoint"])["model"], _weights(reference)["model"]) <= 1e-6
-    assert checkpointing.ckpt_name(N - 1) in os.listdir(run / checkpointing.CKPT_DIR)  # milestone kept
+    assert checkpointing.ckpt_name(N - 1) in os.listdir(
+        run / checkpointing.CKPT_DIR
+    )  # milestone kept
     again = train(_options(run, toy, total_steps=2 * N))  # already done: trains nothing
     assert again["step"] == 2 * N
 
@@ -137,17 +179,29 @@ def test_latent_cache_and_online_vae_modes(toy, tmp_path):
     cache = tmp_path / "cache"
     extract_latents(images=str(toy), out=str(cache), image_size=IMAGE_SIZE, vae=vae, progress=False)
     common = dict(pixel=False, total_steps=2, ckpt_every=2)
-    runs = {"latents": _options(tmp_path / "lat", toy, **{**common, "images": None, "latents": str(cache)}),
-            "vae": _options(tmp_path / "vae-run", toy, **common, vae=vae)}
+    runs = {
+        "latents": _options(
+            tmp_path / "lat", toy, **{**common, "images": None, "latents": str(cache)}
+        ),
+        "vae": _options(tmp_path / "vae-run", toy, **common, vae=vae),
+    }
     for kind, opts in runs.items():
         result = train(opts)
         assert result["kind"] == kind
         state = _weights(result["checkpoint"])
         assert state["model"]["x_embedder.proj.weight"].shape == (TINY_KW["hidden_size"], 4, 2, 2)
-        log = [json.loads(line) for line in (Path(opts.run_dir) / "log.jsonl").read_text().splitlines()]
+        log = [
+            json.loads(line) for line in (Path(opts.run_dir) / "log.jsonl").read_text().splitlines()
+        ]
         assert log[-1]["step"] == 2 and 0 < log[-1]["loss"] < 10
     with pytest.raises(ValueError, match="extracted at 16 px"):
-        train(_options(tmp_path / "bad", toy, **{**common, "images": None, "latents": str(cache), "image_size": 32}))
+        train(
+            _options(
+                tmp_path / "bad",
+                toy,
+                **{**common, "images": None, "latents": str(cache), "image_size": 32},
+            )
+        )
 
 
 # ----------------------------------------------------------------------------- DDP
@@ -157,39 +211,73 @@ def test_latent_cache_and_online_vae_modes(toy, tmp_path):
 def test_world_size_two_matches_one(toy, tmp_path):
     """torchrun 2 x CPU/gloo with the global batch split in two == 1 process with the whole batch."""
     single = train(_options(tmp_path / "one", toy, total_steps=1, ckpt_every=1))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "udit.train", *_cli_args(tmp_path / "two", toy, total_steps=1, ckpt_every=1)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "udit.train",
+        *_cli_args(tmp_path / "two", toy, total_steps=1, ckpt_every=1),
+    ]
     out = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     two = _weights(tmp_path / "two" / checkpointing.CKPT_DIR / checkpointing.ckpt_name(1))
     one = _weights(single["checkpoint"])
     assert len(two["rng"]["ranks"]) == 2
-    torch.manual_seed(0)  # the trainer's rank-0 seed (seed 0 * world_size + 0): same initial weights
-    init = create_model("DiT-S/2", input_size=IMAGE_SIZE, in_channels=3, num_classes=NUM_CLASSES, **TINY_KW)
-    assert _max_diff(one["model"], init.state_dict()) > 1e-5  # the step moved the weights (Adam: ~lr)
+    torch.manual_seed(
+        0
+    )  # the trainer's rank-0 seed (seed 0 * world_size + 0): same initial weights
+    init = create_model(
+        "DiT-S/2", input_size=IMAGE_SIZE, in_channels=3, num_classes=NUM_CLASSES, **TINY_KW
+    )
+    assert (
+        _max_diff(one["model"], init.state_dict()) > 1e-5
+    )  # the step moved the weights (Adam: ~lr)
     assert _max_diff(two["model"], one["model"]) <= 1e-6
     assert _max_diff(two["ema"], one["ema"]) <= 1e-6
 
 
 def test_global_batch_split_is_rank_independent():
     one = DataOrder(num_items=40, global_batch=8, world_size=1, rank=0, seed=3)
-    halves = [DataOrder(num_items=40, global_batch=8, world_size=2, rank=r, seed=3) for r in range(2)]
+    halves = [
+        DataOrder(num_items=40, global_batch=8, world_size=2, rank=r, seed=3) for r in range(2)
+    ]
     for step in (0, 4, 5, 11):  # 5 batches per epoch: crosses epoch boundaries
-        assert one.local_indices(step) == halves[0].local_indices(step) + halves[1].local_indices(step)
+        assert one.local_indices(step) == halves[0].local_indices(step) + halves[1].local_indices(
+            step
+        )
     assert one.position(11) == {"epoch": 2, "index": 1, "batches_per_epoch": 5}
-    kw = dict(seed=0, step=7, shape=(3, 4, 4), num_timesteps=1000, num_embedders=3, drop_prob=0.1,
-              latent=True, flip_prob=0.5)
+    kw = dict(
+        seed=0,
+        step=7,
+        shape=(3, 4, 4),
+        num_timesteps=1000,
+        num_embedders=3,
+        drop_prob=0.1,
+        latent=True,
+        flip_prob=0.5,
+    )
     whole = draw_samples(offset=0, count=8, **kw)
     parts = [draw_samples(offset=o, count=4, **kw) for o in (0, 4)]
     for name in ("noise", "t", "latent_noise", "label_drop", "flip"):
         assert torch.equal(getattr(whole, name), torch.cat([getattr(p, name) for p in parts]))
-    assert not torch.equal(whole.noise[0], draw_samples(offset=0, count=1, **{**kw, "step": 8}).noise[0])
+    assert not torch.equal(
+        whole.noise[0], draw_samples(offset=0, count=1, **{**kw, "step": 8}).noise[0]
+    )
     with pytest.raises(ValueError, match="not divisible by world size"):
         DataOrder(num_items=40, global_batch=9, world_size=2, rank=0, seed=0)
 
 
-@pytest.mark.parametrize("name, kw", [("DiT-S/2", TINY_KW),
-                                      ("U-DiT-S", {"hidden_size": 16, "num_heads": 2, "depths": (1, 1, 1, 1, 1)})])
+@pytest.mark.parametrize(
+    "name, kw",
+    [
+        ("DiT-S/2", TINY_KW),
+        ("U-DiT-S", {"hidden_size": 16, "num_heads": 2, "depths": (1, 1, 1, 1, 1)}),
+    ],
+)
 def test_label_dropout_follows_trainer_mask(name, kw):
     """The trainer's per-sample coins decide which labels every LabelEmbedder drops (DiT passes
     force_drop by keyword-less default, the U-shaped model positionally)."""
@@ -234,18 +322,27 @@ def test_ema_starts_as_exact_copy_and_follows_decay():
 
 def test_rotation_keeps_last_k_and_milestones(tmp_path):
     for step in range(1, 11):
-        checkpointing.save_checkpoint({"step": step, "w": torch.full((2,), float(step))}, run_dir=tmp_path,
-                                      step=step, keep_last=2, milestones=(4, 7))
+        checkpointing.save_checkpoint(
+            {"step": step, "w": torch.full((2,), float(step))},
+            run_dir=tmp_path,
+            step=step,
+            keep_last=2,
+            milestones=(4, 7),
+        )
     assert [s for s, _ in checkpointing.list_checkpoints(tmp_path)] == [4, 7, 9, 10]
     leftovers = {p.name for p in (tmp_path / checkpointing.CKPT_DIR).iterdir()}
-    assert leftovers == {checkpointing.ckpt_name(s) + suffix for s in (4, 7, 9, 10)
-                         for suffix in ("", checkpointing.SIDECAR_SUFFIX)}  # no temp files, no orphans
+    assert leftovers == {
+        checkpointing.ckpt_name(s) + suffix
+        for s in (4, 7, 9, 10)
+        for suffix in ("", checkpointing.SIDECAR_SUFFIX)
+    }  # no temp files, no orphans
 
 
 def test_corrupt_checkpoint_is_skipped(tmp_path):
     for step in (1, 2, 3):
-        checkpointing.save_checkpoint({"step": step, "w": torch.randn(64)}, run_dir=tmp_path, step=step,
-                                      keep_last=5)
+        checkpointing.save_checkpoint(
+            {"step": step, "w": torch.randn(64)}, run_dir=tmp_path, step=step, keep_last=5
+        )
     newest = tmp_path / checkpointing.CKPT_DIR / checkpointing.ckpt_name(3)
     newest.write_bytes(newest.read_bytes()[:-10])  # truncated after the sidecar was written
     middle = tmp_path / checkpointing.CKPT_DIR / checkpointing.ckpt_name(2)
@@ -265,7 +362,9 @@ def test_corrupt_checkpoint_is_skipped(tmp_path):
 def test_cli_validates_and_dry_runs(toy, tmp_path, capsys):
     assert main(_cli_args(tmp_path / "r", toy, total_steps=5) + ["--dry-run"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["model_kw"] == TINY_KW and printed["lr"] == 1e-4 and printed["ema_decay"] == 0.9999
+    assert (
+        printed["model_kw"] == TINY_KW and printed["lr"] == 1e-4 and printed["ema_decay"] == 0.9999
+    )
     assert main(_cli_args(tmp_path / "r", toy, total_steps=5, stop_at=9)) == 2
     assert "--stop-at 9" in capsys.readouterr().err
     with pytest.raises(ValueError, match="fewer than one global batch"):

@@ -12,7 +12,9 @@ was truncated or corrupted later (disk full, partial copy between clusters) with
 unpickling it; a file with no sidecar (job killed between the two writes) is accepted
 only if torch.load reads it.
 """
+
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -22,6 +24,8 @@ from pathlib import Path
 import torch
 
 CKPT_DIR = "checkpoints"
+LOG_NAME = "log.jsonl"  # one JSON object per logged step
+OPTIONS_NAME = "options.json"  # the resolved options of the run
 CKPT_PATTERN = re.compile(r"^ckpt-(\d{7,})\.pt$")
 SIDECAR_SUFFIX = ".sha256"
 HASH_CHUNK = 1 << 20  # bytes read at a time while hashing
@@ -122,7 +126,9 @@ def verify_checkpoint(path: Path) -> str | None:
         expected = sidecar.read_text().split()[0] if sidecar.read_text().strip() else ""
         actual = sha256_file(path)
         if actual != expected:
-            return f"SHA-256 mismatch (file {actual[:12]}..., sidecar {expected[:12] or 'empty'}...)"
+            return (
+                f"SHA-256 mismatch (file {actual[:12]}..., sidecar {expected[:12] or 'empty'}...)"
+            )
         return None
     try:  # no sidecar: the job died between the two writes; trust the file only if it loads
         torch.load(path, map_location="cpu", weights_only=True)
@@ -157,7 +163,9 @@ def save_checkpoint(
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / ckpt_name(step)
     digest = atomic_torch_save(state, path)
-    atomic_write_bytes(path.with_name(path.name + SIDECAR_SUFFIX), f"{digest}  {path.name}\n".encode())
+    atomic_write_bytes(
+        path.with_name(path.name + SIDECAR_SUFFIX), f"{digest}  {path.name}\n".encode()
+    )
     rotate(run_dir=run_dir, keep_last=keep_last, milestones=milestones)
     return path
 
@@ -177,3 +185,39 @@ def rotate(*, run_dir: Path, keep_last: int, milestones: tuple[int, ...] = ()) -
 def load_checkpoint_state(path: Path, map_location="cpu") -> dict:
     """Load a training state written by `save_checkpoint` (plain tensors and containers only)."""
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+# ----------------------------------------------------------------------------- run folder
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def check_same_run(run_dir: Path, *, options: dict, identity_fields: tuple[str, ...]) -> None:
+    """Refuse to continue a run whose checkpoints were made with other trajectory options."""
+    path = Path(run_dir) / OPTIONS_NAME
+    if not path.exists() or not list_checkpoints(run_dir):
+        return
+    old, new = json.loads(path.read_text()), json.loads(json.dumps(options))
+    diff = [
+        f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+        for k in identity_fields
+        if old.get(k) != new.get(k)
+    ]
+    if diff:
+        raise ValueError(
+            f"{run_dir} holds a run with different options ({'; '.join(diff)}); "
+            f"use another --run-dir or the original options"
+        )
+
+
+def truncate_log(path: Path, *, step: int) -> None:
+    """Drop JSONL lines past `step`: a killed job may have logged beyond its last checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        return
+    lines = [
+        ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step
+    ]
+    atomic_write_bytes(path, "".join(ln + "\n" for ln in lines).encode())

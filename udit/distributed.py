@@ -3,6 +3,7 @@
 torchrun sets RANK / WORLD_SIZE / LOCAL_RANK (and MASTER_ADDR / MASTER_PORT); without them
 we run as rank 0 of 1 and never touch torch.distributed. Backend: nccl on CUDA, gloo on CPU.
 """
+
 import os
 from dataclasses import dataclass
 
@@ -12,9 +13,9 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class DistInfo:
-    rank: int           # global rank of this process
-    world_size: int     # number of processes in the job
-    local_rank: int     # rank on this node: picks the CUDA device
+    rank: int  # global rank of this process
+    world_size: int  # number of processes in the job
+    local_rank: int  # rank on this node: picks the CUDA device
     device: torch.device
 
     @property
@@ -54,7 +55,9 @@ def setup(device: str | None = None) -> DistInfo:
     else:
         dev = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world_size)
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world_size
+        )
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 

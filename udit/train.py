@@ -12,6 +12,7 @@ clipping, global batch 256, EMA 0.9999, class dropout 0.1, linear-beta 1000-step
 with learned sigma (loss = MSE + VB), t uniform. Randomness is drawn per global sample
 index (udit.train_state), so results do not depend on the number of GPUs.
 """
+
 import argparse
 import json
 import os
@@ -30,15 +31,24 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from udit import checkpointing, distributed
-from udit.train_state import (DataOrder, LabelDropControl, StepBatchSampler, capture_rng, draw_samples,
-                              make_ema, restore_rng, update_ema)
+from udit.train_state import (
+    FLIP_PROB,
+    DataOrder,
+    LabelDropControl,
+    StepBatchSampler,
+    build_train_data,
+    capture_rng,
+    draw_samples,
+    make_ema,
+    restore_rng,
+    update_ema,
+)
 
-FLIP_PROB = 0.5          # random horizontal flip, as DiT's RandomHorizontalFlip()
-LOG_NAME = "log.jsonl"
-OPTIONS_NAME = "options.json"
 # Options that define the trajectory: a resumed run must match them exactly.
-IDENTITY_FIELDS = ("model", "model_kw", "latents", "images", "pixel", "vae", "global_batch", "seed",
-                   "num_classes", "image_size", "lr", "weight_decay", "ema_decay")
+IDENTITY_FIELDS = tuple(  # noqa: SIM905 (a 13-line literal says no more)
+    "model model_kw latents images pixel vae global_batch seed num_classes image_size lr "
+    "weight_decay ema_decay".split()
+)
 
 
 @lru_cache(maxsize=1)
@@ -49,47 +59,53 @@ def _recipe() -> dict:
 
 @dataclass
 class TrainOptions:
-    model: str                                   # registry name, e.g. 'U-DiT-B', 'DiT-S/2'
-    run_dir: str                                 # everything of the run lives here; re-run = resume
-    total_steps: int                             # length of the whole run (1M serves 400K too)
-    latents: str | None = None                   # latent cache dir (VAE moments): the fast path
-    images: str | None = None                    # ImageFolder root: online VAE encode, or pixels
-    pixel: bool = False                          # with --images: train on pixels (toy runs, no VAE)
-    vae: str = _recipe()["vae"]                  # sd-vae-ft-ema, as DiT / U-DiT (images mode only)
-    global_batch: int = int(_recipe()["global_batch"])   # 256 over all GPUs (paper section 4)
-    lr: float = float(_recipe()["lr"])           # 1e-4 constant, no warm-up (DiT recipe)
+    model: str  # registry name, e.g. 'U-DiT-B', 'DiT-S/2'
+    run_dir: str  # everything of the run lives here; re-run = resume
+    total_steps: int  # length of the whole run (1M serves 400K too)
+    latents: str | None = None  # latent cache dir (VAE moments): the fast path
+    images: str | None = None  # ImageFolder root: online VAE encode, or pixels
+    pixel: bool = False  # with --images: train on pixels (toy runs, no VAE)
+    vae: str = _recipe()["vae"]  # sd-vae-ft-ema, as DiT / U-DiT (images mode only)
+    global_batch: int = int(_recipe()["global_batch"])  # 256 over all GPUs (paper section 4)
+    lr: float = float(_recipe()["lr"])  # 1e-4 constant, no warm-up (DiT recipe)
     weight_decay: float = float(_recipe()["weight_decay"])  # 0 (DiT recipe)
-    ema_decay: float = float(_recipe()["ema_decay"])        # 0.9999 (DiT recipe)
-    seed: int = int(_recipe()["global_seed"])    # global seed 0 (official train.py)
-    num_classes: int = 1000                      # ImageNet-1k
-    image_size: int = 256                        # pixels; latent side = image_size / VAE factor
-    model_kw: dict = field(default_factory=dict) # constructor overrides (tiny widths for smoke runs)
-    ckpt_every: int = 50_000                     # official train.py saves every 50K steps
-    keep_last: int = 2                           # ordinary checkpoints kept; milestones always kept
-    milestones: tuple[int, ...] = ()             # steps kept forever, e.g. (400000, 1000000)
-    stop_at: int | None = None                   # exit after this step (a DAG node per milestone)
-    resume: str = "auto"                         # 'auto' newest valid ckpt, 'never', or a ckpt path
-    precision: str = "fp32"                      # fp32 as the paper; bf16 autocast as a switch
-    compile: bool = False                        # torch.compile the model
-    tf32: bool = False                           # TF32 matmuls (official train.py enables it)
-    fused_adam: bool = False                     # fused AdamW kernel
-    log_every: int = 100                         # steps between JSONL log lines
-    num_workers: int = 4                         # DataLoader workers per rank
-    device: str | None = None                    # 'cpu' / 'cuda'; None: cuda when available
-    pause_after_ckpt: float = 0.0                # seconds to sleep after each checkpoint (kill tests)
+    ema_decay: float = float(_recipe()["ema_decay"])  # 0.9999 (DiT recipe)
+    seed: int = int(_recipe()["global_seed"])  # global seed 0 (official train.py)
+    num_classes: int = 1000  # ImageNet-1k
+    image_size: int = 256  # pixels; latent side = image_size / VAE factor
+    model_kw: dict = field(default_factory=dict)  # model overrides (tiny widths for smoke runs)
+    ckpt_every: int = 50_000  # official train.py saves every 50K steps
+    keep_last: int = 2  # ordinary checkpoints kept; milestones always kept
+    milestones: tuple[int, ...] = ()  # steps kept forever, e.g. (400000, 1000000)
+    stop_at: int | None = None  # exit after this step (a DAG node per milestone)
+    resume: str = "auto"  # 'auto' newest valid ckpt, 'never', or a ckpt path
+    precision: str = "fp32"  # fp32 as the paper; bf16 autocast as a switch
+    compile: bool = False  # torch.compile the model
+    tf32: bool = False  # TF32 matmuls (official train.py enables it)
+    fused_adam: bool = False  # fused AdamW kernel
+    log_every: int = 100  # steps between JSONL log lines
+    num_workers: int = 4  # DataLoader workers per rank
+    device: str | None = None  # 'cpu' / 'cuda'; None: cuda when available
+    pause_after_ckpt: float = 0.0  # seconds to sleep after each checkpoint (kill tests)
 
     def validate(self) -> None:
         sources = sum(x is not None for x in (self.latents, self.images))
         if sources != 1:
-            raise ValueError("give exactly one data source: --latents DIR or --images DIR (optionally --pixel)")
+            raise ValueError(
+                "give exactly one data source: --latents DIR or --images DIR (optionally --pixel)"
+            )
         if self.pixel and self.images is None:
             raise ValueError("--pixel trains on images: it needs --images DIR, not --latents")
-        for name in ("total_steps", "global_batch", "ckpt_every", "keep_last", "log_every", "image_size",
-                     "num_classes"):
+        positive = "total_steps global_batch ckpt_every keep_last log_every image_size num_classes"
+        for name in positive.split():
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
+                )
         if self.stop_at is not None and not 1 <= self.stop_at <= self.total_steps:
-            raise ValueError(f"--stop-at {self.stop_at} must lie in [1, --total-steps {self.total_steps}]")
+            raise ValueError(
+                f"--stop-at {self.stop_at} must lie in [1, --total-steps {self.total_steps}]"
+            )
         if any(m < 1 for m in self.milestones):
             raise ValueError(f"--milestones must be positive steps, got {list(self.milestones)}")
         if self.precision not in ("fp32", "bf16"):
@@ -97,89 +113,9 @@ class TrainOptions:
 
 
 #################################################################################
-#                                      Data                                     #
-#################################################################################
-
-def build_data(opts: TrainOptions, device: torch.device):
-    """-> (dataset, kind, sample shape (C, H, W) the model sees, prepare(x, draws) -> model input)."""
-    if opts.latents is not None:
-        from udit.data import LatentDataset, sample_latent
-        dataset = LatentDataset(opts.latents)
-        if dataset.image_size != opts.image_size:
-            raise ValueError(f"latent cache {opts.latents} was extracted at {dataset.image_size} px, "
-                             f"but --image-size is {opts.image_size}")
-        _check_classes(dataset, opts)
-        moments, _ = dataset[0]
-        shape = (moments.shape[0] // 2, *moments.shape[1:])  # moments = [mean; logvar]
-
-        def prepare(x, draws):  # fresh z ~ N(mean, var) per step from the cached moments
-            return sample_latent(x.to(device), draws.latent_noise.to(device))
-        return dataset, "latents", shape, prepare
-
-    from udit.data import build_image_dataset
-    # Flip done here with the per-sample coin, so it does not depend on rank or worker RNG.
-    dataset = build_image_dataset(opts.images, opts.image_size, flip=False)
-    _check_classes(dataset, opts)
-
-    def flip(x, draws):
-        x = x.to(device)
-        return torch.where(draws.flip.to(device)[:, None, None, None], x.flip(-1), x)
-
-    if opts.pixel:
-        return dataset, "pixels", (3, opts.image_size, opts.image_size), flip
-
-    from udit.data import load_vae, sample_latent
-    vae = load_vae(opts.vae, device=device)
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    if opts.image_size % factor:
-        raise ValueError(f"--image-size {opts.image_size} is not divisible by the VAE factor {factor}")
-    shape = (vae.config.latent_channels, opts.image_size // factor, opts.image_size // factor)
-
-    @torch.no_grad()
-    def encode(x, draws):
-        posterior = vae.encode(flip(x, draws)).latent_dist
-        moments = torch.cat([posterior.mean, posterior.logvar], dim=1)  # (N, 2C, h, w)
-        return sample_latent(moments, draws.latent_noise.to(device))
-    return dataset, "vae", shape, encode
-
-
-def _check_classes(dataset, opts: TrainOptions) -> None:
-    if dataset.num_classes > opts.num_classes:
-        source = opts.latents or opts.images
-        raise ValueError(f"{source} has {dataset.num_classes} classes but --num-classes is {opts.num_classes}")
-
-
-#################################################################################
-#                                   Run folder                                  #
-#################################################################################
-
-def _write_json_atomic(path: Path, obj) -> None:
-    checkpointing.atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def _check_same_run(opts: TrainOptions, run_dir: Path) -> None:
-    """A resumed run must have been started with the same trajectory-defining options."""
-    path = run_dir / OPTIONS_NAME
-    if not path.exists():
-        return
-    old, new = json.loads(path.read_text()), json.loads(json.dumps(asdict(opts)))
-    diff = [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in IDENTITY_FIELDS if old.get(k) != new[k]]
-    if diff and checkpointing.list_checkpoints(run_dir):
-        raise ValueError(f"{run_dir} holds a run with different options ({'; '.join(diff)}); "
-                         f"use another --run-dir or the original options")
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines past the resumed step (written after the checkpoint by a killed job)."""
-    if not path.exists():
-        return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-    checkpointing.atomic_write_bytes(path, "".join(ln + "\n" for ln in lines).encode())
-
-
-#################################################################################
 #                                 Training loop                                 #
 #################################################################################
+
 
 def train(opts: TrainOptions) -> dict:
     """Train from the newest valid checkpoint (or from scratch) up to stop_at / total_steps."""
@@ -203,56 +139,43 @@ def _train(opts: TrainOptions, info: distributed.DistInfo) -> dict:
         torch.backends.cudnn.allow_tf32 = opts.tf32
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _check_same_run(opts, run_dir)
-        _write_json_atomic(run_dir / OPTIONS_NAME, asdict(opts))
+        checkpointing.check_same_run(run_dir, options=asdict(opts), identity_fields=IDENTITY_FIELDS)
+        checkpointing.write_json_atomic(run_dir / checkpointing.OPTIONS_NAME, asdict(opts))
     distributed.barrier(info)
 
-    dataset, kind, shape, prepare = build_data(opts, device)
-    order = DataOrder(num_items=len(dataset), global_batch=opts.global_batch, world_size=info.world_size,
-                      rank=info.rank, seed=opts.seed)
-    model_kw = {"input_size": shape[-1], "in_channels": shape[0], "num_classes": opts.num_classes,
-                **opts.model_kw}
-    model = create_model(opts.model, **model_kw).to(device)
-    # DDP broadcasts rank 0's initial weights; the EMA copies them afterwards (DiT: update_ema(decay=0)).
-    net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if info.enabled else model
+    dataset, kind, shape, prepare = build_train_data(
+        latents=opts.latents,
+        images=opts.images,
+        pixel=opts.pixel,
+        vae=opts.vae,
+        image_size=opts.image_size,
+        num_classes=opts.num_classes,
+        device=device,
+    )
+    order = DataOrder(
+        num_items=len(dataset),
+        global_batch=opts.global_batch,
+        world_size=info.world_size,
+        rank=info.rank,
+        seed=opts.seed,
+    )
+    sizes = {"input_size": shape[-1], "in_channels": shape[0], "num_classes": opts.num_classes}
+    model = create_model(opts.model, **{**sizes, **opts.model_kw}).to(device)
+    # DDP broadcasts rank 0's initial weights; the EMA copies them after (DiT: update_ema(decay=0)).
+    net = model
+    if info.enabled:
+        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     ema = make_ema(model)  # exact copy before any step
     drops = LabelDropControl(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay,
-                            fused=opts.fused_adam or None)
+    opt = torch.optim.AdamW(
+        model.parameters(),
+        lr=opts.lr,
+        weight_decay=opts.weight_decay,
+        fused=opts.fused_adam or None,
+    )
     diffusion = create_diffusion(timestep_respacing="")
 
-    start = 0
-    ckpt = None
-    if opts.resume == "auto":
-        found = checkpointing.find_latest(run_dir)
-        ckpt = found[1] if found else None
-    elif opts.resume != "never":
-        ckpt = Path(opts.resume)
-        if not ckpt.is_file() or (problem := checkpointing.verify_checkpoint(ckpt)):
-            raise ValueError(f"--resume {ckpt}: not a usable checkpoint ({problem if ckpt.is_file() else 'missing'})")
-    if ckpt is not None:
-        state = checkpointing.load_checkpoint_state(ckpt, map_location=device)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        start = int(state["step"])
-        if state["data"] != _data_state(order, start):
-            raise ValueError(f"{ckpt}: data position {state['data']} does not match this run's "
-                             f"{_data_state(order, start)} (dataset or batch changed)")
-        ranks = state["rng"]["ranks"]
-        if len(ranks) == info.world_size:
-            restore_rng(ranks[info.rank])
-        elif info.is_main:  # the global RNGs drive nothing in the loop; per-sample draws are exact
-            print(f"note: checkpoint saved with {len(ranks)} ranks, now {info.world_size}: global RNG "
-                  f"states re-seeded (per-sample noise, data order unaffected)", file=sys.stderr)
-        del state
-        if info.is_main:
-            print(f"resumed from {ckpt} at step {start}", file=sys.stderr)
-    elif opts.resume == "auto" and checkpointing.list_checkpoints(run_dir) and info.is_main:
-        print(f"warning: no valid checkpoint in {run_dir}; starting from scratch", file=sys.stderr)
-    if info.is_main:
-        _truncate_log(run_dir / LOG_NAME, start)
-
+    start, ckpt = _resume(opts, info, model=model, ema=ema, opt=opt, order=order)
     stop = opts.stop_at or opts.total_steps
     if start >= stop:
         if info.is_main:
@@ -261,33 +184,49 @@ def _train(opts: TrainOptions, info: distributed.DistInfo) -> dict:
 
     if opts.compile:
         net = torch.compile(net)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=StepBatchSampler(order, start, stop),
-                                         num_workers=opts.num_workers, pin_memory=device.type == "cuda",
-                                         persistent_workers=opts.num_workers > 0)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=StepBatchSampler(order, start, stop),
+        num_workers=opts.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=opts.num_workers > 0,
+    )
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=opts.precision == "bf16")
     milestones = set(opts.milestones)
     sums = torch.zeros(3, device=device)  # loss, mse, vb summed over steps since the last log line
     window_steps, window_start, last_path = 0, time.perf_counter(), ckpt
-    bar = tqdm(total=stop, initial=start, file=sys.stderr, disable=not info.is_main, dynamic_ncols=True)
+    bar = tqdm(total=stop, initial=start, file=sys.stderr, disable=not info.is_main)
 
     model.train()
     for step, (x, y) in zip(range(start, stop), loader):
-        draws = draw_samples(seed=opts.seed, step=step, offset=order.global_offset(), count=len(y),
-                             shape=shape, num_timesteps=diffusion.num_timesteps, num_embedders=len(drops),
-                             drop_prob=drops.drop_prob, latent=kind in ("latents", "vae"), flip_prob=FLIP_PROB)
-        x = prepare(x, draws)                                    # (N, C, H, W) model input
+        draws = draw_samples(
+            seed=opts.seed,
+            step=step,
+            offset=order.global_offset(),
+            count=len(y),
+            shape=shape,
+            num_timesteps=diffusion.num_timesteps,
+            num_embedders=len(drops),
+            drop_prob=drops.drop_prob,
+            latent=kind in ("latents", "vae"),
+            flip_prob=FLIP_PROB,
+        )
+        x = prepare(x, draws)  # (N, C, H, W) model input
         y = y.to(device)
-        drops.masks = draws.label_drop.to(device)               # (N, K) per-embedder drop coins
+        drops.masks = draws.label_drop.to(device)  # (N, K) per-embedder drop coins
         with autocast:
-            terms = diffusion.training_losses(net, x, draws.t.to(device), model_kwargs={"y": y},
-                                              noise=draws.noise.to(device))
+            terms = diffusion.training_losses(
+                net, x, draws.t.to(device), model_kwargs={"y": y}, noise=draws.noise.to(device)
+            )
         loss = terms["loss"].mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         done = step + 1
         log_now = done % opts.log_every == 0 or done == stop
         if log_now:  # total grad norm (no clipping in the recipe; logged for diagnosis)
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+            grad_norm = torch.nn.utils.get_total_norm(
+                [p.grad for p in model.parameters() if p.grad is not None]
+            )
         opt.step()
         update_ema(ema, model, opts.ema_decay)
         sums += torch.stack([terms[k].detach().float().mean() for k in ("loss", "mse", "vb")])
@@ -298,10 +237,17 @@ def _train(opts: TrainOptions, info: distributed.DistInfo) -> dict:
             means = distributed.all_reduce_mean(sums / window_steps, info).tolist()
             elapsed = time.perf_counter() - window_start
             if info.is_main:
-                record = {"step": done, "loss": means[0], "mse": means[1], "vb": means[2],
-                          "grad_norm": float(grad_norm), "lr": opt.param_groups[0]["lr"],
-                          "images_per_sec": window_steps * opts.global_batch / elapsed, "time": time.time()}
-                with open(run_dir / LOG_NAME, "a") as f:
+                record = {
+                    "step": done,
+                    "loss": means[0],
+                    "mse": means[1],
+                    "vb": means[2],
+                    "grad_norm": float(grad_norm),
+                    "lr": opt.param_groups[0]["lr"],
+                    "images_per_sec": window_steps * opts.global_batch / elapsed,
+                    "time": time.time(),
+                }
+                with open(run_dir / checkpointing.LOG_NAME, "a") as f:
                     f.write(json.dumps(record) + "\n")
                 bar.set_postfix(loss=f"{means[0]:.4f}")
             sums.zero_()
@@ -316,13 +262,54 @@ def _train(opts: TrainOptions, info: distributed.DistInfo) -> dict:
     return {"step": stop, "kind": kind, "checkpoint": str(last_path)}
 
 
-def _data_state(order: DataOrder, step: int) -> dict:
-    return {**order.position(step), "seed": order.seed, "num_items": order.num_items,
-            "global_batch": order.global_batch}
+def _resume(
+    opts: TrainOptions, info, *, model, ema, opt, order: DataOrder
+) -> tuple[int, Path | None]:
+    """Load the checkpoint --resume names (auto: newest valid one); -> (step, path or None)."""
+    run_dir, ckpt = Path(opts.run_dir), None
+    if opts.resume == "auto":
+        found = checkpointing.find_latest(run_dir)
+        ckpt = found[1] if found else None
+        if ckpt is None and checkpointing.list_checkpoints(run_dir) and info.is_main:
+            print(
+                f"warning: no valid checkpoint in {run_dir}; starting from scratch", file=sys.stderr
+            )
+    elif opts.resume != "never":
+        ckpt = Path(opts.resume)
+        problem = checkpointing.verify_checkpoint(ckpt) if ckpt.is_file() else "missing"
+        if problem:
+            raise ValueError(f"--resume {ckpt}: not a usable checkpoint ({problem})")
+    if ckpt is None:
+        if info.is_main:  # fresh start: lines of an earlier, checkpoint-less attempt go
+            checkpointing.truncate_log(run_dir / checkpointing.LOG_NAME, step=0)
+        return 0, None
+    state = checkpointing.load_checkpoint_state(ckpt, map_location=info.device)
+    model.load_state_dict(state["model"])
+    ema.load_state_dict(state["ema"])
+    opt.load_state_dict(state["opt"])
+    step = int(state["step"])
+    if state["data"] != order.state(step):
+        raise ValueError(
+            f"{ckpt}: data position {state['data']} does not match this run's "
+            f"{order.state(step)} (dataset or batch size changed)"
+        )
+    ranks = state["rng"]["ranks"]
+    if len(ranks) == info.world_size:
+        restore_rng(ranks[info.rank])
+    elif info.is_main:  # the global RNGs drive nothing in the loop; per-sample draws stay exact
+        print(
+            f"note: checkpoint from {len(ranks)} ranks, now {info.world_size}: global RNGs "
+            f"re-seeded (per-sample noise and data order unaffected)",
+            file=sys.stderr,
+        )
+    if info.is_main:  # a killed job may have logged past its last checkpoint
+        checkpointing.truncate_log(run_dir / checkpointing.LOG_NAME, step=step)
+        print(f"resumed from {ckpt} at step {step}", file=sys.stderr)
+    return step, ckpt
 
 
 def _save(opts, info, *, model, ema, opt, order, step) -> Path | None:
-    """Rank 0 writes {"model","ema","opt","step","args","rng","data"}; all ranks' RNGs are gathered."""
+    """Rank 0 writes {"model","ema","opt","step","args","rng","data"} with every rank's RNGs."""
     rng = [None] * info.world_size
     if info.enabled:
         torch.distributed.all_gather_object(rng, capture_rng())
@@ -331,16 +318,21 @@ def _save(opts, info, *, model, ema, opt, order, step) -> Path | None:
     path = None
     if info.is_main:
         state = {
-            "model": model.state_dict(),   # unwrapped (no 'module.' / '_orig_mod.'): official key layout
+            "model": model.state_dict(),  # unwrapped: no 'module.' / '_orig_mod.' (official keys)
             "ema": ema.state_dict(),
             "opt": opt.state_dict(),
             "step": step,
             "args": json.loads(json.dumps(asdict(opts))),
             "rng": {"ranks": rng, "per_sample": "SeedSequence([seed, step, global_index])"},
-            "data": _data_state(order, step),
+            "data": order.state(step),
         }
-        path = checkpointing.save_checkpoint(state, run_dir=Path(opts.run_dir), step=step,
-                                             keep_last=opts.keep_last, milestones=tuple(opts.milestones))
+        path = checkpointing.save_checkpoint(
+            state,
+            run_dir=Path(opts.run_dir),
+            step=step,
+            keep_last=opts.keep_last,
+            milestones=tuple(opts.milestones),
+        )
     distributed.barrier(info)
     return path
 
@@ -348,6 +340,7 @@ def _save(opts, info, *, model, ema, opt, order, step) -> Path | None:
 #################################################################################
 #                                      CLI                                      #
 #################################################################################
+
 
 def _parse_kw(items: list[str]) -> dict:
     """['hidden_size=32', 'depth=2'] -> {'hidden_size': 32, 'depth': 2} (values parsed as YAML)."""
@@ -364,7 +357,9 @@ def _parse_steps(text: str) -> tuple[int, ...]:
     try:
         return tuple(sorted(int(float(s)) for s in text.split(",") if s.strip()))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated steps like 400000,1000000, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated steps like 400000,1000000, got {text!r}"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -375,15 +370,17 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--latents", help="latent cache directory (VAE moments)")
     src.add_argument("--images", help="ImageFolder root (online VAE encode, or --pixel)")
-    p.add_argument("--pixel", action="store_true", help="with --images: train in pixel space, no VAE")
+    p.add_argument("--pixel", action="store_true", help="pixel space, no VAE")
     p.add_argument("--vae", default=d.vae, help="VAE hub id or local dir (images mode)")
     p.add_argument("--total-steps", type=int, required=True)
     p.add_argument("--global-batch", type=int, default=d.global_batch)
     p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
     p.add_argument("--keep-last", type=int, default=d.keep_last)
-    p.add_argument("--milestones", type=_parse_steps, default=d.milestones, help="e.g. 400000,1000000")
-    p.add_argument("--stop-at", type=int, default=None, help="exit after this step; re-run to continue")
-    p.add_argument("--resume", default=d.resume, help="'auto' (newest valid checkpoint), 'never', or a path")
+    p.add_argument(
+        "--milestones", type=_parse_steps, default=d.milestones, help="e.g. 400000,1000000"
+    )
+    p.add_argument("--stop-at", type=int, default=None, help="exit after this step")
+    p.add_argument("--resume", default=d.resume, help="auto | never | PATH")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
@@ -394,12 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fused-adam", action="store_true")
     p.add_argument("--num-classes", type=int, default=d.num_classes)
     p.add_argument("--image-size", type=int, default=d.image_size)
-    p.add_argument("--model-kw", nargs="*", default=[], metavar="KEY=VAL", help="model constructor overrides")
+    p.add_argument("--model-kw", nargs="*", default=[], metavar="KEY=VAL", help="model overrides")
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--num-workers", type=int, default=d.num_workers)
     p.add_argument("--device", choices=("cpu", "cuda"), default=None)
-    p.add_argument("--pause-after-ckpt", type=float, default=0.0, help=argparse.SUPPRESS)  # kill tests
-    p.add_argument("--dry-run", action="store_true", help="print the resolved options as JSON and exit")
+    # Seconds to sleep after each checkpoint: lets a test SIGKILL the job at a known step.
+    p.add_argument("--pause-after-ckpt", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--dry-run", action="store_true", help="print options, exit")
     return p
 
 

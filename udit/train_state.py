@@ -16,26 +16,29 @@
 - RNG states of torch / cuda / numpy / python for the checkpoint, stored as tensors and
   lists so torch.load(weights_only=True) reads them.
 """
+
 import copy
 import random
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 
 from udit.models.embed import LabelEmbedder
 
 SEED_WORDS = 2  # uint32 words drawn from SeedSequence -> one 64-bit generator seed
+FLIP_PROB = 0.5  # random horizontal flip of image inputs, as DiT's RandomHorizontalFlip()
 
 
 #################################################################################
 #                                   Data order                                  #
 #################################################################################
 
+
 @dataclass(frozen=True)
 class DataOrder:
-    num_items: int     # dataset length
+    num_items: int  # dataset length
     global_batch: int  # samples per optimiser step over all ranks
     world_size: int
     rank: int
@@ -43,11 +46,15 @@ class DataOrder:
 
     def __post_init__(self):
         if self.global_batch % self.world_size:
-            raise ValueError(f"global batch {self.global_batch} is not divisible by world size "
-                             f"{self.world_size}: the global batch is fixed, so each rank needs an equal share")
+            raise ValueError(
+                f"global batch {self.global_batch} is not divisible by world size "
+                f"{self.world_size}: the global batch is fixed, so each rank needs an equal share"
+            )
         if self.num_items < self.global_batch:
-            raise ValueError(f"dataset has {self.num_items} items, fewer than one global batch "
-                             f"({self.global_batch}); lower --global-batch")
+            raise ValueError(
+                f"dataset has {self.num_items} items, fewer than one global batch "
+                f"({self.global_batch}); lower --global-batch"
+            )
 
     @property
     def local_batch(self) -> int:
@@ -62,6 +69,15 @@ class DataOrder:
         epoch, index = divmod(step, self.batches_per_epoch)
         return {"epoch": epoch, "index": index, "batches_per_epoch": self.batches_per_epoch}
 
+    def state(self, step: int) -> dict:
+        """Position plus what it depends on: a resumed run checks it sees the same data."""
+        return {
+            **self.position(step),
+            "seed": self.seed,
+            "num_items": self.num_items,
+            "global_batch": self.global_batch,
+        }
+
     def permutation(self, epoch: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.seed + epoch)  # DistributedSampler: seed + epoch
         return torch.randperm(self.num_items, generator=gen)
@@ -70,7 +86,7 @@ class DataOrder:
         pos = self.position(step)
         perm = self.permutation(pos["epoch"]) if perm is None else perm
         start = pos["index"] * self.global_batch + self.rank * self.local_batch
-        return perm[start:start + self.local_batch].tolist()
+        return perm[start : start + self.local_batch].tolist()
 
     def global_offset(self) -> int:
         """Position in the global batch of this rank's first sample."""
@@ -96,8 +112,82 @@ class StepBatchSampler(torch.utils.data.Sampler):
 
 
 #################################################################################
+#                                  Data sources                                 #
+#################################################################################
+
+
+def build_train_data(
+    *,
+    latents: str | None,
+    images: str | None,
+    pixel: bool,
+    vae: str,
+    image_size: int,
+    num_classes: int,
+    device: torch.device,
+):
+    """-> (dataset, kind, shape (C, H, W) the model sees, prepare(x, draws) -> model input).
+
+    kind 'latents': cached VAE moments, a fresh z ~ N(mean, var) per step (per-sample noise);
+    'vae': images encoded online; 'pixels': images as they are (toy runs, no VAE). Image
+    flips use the per-sample coin, not the dataset's transform, so they do not depend on
+    the rank or DataLoader worker (the latent cache stores both flips as separate items).
+    """
+    from udit.data import LatentDataset, build_image_dataset, load_vae, sample_latent
+
+    if latents is not None:
+        dataset = LatentDataset(latents)
+        if dataset.image_size != image_size:
+            raise ValueError(
+                f"latent cache {latents} was extracted at {dataset.image_size} px, "
+                f"but --image-size is {image_size}"
+            )
+        _check_classes(dataset, source=latents, num_classes=num_classes)
+        moments, _ = dataset[0]
+        shape = (moments.shape[0] // 2, *moments.shape[1:])  # moments = [mean; logvar]
+
+        def draw_latent(x, draws):
+            return sample_latent(x.to(device), draws.latent_noise.to(device))  # (N, C, h, w)
+
+        return dataset, "latents", shape, draw_latent
+
+    dataset = build_image_dataset(images, image_size, flip=False)
+    _check_classes(dataset, source=images, num_classes=num_classes)
+
+    def flip(x, draws):
+        x = x.to(device)
+        return torch.where(draws.flip.to(device)[:, None, None, None], x.flip(-1), x)
+
+    if pixel:
+        return dataset, "pixels", (3, image_size, image_size), flip
+
+    autoencoder = load_vae(vae, device=device)
+    factor = 2 ** (len(autoencoder.config.block_out_channels) - 1)  # encoder downsampling
+    if image_size % factor:
+        raise ValueError(f"--image-size {image_size} is not divisible by the VAE factor {factor}")
+    side = image_size // factor
+    shape = (autoencoder.config.latent_channels, side, side)
+
+    @torch.no_grad()
+    def encode(x, draws):
+        posterior = autoencoder.encode(flip(x, draws)).latent_dist
+        moments = torch.cat([posterior.mean, posterior.logvar], dim=1)  # (N, 2C, h, w)
+        return sample_latent(moments, draws.latent_noise.to(device))  # (N, C, h, w)
+
+    return dataset, "vae", shape, encode
+
+
+def _check_classes(dataset, *, source: str, num_classes: int) -> None:
+    if dataset.num_classes > num_classes:
+        raise ValueError(
+            f"{source} has {dataset.num_classes} classes but --num-classes is {num_classes}"
+        )
+
+
+#################################################################################
 #                             Per-sample randomness                             #
 #################################################################################
+
 
 def sample_generator(*, seed: int, step: int, index: int) -> torch.Generator:
     """CPU generator for global sample `index` of step `step`; SeedSequence mixes the three
@@ -108,15 +198,26 @@ def sample_generator(*, seed: int, step: int, index: int) -> torch.Generator:
 
 @dataclass
 class SampleDraws:
-    noise: torch.Tensor                 # (N, C, H, W) diffusion noise
-    t: torch.Tensor                     # (N,) int64 timesteps, uniform in [0, T)
-    latent_noise: torch.Tensor | None   # (N, C, H, W) noise for sampling z from the VAE moments
-    label_drop: torch.Tensor            # (N, K) bool, one coin per label embedder
-    flip: torch.Tensor                  # (N,) bool, horizontal flip of image inputs
+    noise: torch.Tensor  # (N, C, H, W) diffusion noise
+    t: torch.Tensor  # (N,) int64 timesteps, uniform in [0, T)
+    latent_noise: torch.Tensor | None  # (N, C, H, W) noise for sampling z from the VAE moments
+    label_drop: torch.Tensor  # (N, K) bool, one coin per label embedder
+    flip: torch.Tensor  # (N,) bool, horizontal flip of image inputs
 
 
-def draw_samples(*, seed: int, step: int, offset: int, count: int, shape: tuple[int, ...],
-                 num_timesteps: int, num_embedders: int, drop_prob: float, latent: bool, flip_prob: float) -> SampleDraws:
+def draw_samples(
+    *,
+    seed: int,
+    step: int,
+    offset: int,
+    count: int,
+    shape: tuple[int, ...],
+    num_timesteps: int,
+    num_embedders: int,
+    drop_prob: float,
+    latent: bool,
+    flip_prob: float,
+) -> SampleDraws:
     """Draws for global samples offset..offset+count-1 of `step`, in a fixed order per sample."""
     noise, ts, lat, drops, flips = [], [], [], [], []
     for g in range(offset, offset + count):
@@ -141,7 +242,9 @@ class LabelDropControl:
     Only active in training mode; eval (EMA, sampling) keeps the embedder's own behaviour."""
 
     def __init__(self, model: nn.Module):
-        self.embedders = [m for m in model.modules() if isinstance(m, LabelEmbedder) and m.dropout > 0]
+        self.embedders = [
+            m for m in model.modules() if isinstance(m, LabelEmbedder) and m.dropout > 0
+        ]
         probs = {m.dropout for m in self.embedders}
         if len(probs) > 1:
             raise ValueError(f"label embedders disagree on dropout probability: {sorted(probs)}")
@@ -150,8 +253,10 @@ class LabelDropControl:
         # then one coin per sample serves them all.
         self.shared = bool(getattr(model, "shared_label_drop", False))
         self.masks: torch.Tensor | None = None  # (N, K) bool, set before each forward
-        self.handles = [m.register_forward_pre_hook(self._hook(0 if self.shared else k), with_kwargs=True)
-                        for k, m in enumerate(self.embedders)]
+        self.handles = [
+            m.register_forward_pre_hook(self._hook(0 if self.shared else k), with_kwargs=True)
+            for k, m in enumerate(self.embedders)
+        ]
 
     def __len__(self) -> int:
         return 1 if self.shared and self.embedders else len(self.embedders)
@@ -166,6 +271,7 @@ class LabelDropControl:
             if len(args) >= 2:  # forward(y, force_drop) called positionally
                 return (args[0], mask, *args[2:]), kwargs
             return args, {**kwargs, "force_drop": mask}
+
         return hook
 
     def remove(self) -> None:
@@ -176,6 +282,7 @@ class LabelDropControl:
 #################################################################################
 #                                      EMA                                      #
 #################################################################################
+
 
 def make_ema(model: nn.Module) -> nn.Module:
     """Exact copy of the model, frozen and in eval mode (DiT: update_ema(decay=0))."""
@@ -200,14 +307,20 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
 #                                   RNG states                                  #
 #################################################################################
 
+
 def capture_rng() -> dict:
     """Global RNG states as tensors / lists (weights_only-loadable)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, py_state, py_gauss = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
         "python": {"version": version, "state": list(py_state), "gauss": py_gauss},
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -218,7 +331,9 @@ def capture_rng() -> dict:
 def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
