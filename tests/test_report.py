@@ -75,6 +75,9 @@ def smoke_results(root: Path) -> Path:
         write_json(results / eid / "metrics" / f"{tag}.json",
                    metrics_json(fid=fid, sfid=90.0, is_=1.5, precision=0.01, recall=0.0, uncalibrated=True))
         write_grid(results / eid / "samples" / f"{tag}.png")
+    torn = results / "u-dit-l" / "metrics" / "0000016-cfg1.0.json"   # evaluate killed mid-write
+    torn.parent.mkdir(parents=True)
+    torn.write_text('{"fid": 1')
     log = results / "u-dit-b" / "train" / "log.jsonl"
     log.parent.mkdir(parents=True)
     lines = [json.dumps({"step": s, "loss": 1.0 / s, "mse": 0.5 / s, "vb": 0.5 / s, "grad_norm": 1.0,
@@ -99,9 +102,12 @@ def test_partial_results_show_pending_not_zero(smoke_report):
     assert t2.loc["dit-b-2/0000016-cfg1.0", ("GFLOPs", "reproduced")].iloc[0] == "pending"  # not in flops.json
     assert t2.loc["u-dit-s/0000016-cfg1.0", ("FID", "reproduced")] == "250.00 (uncalibrated)"
     assert t2.loc["u-dit-s/0000016-cfg1.0", ("GFLOPs", "reproduced")] == "6.05"
+    assert t2.loc["u-dit-l/0000016-cfg1.0", ("FID", "reproduced")] == "pending"     # unreadable JSON
     records = pd.read_csv(out / "tables" / "records.csv")
     pend = records[(records["status"] == "pending")]
     assert pend["reproduced"].isna().all()        # pending is never a number, let alone 0
+    torn = records[(records["node"] == "u-dit-l/0000016-cfg1.0") & (records["metric"] == "fid")]
+    assert torn["note"].str.startswith("unreadable metrics file").all()
     assert summary["pending"] == len(pend) > 0
     html = (out / "index.html").read_text()
     assert "pending" in html and "Table 5" in html and "Table 10" in html
@@ -193,6 +199,7 @@ def run_chromium(args: list[str], *, profile: Path) -> subprocess.CompletedProce
     return subprocess.run(cmd, capture_output=True, text=True, timeout=BROWSER_TIMEOUT_S)
 
 
+@pytest.mark.slow
 def test_page_renders_in_headless_chromium(smoke_report, tmp_path):
     if chromium() is None:
         if os.environ.get("UDIT_REQUIRE_BROWSER"):

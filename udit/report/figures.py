@@ -120,9 +120,9 @@ def fid_vs_iterations(records: pd.DataFrame, milestones: dict[str, list[int]], o
     fid = fid.drop_duplicates("node")
     curves = 0
     for experiment, group in fid.groupby("experiment", sort=False):
-        steps = group["step"].astype(int)
-        if experiment not in milestones or len(group) < 2:
+        if experiment not in milestones or len(group) < 2:   # released checkpoints have no steps
             continue
+        steps = group["step"].astype(int)
         order = steps.argsort()
         line = right.plot(steps.iloc[order], group["reproduced"].iloc[order], marker="o", label=experiment)[0]
         for m in milestones[experiment]:

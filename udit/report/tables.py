@@ -8,6 +8,7 @@ Paper numbers come from udit/paper/paper_numbers.yaml through the config's refer
 (udit.experiments.PaperRef); a node whose metrics file does not exist yet is "pending".
 """
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,14 +132,19 @@ def read_flops(path: Path) -> dict[tuple[str, int], dict]:
     """(model, input_size) -> flops.json row; {} when the FLOPs node has not run."""
     if not Path(path).is_file():
         return {}
-    rows = json.loads(Path(path).read_text())
-    if not isinstance(rows, list):
-        raise ValueError(f"{path}: expected a JSON list of rows (udit flops), got {type(rows).__name__}")
-    return {(r["model"], int(r["input_size"])): r for r in rows}
+    try:
+        rows = json.loads(Path(path).read_text())
+        return {(r["model"], int(r["input_size"])): r for r in rows}
+    except (OSError, ValueError, TypeError, KeyError) as err:  # a half-written or foreign file
+        print(f"[report] {path}: not a udit flops table ({err!r}); GFLOPs shown as pending", file=sys.stderr)
+        return {}
 
 
-def gflops_tolerance(model: str) -> Tolerance:
-    """The FLOPs table's own per-model tolerance (reconstructed toy configs allow more)."""
+def gflops_tolerance(model: str, row: dict) -> Tolerance:
+    """The FLOPs table's own per-model tolerance (reconstructed toy configs allow more): the
+    row's `tolerance` if flops.json carries one, else udit.flops.tolerance (imports torch)."""
+    if row.get("tolerance") is not None:
+        return Tolerance(float(row["tolerance"]), 0.0, TOLERANCES["gflops"].why)
     try:
         from udit.flops import tolerance  # imports torch: only when a GFLOPs cell is judged
         rel = tolerance(model)
@@ -223,7 +229,7 @@ def _row_records(table: PaperTable, row: str, key: str | None, paper: dict, node
         if node is not None and metric == "gflops":
             frow = flops.get((node.model, table.latent))
             reproduced = None if frow is None else float(frow["gflops"])
-            tol = gflops_tolerance(node.model) if frow is not None else tol
+            tol = gflops_tolerance(node.model, frow) if frow is not None else tol
             note = "flops table not run yet" if not flops else ("" if frow else f"{node.model} not in flops.json")
             if node.shrunk and frow is not None:
                 note = "fvcore count of the paper-size architecture (this run trained a shrunk variant)"
