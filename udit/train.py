@@ -45,8 +45,8 @@ from udit.train_state import (
 )
 
 # Options that define the trajectory: a resumed run must match them exactly.
-IDENTITY_FIELDS = tuple(  # noqa: SIM905 (a 13-line literal says no more)
-    "model model_kw latents images pixel vae global_batch seed num_classes image_size lr "
+IDENTITY_FIELDS = tuple(
+    "model model_kw latents images pixel vae global_batch seed num_classes image_size lr "  # noqa: SIM905
     "weight_decay ema_decay".split()
 )
 
