@@ -3,6 +3,7 @@
 tables.py collects records and writes one table per paper table, figures.py draws the
 figures, render.py fills templates/index.html.j2 and holds the CLI.
 """
+
 from udit.report.render import build_report, main
 
 __all__ = ["build_report", "main"]

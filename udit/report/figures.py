@@ -4,6 +4,7 @@ Paper and reproduction get separate panels, never one shared axis: a smoke run's
 (stand-in Inception, toy models) live on another scale and must not be read as paper points.
 A figure with no reproduced data yet shows a "pending" panel instead of failing.
 """
+
 import json
 import re
 from pathlib import Path
@@ -11,13 +12,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # headless: the report runs in batch jobs
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker as ticker  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib import ticker
 
 DPI = 110
 PAPER_COLOR, REPRO_COLOR, WARN_COLOR = "#1f77b4", "#d62728", "#b00020"
-ITER_UNITS = {"K": 1_000, "M": 1_000_000}   # T5 row keys: '200K', '1M', '7M'
+ITER_UNITS = {"K": 1_000, "M": 1_000_000}  # T5 row keys: '200K', '1M', '7M'
 UNCALIBRATED_NOTE = "UNCALIBRATED Inception: not paper numbers"
 
 
@@ -31,15 +32,26 @@ def save(fig, out_dir: Path, name: str) -> str:
 
 
 def pending(ax, what: str) -> None:
-    ax.text(0.5, 0.5, f"pending\n({what})", ha="center", va="center", fontsize=12, color="gray",
-            transform=ax.transAxes)
+    ax.text(
+        0.5,
+        0.5,
+        f"pending\n({what})",
+        ha="center",
+        va="center",
+        fontsize=12,
+        color="gray",
+        transform=ax.transAxes,
+    )
     ax.set_xticks([])
     ax.set_yticks([])
 
 
 def repro_title(ax, title: str, uncalibrated: bool) -> None:
-    ax.set_title(f"{title}\n{UNCALIBRATED_NOTE}" if uncalibrated else title,
-                 color=WARN_COLOR if uncalibrated else "black", fontsize=10)
+    ax.set_title(
+        f"{title}\n{UNCALIBRATED_NOTE}" if uncalibrated else title,
+        color=WARN_COLOR if uncalibrated else "black",
+        fontsize=10,
+    )
 
 
 def _iterations(key: str) -> int:
@@ -54,8 +66,11 @@ def _pivot(records: pd.DataFrame, table: str) -> pd.DataFrame:
     lines = []
     sub = records[records["table"] == table]
     for (row, node), group in sub.groupby(["row", "node"], sort=False, dropna=False):
-        line = {"row": row, "node": node if isinstance(node, str) else None,
-                "uncalibrated": bool(group["uncalibrated"].any())}
+        line = {
+            "row": row,
+            "node": node if isinstance(node, str) else None,
+            "uncalibrated": bool(group["uncalibrated"].any()),
+        }
         for rec in group.itertuples():
             line[f"paper_{rec.metric}"], line[rec.metric] = rec.paper, rec.reproduced
         lines.append(line)
@@ -76,21 +91,48 @@ def fid_vs_gflops(records: pd.DataFrame, out_dir: Path) -> str:
     for _, r in paper.iterrows():
         if pd.notna(r.get("paper_fid")) and pd.notna(r.get("paper_gflops")):
             marker = "*" if r["row"].startswith("U-DiT") else "o"
-            cited = r["row"].endswith("(dit-paper)")   # DiT's own number: hollow, unlabelled
-            left.scatter(r["paper_gflops"], r["paper_fid"], marker=marker, s=90 if marker == "*" else 40,
-                         facecolors="none" if cited else PAPER_COLOR, edgecolors=PAPER_COLOR)
+            cited = r["row"].endswith("(dit-paper)")  # DiT's own number: hollow, unlabelled
+            left.scatter(
+                r["paper_gflops"],
+                r["paper_fid"],
+                marker=marker,
+                s=90 if marker == "*" else 40,
+                facecolors="none" if cited else PAPER_COLOR,
+                edgecolors=PAPER_COLOR,
+            )
             if not cited:
-                left.annotate(r["row"].replace(" (replicated)", ""), (r["paper_gflops"], r["paper_fid"]),
-                              fontsize=7, xytext=(4, 3), textcoords="offset points")
-    left.set(xscale="log", xlabel="GFLOPs (paper)", ylabel="FID-50K", title="Paper (Table 2; hollow: DiT paper)")
+                left.annotate(
+                    r["row"].replace(" (replicated)", ""),
+                    (r["paper_gflops"], r["paper_fid"]),
+                    fontsize=7,
+                    xytext=(4, 3),
+                    textcoords="offset points",
+                )
+    left.set(
+        xscale="log",
+        xlabel="GFLOPs (paper)",
+        ylabel="FID-50K",
+        title="Paper (Table 2; hollow: DiT paper)",
+    )
     plain_log_ticks(left.xaxis)
     done = t2[t2["fid"].notna() & t2["gflops"].notna()].drop_duplicates("node") if len(t2) else t2
     if len(done):
         for _, r in done.iterrows():
             marker = "*" if r["row"].startswith("U-DiT") else "o"
-            right.scatter(r["gflops"], r["fid"], marker=marker, s=90 if marker == "*" else 40, color=REPRO_COLOR)
-            right.annotate(r["node"].split("/")[0], (r["gflops"], r["fid"]), fontsize=7, xytext=(4, 3),
-                           textcoords="offset points")
+            right.scatter(
+                r["gflops"],
+                r["fid"],
+                marker=marker,
+                s=90 if marker == "*" else 40,
+                color=REPRO_COLOR,
+            )
+            right.annotate(
+                r["node"].split("/")[0],
+                (r["gflops"], r["fid"]),
+                fontsize=7,
+                xytext=(4, 3),
+                textcoords="offset points",
+            )
         right.set(xscale="log", xlabel="GFLOPs (fvcore, paper-size architecture)", ylabel="FID")
         plain_log_ticks(right.xaxis)
         repro_title(right, "Reproduction (Table 2 runs)", bool(done["uncalibrated"].any()))
@@ -100,14 +142,21 @@ def fid_vs_gflops(records: pd.DataFrame, out_dir: Path) -> str:
     return save(fig, out_dir, "fid_vs_gflops")
 
 
-def fid_vs_iterations(records: pd.DataFrame, milestones: dict[str, list[int]], out_dir: Path) -> str:
+def fid_vs_iterations(
+    records: pd.DataFrame, milestones: dict[str, list[int]], out_dir: Path
+) -> str:
     """FID vs training iterations: paper T5 curves | each reproduced run over its milestones
     (dotted lines). Only cfg 1.0 nodes; a run needs two evaluated milestones for a curve."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     t5 = records[(records["table"] == "longer_training_T5") & (records["metric"] == "fid")]
-    for model, group in t5.drop_duplicates("row").assign(
+    for model, group in (
+        t5.drop_duplicates("row")
+        .assign(
             model=lambda d: d["row"].str.split(" @ ").str[0],
-            it=lambda d: d["row"].str.split(" @ ").str[1].map(_iterations)).groupby("model", sort=False):
+            it=lambda d: d["row"].str.split(" @ ").str[1].map(_iterations),
+        )
+        .groupby("model", sort=False)
+    ):
         group = group.sort_values("it")
         left.plot(group["it"], group["paper"], marker="o", label=model)
     left.set(xscale="log", xlabel="training iterations", ylabel="FID-50K", title="Paper (Table 5)")
@@ -116,15 +165,19 @@ def fid_vs_iterations(records: pd.DataFrame, milestones: dict[str, list[int]], o
     if len(t5):
         left.legend(fontsize=8)
 
-    fid = records[(records["metric"] == "fid") & records["reproduced"].notna() & (records["cfg"] == 1.0)]
+    fid = records[
+        (records["metric"] == "fid") & records["reproduced"].notna() & (records["cfg"] == 1.0)
+    ]
     fid = fid.drop_duplicates("node")
     curves = 0
     for experiment, group in fid.groupby("experiment", sort=False):
-        if experiment not in milestones or len(group) < 2:   # released checkpoints have no steps
+        if experiment not in milestones or len(group) < 2:  # released checkpoints have no steps
             continue
         steps = group["step"].astype(int)
         order = steps.argsort()
-        line = right.plot(steps.iloc[order], group["reproduced"].iloc[order], marker="o", label=experiment)[0]
+        line = right.plot(
+            steps.iloc[order], group["reproduced"].iloc[order], marker="o", label=experiment
+        )[0]
         for m in milestones[experiment]:
             right.axvline(m, color=line.get_color(), linestyle=":", linewidth=0.8)
         curves += 1
@@ -142,7 +195,9 @@ def ablation_ladder(records: pd.DataFrame, out_dir: Path) -> str:
     """Table 9 as horizontal bars of FID: paper | reproduction (pending rungs labelled)."""
     t9 = _pivot(records, "ablation_T9")
     rows = list(dict.fromkeys(t9["row"])) if len(t9) else []
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.45 * max(len(rows), 4) + 1.5), sharey=True)
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(11, 0.45 * max(len(rows), 4) + 1.5), sharey=True
+    )
     if not rows:
         pending(left, "no Table 9 rows")
         pending(right, "no Table 9 rows")
@@ -153,8 +208,12 @@ def ablation_ladder(records: pd.DataFrame, out_dir: Path) -> str:
     left.set(yticks=list(ys), yticklabels=rows, xlabel="FID-50K", title="Paper (Table 9)")
     left.invert_yaxis()
     if first["fid"].notna().any():
-        right.barh(ys, first["fid"].fillna(0), color=REPRO_COLOR,
-                   hatch="//" if first["uncalibrated"].any() else None)
+        right.barh(
+            ys,
+            first["fid"].fillna(0),
+            color=REPRO_COLOR,
+            hatch="//" if first["uncalibrated"].any() else None,
+        )
         for y, value in zip(ys, first["fid"]):
             if pd.isna(value):
                 right.text(0, y, " pending", va="center", color="gray")
@@ -188,7 +247,9 @@ def training_loss(logs: dict[str, Path], out_dir: Path) -> str:
             ax.plot(log["step"], log["loss"], label=experiment, linewidth=1)
             drawn += 1
     if drawn:
-        ax.set(xlabel="training step", ylabel="loss (mse + vb)", yscale="log", title="Training loss")
+        ax.set(
+            xlabel="training step", ylabel="loss (mse + vb)", yscale="log", title="Training loss"
+        )
         ax.legend(fontsize=7, ncol=2)
     else:
         pending(ax, "no training log yet")

@@ -10,6 +10,7 @@ results/*/train/log.jsonl, results/*/samples/*.png) and writes
     report/samples/*.png       sample grids copied from results
 Anything not run yet is "pending"; numbers from a stand-in Inception get a red banner.
 """
+
 import argparse
 import datetime
 import os
@@ -23,15 +24,24 @@ import jinja2
 import pandas as pd
 
 from udit import experiments as ex
-from udit.report import figures, tables
+from udit.report import figures, tables, tolerances
 
 TEMPLATE = "index.html.j2"
-PACKAGES = ["torch", "torchvision", "torch-fidelity", "fvcore", "diffusers", "numpy", "pandas", "matplotlib"]
+PACKAGES = [
+    "torch",
+    "torchvision",
+    "torch-fidelity",
+    "fvcore",
+    "diffusers",
+    "numpy",
+    "pandas",
+    "matplotlib",
+]
 FIGURES = {  # file stem -> caption (the page and workflow/captions/figure.rst)
     "fid_vs_gflops": "FID-50K vs GFLOPs at 400K iterations (the paper's headline comparison, Table 2): "
-                     "paper points left, reproduced runs right (GFLOPs from fvcore).",
+    "paper points left, reproduced runs right (GFLOPs from fvcore).",
     "fid_vs_iterations": "FID vs training iterations: the paper's Table 5 curves left, each reproduced "
-                         "run over its evaluated milestones right (dotted lines: milestone checkpoints).",
+    "run over its evaluated milestones right (dotted lines: milestone checkpoints).",
     "ablation_ladder": "The ablation ladder (Table 9) as FID bars: paper left, reproduction right.",
     "training_loss": "Training loss (mse + vb, hybrid objective) of every run, from its log.jsonl.",
 }
@@ -64,8 +74,13 @@ def package_versions() -> dict[str, str]:
 
 def git_commit() -> str | None:
     try:
-        res = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"],
-                             capture_output=True, text=True, timeout=10, check=True)
+        res = subprocess.run(
+            ["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return res.stdout.strip() or None
@@ -79,8 +94,14 @@ def copy_grids(nodes: list[tables.Node], *, results: Path, out_dir: Path) -> lis
         if src.is_file():
             name = f"{node.experiment}-{node.tag}.png"
             atomic_write(out_dir / name, src.read_bytes())
-            grids.append({"src": f"samples/{name}", "experiment": node.experiment, "title": node.title,
-                          "tag": node.tag})
+            grids.append(
+                {
+                    "src": f"samples/{name}",
+                    "experiment": node.experiment,
+                    "title": node.title,
+                    "tag": node.tag,
+                }
+            )
     return grids
 
 
@@ -92,13 +113,26 @@ def cell_lines(records: pd.DataFrame, table_key: str) -> list[dict]:
         cells = []
         for rec in group.itertuples():
             reproduced = tables.fmt(rec.reproduced, rec.metric)
-            cells.append({"metric": rec.metric, "paper": tables.fmt(rec.paper, rec.metric) or "-",
-                          "reproduced": reproduced or ("pending" if rec.status == "pending" else "-"),
-                          "diff": "" if pd.isna(rec.diff) else f"{rec.diff:+.3g}",
-                          "rel": "" if pd.isna(rec.rel_diff) else f"{rec.rel_diff:+.1%}",
-                          "status": rec.status, "note": rec.note or "", "tolerance": rec.tolerance})
-        lines.append({"row": row, "node": node if isinstance(node, str) else None, "cells": cells,
-                      "uncalibrated": bool(group["uncalibrated"].any())})
+            cells.append(
+                {
+                    "metric": rec.metric,
+                    "paper": tables.fmt(rec.paper, rec.metric) or "-",
+                    "reproduced": reproduced or ("pending" if rec.status == "pending" else "-"),
+                    "diff": "" if pd.isna(rec.diff) else f"{rec.diff:+.3g}",
+                    "rel": "" if pd.isna(rec.rel_diff) else f"{rec.rel_diff:+.1%}",
+                    "status": rec.status,
+                    "note": rec.note or "",
+                    "tolerance": rec.tolerance,
+                }
+            )
+        lines.append(
+            {
+                "row": row,
+                "node": node if isinstance(node, str) else None,
+                "cells": cells,
+                "uncalibrated": bool(group["uncalibrated"].any()),
+            }
+        )
     return lines
 
 
@@ -107,42 +141,82 @@ def build_report(*, config: Path, results: Path, out: Path) -> dict:
     cfg = ex.load_config(config)
     experiments, released = ex.resolve_experiments(cfg), ex.resolve_released(cfg)
     results, out = Path(results), Path(out)
-    records, provenance = tables.collect_records(experiments=experiments, released=released, results=results)
+    records, provenance = tables.collect_records(
+        experiments=experiments, released=released, results=results
+    )
     table_files = tables.write_tables(records, out_dir=out / "tables", write=atomic_write)
 
     fig_dir = out / "figures"
     milestones = {eid: exp.milestones for eid, exp in experiments.items()}
-    logs = {eid: results / eid / "train" / "log.jsonl" for eid in experiments
-            if (results / eid / "train" / "log.jsonl").is_file()}
-    made = [figures.fid_vs_gflops(records, fig_dir), figures.fid_vs_iterations(records, milestones, fig_dir),
-            figures.ablation_ladder(records, fig_dir), figures.training_loss(logs, fig_dir)]
+    logs = {
+        eid: results / eid / "train" / "log.jsonl"
+        for eid in experiments
+        if (results / eid / "train" / "log.jsonl").is_file()
+    }
+    made = [
+        figures.fid_vs_gflops(records, fig_dir),
+        figures.fid_vs_iterations(records, milestones, fig_dir),
+        figures.ablation_ladder(records, fig_dir),
+        figures.training_loss(logs, fig_dir),
+    ]
     nodes = tables.config_nodes(experiments=experiments, released=released, results=results)
     grids = copy_grids(nodes, results=results, out_dir=out / "samples")
 
     summary = tables.summary(records)
     uncalibrated = sorted(p["node"] for p in provenance if p["uncalibrated"]) if provenance else []
-    env = jinja2.Environment(loader=jinja2.PackageLoader("udit.report", "templates"),
-                             autoescape=jinja2.select_autoescape(["html", "j2"]),
-                             undefined=jinja2.StrictUndefined)  # a template mistake fails the job
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("udit.report", "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+    )  # a template mistake fails the job
     html = env.get_template(TEMPLATE).render(
-        description=cfg.get("description", ""), config=Path(config).as_posix(), summary=summary,
-        tolerances=tables.TOLERANCES, labels=tables.METRIC_LABELS, metrics=tables.METRICS,
-        tables=[{"key": t.key, "label": t.label, "title": t.title, "lines": cell_lines(records, t.key),
-                 "csv": f"tables/{t.key}.csv"} for t in tables.shown_tables(records)],
-        figures=[{"src": f"figures/{name}", "svg": f"figures/{Path(name).stem}.svg",
-                  "caption": FIGURES[Path(name).stem]} for name in made],
-        grids=grids, provenance=provenance, uncalibrated=uncalibrated, table_files=table_files,
+        description=cfg.get("description", ""),
+        config=Path(config).as_posix(),
+        summary=summary,
+        tolerances=tolerances.TOLERANCES,
+        labels=tables.METRIC_LABELS,
+        metrics=tables.METRICS,
+        tables=[
+            {
+                "key": t.key,
+                "label": t.label,
+                "title": t.title,
+                "lines": cell_lines(records, t.key),
+                "csv": f"tables/{t.key}.csv",
+            }
+            for t in tables.shown_tables(records)
+        ],
+        figures=[
+            {
+                "src": f"figures/{name}",
+                "svg": f"figures/{Path(name).stem}.svg",
+                "caption": FIGURES[Path(name).stem],
+            }
+            for name in made
+        ],
+        grids=grids,
+        provenance=provenance,
+        uncalibrated=uncalibrated,
+        table_files=table_files,
         generated=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        report_commit=git_commit(), versions=package_versions())
+        report_commit=git_commit(),
+        versions=package_versions(),
+    )
     atomic_write(out / "index.html", html)
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="udit report", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, required=True, help="the workflow config the results come from")
-    parser.add_argument("--results", type=Path, default=Path("results"), help="results folder of the DAG")
-    parser.add_argument("--out", type=Path, default=Path("report"), help="folder for index.html and its files")
+    parser.add_argument(
+        "--config", type=Path, required=True, help="the workflow config the results come from"
+    )
+    parser.add_argument(
+        "--results", type=Path, default=Path("results"), help="results folder of the DAG"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("report"), help="folder for index.html and its files"
+    )
     args = parser.parse_args(argv)
     if not args.results.is_dir():
         print(f"udit report: results folder {args.results} does not exist", file=sys.stderr)
@@ -152,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     except ex.ConfigError as err:
         print(f"udit report: {err}", file=sys.stderr)
         return 2
-    print(f"[report] {args.out / 'index.html'}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+    print(
+        f"[report] {args.out / 'index.html'}: " + ", ".join(f"{k} {v}" for k, v in summary.items())
+    )
     return 0
 
 

@@ -7,6 +7,7 @@ The report reads only what the jobs wrote (style.md rule 6):
 Paper numbers come from udit/paper/paper_numbers.yaml through the config's references
 (udit.experiments.PaperRef); a node whose metrics file does not exist yet is "pending".
 """
+
 import json
 import sys
 from dataclasses import dataclass
@@ -15,52 +16,28 @@ from pathlib import Path
 import pandas as pd
 
 from udit import experiments as ex
+from udit.report.tolerances import STATUSES, TOLERANCES, UNJUDGED, gflops_tolerance, judge
 
 METRICS = ["gflops", "fid", "sfid", "is", "precision", "recall"]  # paper_numbers.yaml `columns`
-METRIC_LABELS = {"gflops": "GFLOPs", "fid": "FID", "sfid": "sFID", "is": "IS",
-                 "precision": "Precision", "recall": "Recall"}
-LOWER_IS_BETTER = {"gflops", "fid", "sfid"}
-INCEPTION_METRICS = {"fid", "sfid", "is", "precision", "recall"}  # need the official Inception
-LATENT_256, LATENT_512 = 32, 64  # fvcore input sizes of udit.flops (ImageNet 256 / 512 through the f=8 VAE)
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    rel: float  # allowed |reproduced - paper| / |paper|
-    abs: float  # ... or this absolute difference, whichever is larger
-    why: str
-
-    def allows(self, paper: float, reproduced: float) -> bool:
-        return abs(reproduced - paper) <= max(self.abs, self.rel * abs(paper))
-
-    def describe(self) -> str:
-        parts = ([f"{self.rel:.0%} relative"] if self.rel else []) + ([f"{self.abs:g} absolute"] if self.abs else [])
-        return " or ".join(parts)
-
-
-# Per-metric agreement: "reproduced" means within max(abs, rel * |paper|).
-TOLERANCES = {
-    "gflops": Tolerance(0.01, 0.0, "udit.flops DEFAULT_TOLERANCE (per-model override for the reconstructed "
-                                   "toy configs); fvcore is deterministic, so only the architecture can differ"),
-    "fid": Tolerance(0.05, 1.0, "the paper's own DiT re-runs differ from the DiT paper by up to 3.0% "
-                                "(T2: XL/2 19.47 vs 20.05, S/2 68.40 vs 67.40); 5% leaves room for a second "
-                                "training run, 1.0 absolute for the low guided FIDs (T4: 3.37)"),
-    "sfid": Tolerance(0.10, 0.5, "sFID (2023-d spatial features) varies more between sample sets than FID; "
-                                 "the paper gives no re-run to calibrate on, so twice the FID band"),
-    "is": Tolerance(0.05, 0.0, "same run-to-run band as FID; IS has no small values in the paper"),
-    "precision": Tolerance(0.0, 0.02, "k-NN manifold estimate on 10k reference images: run-to-run "
-                                      "differences of ~0.01 (T2 re-runs); 0.02 absolute"),
-    "recall": Tolerance(0.0, 0.02, "as precision"),
+METRIC_LABELS = {
+    "gflops": "GFLOPs",
+    "fid": "FID",
+    "sfid": "sFID",
+    "is": "IS",
+    "precision": "Precision",
+    "recall": "Recall",
 }
-
-STATUSES = ["reproduced", "disagrees", "pending", "uncalibrated", "no paper value", "not in config"]
-UNJUDGED = ("no paper value", "not in config")  # not counted in the summary
+LOWER_IS_BETTER = {"gflops", "fid", "sfid"}
+LATENT_256, LATENT_512 = (
+    32,
+    64,
+)  # fvcore input sizes of udit.flops (ImageNet 256 / 512 through the f=8 VAE)
 
 
 @dataclass(frozen=True)
 class PaperTable:
-    key: str        # table of paper_numbers.yaml
-    label: str      # e.g. 'Table 2'
+    key: str  # table of paper_numbers.yaml
+    label: str  # e.g. 'Table 2'
     title: str
     latent: int = LATENT_256
 
@@ -68,26 +45,40 @@ class PaperTable:
 # Reading order of the report; T10 and T6 appear when the config runs them.
 PAPER_TABLES = [
     PaperTable("toy_T1", "Table 1", "Toy experiment: DiT vs DiT-UNet vs downsampled tokens (400K)"),
-    PaperTable("ablation_T9", "Table 9", "Ablation ladder: from DiT-UNet to U-DiT-T and each improvement"),
+    PaperTable(
+        "ablation_T9", "Table 9", "Ablation ladder: from DiT-UNet to U-DiT-T and each improvement"
+    ),
     PaperTable("downsampler_T7", "Table 7", "Downsampler ablation (toy scale)"),
-    PaperTable("main_400k_T2", "Table 2", "Main comparison at 400K iterations, ImageNet 256, no guidance"),
+    PaperTable(
+        "main_400k_T2", "Table 2", "Main comparison at 400K iterations, ImageNet 256, no guidance"
+    ),
     PaperTable("cfg_1.5_T4", "Table 4", "Classifier-free guidance, cfg = 1.5 (400K)"),
-    PaperTable("longer_training_T5", "Table 5", "Longer training: 200K to 1M iterations, no guidance"),
+    PaperTable(
+        "longer_training_T5", "Table 5", "Longer training: 200K to 1M iterations, no guidance"
+    ),
     PaperTable("vanilla_vs_all_T10", "Table 10", "Vanilla U-DiTs vs all modifications (400K)"),
     PaperTable("imagenet512_T6", "Table 6", "ImageNet 512x512 (400K)", latent=LATENT_512),
 ]
-ALWAYS_SHOWN = {"toy_T1", "ablation_T9", "downsampler_T7", "main_400k_T2", "cfg_1.5_T4", "longer_training_T5"}
+ALWAYS_SHOWN = {
+    "toy_T1",
+    "ablation_T9",
+    "downsampler_T7",
+    "main_400k_T2",
+    "cfg_1.5_T4",
+    "longer_training_T5",
+}
 
 
 @dataclass(frozen=True)
 class Node:
     """One evaluation node of the DAG: a run's checkpoint sampled at one cfg scale."""
+
     experiment: str
     title: str
     model: str
-    step_tag: str        # '0400000' or 'released'
+    step_tag: str  # '0400000' or 'released'
     cfg: float
-    shrunk: bool         # trained with model_kw (smoke): not the paper-size architecture
+    shrunk: bool  # trained with model_kw (smoke): not the paper-size architecture
     evaluation: ex.Evaluation
 
     @property
@@ -104,12 +95,30 @@ class Node:
 def config_nodes(*, experiments: dict, released: dict, results: Path) -> list[Node]:
     """Every trained evaluation node, plus released-checkpoint nodes whose metrics exist
     (`snakemake released` is optional, so an un-run released node is not 'pending')."""
-    nodes = [Node(eid, exp.title or exp.model, exp.model, ex.step_tag(e.step), e.cfg, bool(exp.model_kw), e)
-             for eid, exp in experiments.items() for e in exp.evaluations]
+    nodes = [
+        Node(
+            eid,
+            exp.title or exp.model,
+            exp.model,
+            ex.step_tag(e.step),
+            e.cfg,
+            bool(exp.model_kw),
+            e,
+        )
+        for eid, exp in experiments.items()
+        for e in exp.evaluations
+    ]
     for rid, rel in released.items():
         for e in rel.evaluations:
-            node = Node(rid, f"{rel.model} (released checkpoint)", rel.model, ex.RELEASED_STEP, e.cfg,
-                        bool(rel.model_kw), e)
+            node = Node(
+                rid,
+                f"{rel.model} (released checkpoint)",
+                rel.model,
+                ex.RELEASED_STEP,
+                e.cfg,
+                bool(rel.model_kw),
+                e,
+            )
             if node.metrics_path(results).is_file():
                 nodes.append(node)
     return nodes
@@ -136,48 +145,36 @@ def read_flops(path: Path) -> dict[tuple[str, int], dict]:
         rows = json.loads(Path(path).read_text())
         return {(r["model"], int(r["input_size"])): r for r in rows}
     except (OSError, ValueError, TypeError, KeyError) as err:  # a half-written or foreign file
-        print(f"[report] {path}: not a udit flops table ({err!r}); GFLOPs shown as pending", file=sys.stderr)
+        print(
+            f"[report] {path}: not a udit flops table ({err!r}); GFLOPs shown as pending",
+            file=sys.stderr,
+        )
         return {}
-
-
-def gflops_tolerance(model: str, row: dict) -> Tolerance:
-    """The FLOPs table's own per-model tolerance (reconstructed toy configs allow more): the
-    row's `tolerance` if flops.json carries one, else udit.flops.tolerance (imports torch)."""
-    if row.get("tolerance") is not None:
-        return Tolerance(float(row["tolerance"]), 0.0, TOLERANCES["gflops"].why)
-    try:
-        from udit.flops import tolerance  # imports torch: only when a GFLOPs cell is judged
-        rel = tolerance(model)
-    except (ImportError, KeyError, ValueError):
-        return TOLERANCES["gflops"]
-    return Tolerance(rel, 0.0, TOLERANCES["gflops"].why)
 
 
 def provenance_of(metrics: dict | None, node: Node, path: Path) -> dict:
     prov = (metrics or {}).get("provenance", {})
     weights = prov.get("inception_weights", {})
     return {
-        "experiment": node.experiment, "step": node.step_tag, "cfg": node.cfg,
+        "experiment": node.experiment,
+        "step": node.step_tag,
+        "cfg": node.cfg,
         "samples_N": (metrics or {}).get("protocol", {}).get("N"),
-        "git_commit": prov.get("git_commit"), "versions": prov.get("versions", {}),
-        "weights_file": weights.get("file"), "weights_sha256": weights.get("sha256"),
-        "samples_sha256": prov.get("sha256", {}).get("samples"), "time_utc": prov.get("time_utc"),
-        "device": prov.get("device"), "metrics_file": path.as_posix(),
+        "git_commit": prov.get("git_commit"),
+        "versions": prov.get("versions", {}),
+        "weights_file": weights.get("file"),
+        "weights_sha256": weights.get("sha256"),
+        "samples_sha256": prov.get("sha256", {}).get("samples"),
+        "time_utc": prov.get("time_utc"),
+        "device": prov.get("device"),
+        "metrics_file": path.as_posix(),
         "uncalibrated": bool((metrics or {}).get("uncalibrated", False)),
     }
 
 
-def judge(metric: str, paper, reproduced, *, uncalibrated: bool, tol: Tolerance) -> str:
-    if paper is None:
-        return "no paper value"
-    if reproduced is None:
-        return "pending"
-    if uncalibrated and metric in INCEPTION_METRICS:
-        return "uncalibrated"  # a stand-in Inception number is never compared with the paper
-    return "reproduced" if tol.allows(paper, reproduced) else "disagrees"
-
-
-def collect_records(*, experiments: dict, released: dict, results: Path) -> tuple[pd.DataFrame, list[dict]]:
+def collect_records(
+    *, experiments: dict, released: dict, results: Path
+) -> tuple[pd.DataFrame, list[dict]]:
     """Long table: one record per (paper table, paper row, node, metric); plus one provenance
     dict per node that has metrics. Paper rows no config node covers appear with node None."""
     results = Path(results)
@@ -193,8 +190,16 @@ def collect_records(*, experiments: dict, released: dict, results: Path) -> tupl
         for row, key in paper_rows(table.key):
             paper = ex.paper_row(table=table.key, row=row, key=key)
             for node in by_ref.get((table.key, row, key), [None]):
-                records += _row_records(table, row, key, paper, node, flops=flops, results=results,
-                                        provenance=provenance)
+                records += _row_records(
+                    table,
+                    row,
+                    key,
+                    paper,
+                    node,
+                    flops=flops,
+                    results=results,
+                    provenance=provenance,
+                )
     return pd.DataFrame.from_records(records), list(provenance.values())
 
 
@@ -209,16 +214,38 @@ def paper_rows(table_key: str) -> list[tuple[str, str | None]]:
     return rows
 
 
-def _row_records(table: PaperTable, row: str, key: str | None, paper: dict, node: Node | None, *,
-                 flops: dict, results: Path, provenance: dict) -> list[dict]:
-    base = {"table": table.key, "row": row + (f" @ {key}" if key else ""), "experiment": None,
-            "node": None, "step": None, "cfg": None, "uncalibrated": False, "note": "not in this config"}
+def _row_records(
+    table: PaperTable,
+    row: str,
+    key: str | None,
+    paper: dict,
+    node: Node | None,
+    *,
+    flops: dict,
+    results: Path,
+    provenance: dict,
+) -> list[dict]:
+    base = {
+        "table": table.key,
+        "row": row + (f" @ {key}" if key else ""),
+        "experiment": None,
+        "node": None,
+        "step": None,
+        "cfg": None,
+        "uncalibrated": False,
+        "note": "not in this config",
+    }
     metrics, why = (None, "")
     if node is not None:
         path = node.metrics_path(results)
         metrics, why = read_metrics(path)
-        base.update(experiment=node.experiment, node=f"{node.experiment}/{node.tag}", step=node.step_tag,
-                    cfg=node.cfg, note=why)
+        base.update(
+            experiment=node.experiment,
+            node=f"{node.experiment}/{node.tag}",
+            step=node.step_tag,
+            cfg=node.cfg,
+            note=why,
+        )
         if metrics is not None:
             prov = provenance_of(metrics, node, path.relative_to(results))
             provenance.setdefault(base["node"], {**prov, "node": base["node"], "title": node.title})
@@ -230,19 +257,36 @@ def _row_records(table: PaperTable, row: str, key: str | None, paper: dict, node
             frow = flops.get((node.model, table.latent))
             reproduced = None if frow is None else float(frow["gflops"])
             tol = gflops_tolerance(node.model, frow) if frow is not None else tol
-            note = "flops table not run yet" if not flops else ("" if frow else f"{node.model} not in flops.json")
+            note = (
+                "flops table not run yet"
+                if not flops
+                else ("" if frow else f"{node.model} not in flops.json")
+            )
             if node.shrunk and frow is not None:
                 note = "fvcore count of the paper-size architecture (this run trained a shrunk variant)"
         elif metrics is not None:
             value = metrics.get(metric)
             reproduced = None if value is None else float(value)
         p = paper.get(metric)
-        status = ("not in config" if node is None
-                  else judge(metric, p, reproduced, uncalibrated=base["uncalibrated"], tol=tol))
+        status = (
+            "not in config"
+            if node is None
+            else judge(metric, p, reproduced, uncalibrated=base["uncalibrated"], tol=tol)
+        )
         diff = None if p is None or reproduced is None else reproduced - p
-        out.append({**base, "metric": metric, "paper": p, "reproduced": reproduced, "diff": diff,
-                    "rel_diff": None if diff is None or not p else diff / abs(p), "status": status,
-                    "note": note, "tolerance": tol.describe()})
+        out.append(
+            {
+                **base,
+                "metric": metric,
+                "paper": p,
+                "reproduced": reproduced,
+                "diff": diff,
+                "rel_diff": None if diff is None or not p else diff / abs(p),
+                "status": status,
+                "note": note,
+                "tolerance": tol.describe(),
+            }
+        )
     return out
 
 
@@ -250,7 +294,9 @@ def summary(records: pd.DataFrame) -> dict[str, int]:
     """How many paper numbers (with a paper value) are in each status."""
     judged = records[~records["status"].isin(UNJUDGED)] if len(records) else records
     counts = judged["status"].value_counts().to_dict() if len(judged) else {}
-    return {s: int(counts.get(s, 0)) for s in STATUSES if s not in UNJUDGED} | {"total": int(len(judged))}
+    return {s: int(counts.get(s, 0)) for s in STATUSES if s not in UNJUDGED} | {
+        "total": len(judged)
+    }
 
 
 def shown_tables(records: pd.DataFrame) -> list[PaperTable]:
@@ -279,7 +325,9 @@ def wide_table(records: pd.DataFrame, table_key: str) -> pd.DataFrame:
                 reproduced += " (uncalibrated)"
             line[(label, "paper")] = fmt(rec.paper, rec.metric) or "-"
             line[(label, "reproduced")] = reproduced
-            line[(label, "diff")] = "" if rec.diff is None or pd.isna(rec.diff) else f"{rec.diff:+.3g}"
+            line[(label, "diff")] = (
+                "" if rec.diff is None or pd.isna(rec.diff) else f"{rec.diff:+.3g}"
+            )
         lines.append(line)
     frame = pd.DataFrame(lines)
     frame.columns = pd.MultiIndex.from_tuples(frame.columns)
