@@ -103,6 +103,7 @@ def test_paper_dry_run_lists_every_node():
                      r"output: results/u-dit-b/train/checkpoints/ckpt-1000000\.pt", out)
 
 
+@pytest.mark.slow
 def test_smoke_dry_run_and_slurm_profile_resolve():
     result = run_snakemake("-n")                      # default configfile = smoke
     assert result.returncode == 0, result.stderr[-3000:]
@@ -129,6 +130,7 @@ def test_released_target_lists_what_to_download():
     assert "data/released/DiT-XL-2-256x256.pt  <-  https://dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-256x256.pt" in out
 
 
+@pytest.mark.slow
 def test_plan_prints_nodes_and_total(tmp_path):
     from udit import plan
 

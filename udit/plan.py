@@ -96,7 +96,7 @@ def plan_rows(config: dict, *, gpu_macs_per_s: float) -> list[PlanRow]:
             images = (step - start) * exp.global_batch
             macs = gflops * 1e9 * BACKWARD_FACTOR * images
             rows.append(PlanRow(experiment=exp.id, model=exp.model, table=exp.table, from_step=start,
-                                to_step=step, gflops=round(gflops, 4), images=images,
+                                to_step=step, gflops=gflops, images=images,
                                 train_pflops=macs / 1e15, gpu_hours=macs / gpu_macs_per_s / 3600))
     return rows
 
