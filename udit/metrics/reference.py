@@ -105,11 +105,11 @@ def load_reference(path: Path) -> dict:
     if missing:
         raise ValueError(f"--reference {path}: not an ADM reference batch, missing {missing} "
                          f"(needs {list(ADM_REFERENCE_KEYS)})")
-    ref = {k: np.asarray(open_npz_array(path, k)) for k in ("mu", "sigma", "mu_s", "sigma_s")}
+    ref = {k: np.array(open_npz_array(path, k)) for k in ("mu", "sigma", "mu_s", "sigma_s")}
     ref["images"] = NpzImages(path)
     ref["pool_3"], ref["inception_sha256"] = None, None
     if {"pool_3", "inception_sha256"} <= keys:
-        ref["pool_3"] = np.asarray(open_npz_array(path, "pool_3"))
+        ref["pool_3"] = np.array(open_npz_array(path, "pool_3"))  # writable copy for torch
         ref["inception_sha256"] = str(open_npz_array(path, "inception_sha256"))
     return ref
 
