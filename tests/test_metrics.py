@@ -5,8 +5,10 @@ state dict of the same architecture is generated once per session (~96 MB, tmp d
 and loaded through the real weights-path code. PyTorch's default init makes activations
 vanish, so convs get Kaiming-normal weights and BatchNorm statistics are calibrated on
 one batch; metrics on such features are meaningful for plumbing, not for quality.
-Every Inception forward costs ~6 GFLOPs on CPU, so the image sets are tiny.
+Every Inception forward costs ~6 GFLOPs on CPU, so the image sets are tiny and every test
+that runs Inception is marked slow; the rest check the metric code on synthetic features.
 """
+
 import json
 from pathlib import Path
 from unittest import mock
@@ -30,7 +32,9 @@ def smooth_images(n: int, *, seed: int) -> np.ndarray:
     """uint8 (n, SIZE, SIZE, 3): coarse random colour fields, upsampled, plus pixel noise."""
     rng = np.random.default_rng(seed)
     coarse = torch.from_numpy(rng.uniform(0, 255, (n, 3, 4, 4)).astype(np.float32))
-    fine = torch.nn.functional.interpolate(coarse, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    fine = torch.nn.functional.interpolate(
+        coarse, size=(SIZE, SIZE), mode="bilinear", align_corners=False
+    )
     fine = fine + torch.from_numpy(rng.normal(0, 12, fine.shape).astype(np.float32))
     return fine.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
@@ -41,8 +45,12 @@ def make_random_inception_weights(path: Path, *, seed: int = 0) -> None:
     empty = path.with_name("empty.pth")
     torch.save({}, empty)
     # Build the real architecture without loading anything: skip the weights load once.
-    with mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict", lambda self, state_dict: None):
-        model = FeatureExtractorInceptionV3("random", ["logits"], feature_extractor_weights_path=str(empty))
+    with mock.patch.object(
+        FeatureExtractorInceptionV3, "load_state_dict", lambda self, state_dict: None
+    ):
+        model = FeatureExtractorInceptionV3(
+            "random", ["logits"], feature_extractor_weights_path=str(empty)
+        )
     for module in model.modules():
         if isinstance(module, torch.nn.Conv2d):
             torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
@@ -52,7 +60,9 @@ def make_random_inception_weights(path: Path, *, seed: int = 0) -> None:
     torch.nn.init.normal_(model.fc.weight, std=2048**-0.5)
     torch.nn.init.zeros_(model.fc.bias)
     model.train()
-    calibration = torch.from_numpy(smooth_images(CALIBRATION_IMAGES, seed=seed + 100)).permute(0, 3, 1, 2)
+    calibration = torch.from_numpy(smooth_images(CALIBRATION_IMAGES, seed=seed + 100)).permute(
+        0, 3, 1, 2
+    )
     with torch.no_grad():
         model(calibration)
     torch.save(model.state_dict(), path)
@@ -84,8 +94,18 @@ def reference_npz(tmp_path_factory, weights, images_a) -> Path:
     for i, image in enumerate(images_a):
         Image.fromarray(image).save(folder / f"{i:03d}.png")
     out = root / "ref.npz"
-    argv = ["--images", str(root / "images"), "--out", str(out), "--inception-weights", str(weights),
-            "--image-size", str(SIZE), "--device", "cpu"]
+    argv = [
+        "--images",
+        str(root / "images"),
+        "--out",
+        str(out),
+        "--inception-weights",
+        str(weights),
+        "--image-size",
+        str(SIZE),
+        "--device",
+        "cpu",
+    ]
     assert reference.main(argv) == 0
     return out
 
@@ -93,6 +113,7 @@ def reference_npz(tmp_path_factory, weights, images_a) -> Path:
 # ---------------------------------------------------------------------------------------
 # weights and extractor
 # ---------------------------------------------------------------------------------------
+
 
 def test_missing_weights_error_names_file_url_and_config_key(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError) as err:
@@ -121,11 +142,15 @@ def test_official_weights_check_uses_sha256_prefix(tmp_path):
     assert not provenance.is_official_weights(provenance.sha256_file(other))
 
 
-def test_float64_internal_dtype_is_refused(weights):
-    # torch-fidelity would silently run float32 instead.
+def test_float64_internal_dtype_is_refused(tmp_path):
+    # torch-fidelity would silently run float32 instead; refused before any weights are read.
     with pytest.raises(ValueError, match="float32"):
-        inception.InceptionV3ADM("x", [inception.POOL], feature_extractor_weights_path=str(weights),
-                                 feature_extractor_internal_dtype="float64")
+        inception.InceptionV3ADM(
+            "x",
+            [inception.POOL],
+            feature_extractor_weights_path=str(tmp_path / "unused.pth"),
+            feature_extractor_internal_dtype="float64",
+        )
 
 
 def manual_spatial(model: FeatureExtractorInceptionV3, images: np.ndarray) -> torch.Tensor:
@@ -133,14 +158,27 @@ def manual_spatial(model: FeatureExtractorInceptionV3, images: np.ndarray) -> to
     x = torch.from_numpy(images).permute(0, 3, 1, 2).to(torch.float32)
     x = interpolate_bilinear_2d_like_tensorflow1x(x, size=(299, 299), align_corners=False)
     x = (x - 128) / 128
-    for name in ["Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1",
-                 "Conv2d_4a_3x3", "MaxPool_2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b",
-                 "Mixed_6c"]:
+    for name in [
+        "Conv2d_1a_3x3",
+        "Conv2d_2a_3x3",
+        "Conv2d_2b_3x3",
+        "MaxPool_1",
+        "Conv2d_3b_1x1",
+        "Conv2d_4a_3x3",
+        "MaxPool_2",
+        "Mixed_5b",
+        "Mixed_5c",
+        "Mixed_5d",
+        "Mixed_6a",
+        "Mixed_6b",
+        "Mixed_6c",
+    ]:
         x = getattr(model, name)(x)
     x = model.Mixed_6d.branch1x1(x)  # (N, 192, 17, 17)
     return x[:, :7].permute(0, 2, 3, 1).reshape(len(images), -1)  # (N, 2023)
 
 
+@pytest.mark.slow  # Inception on CPU: ~20-40 s with the session fixtures on a shared 2-core machine
 def test_feature_shapes_layout_and_batch_independence(weights, images_a, reference_npz):
     extractor = inception.load_extractor(weights=weights)
     subset = images_a[:4]
@@ -167,12 +205,20 @@ def test_feature_shapes_layout_and_batch_independence(weights, images_a, referen
 # metrics from features (no Inception)
 # ---------------------------------------------------------------------------------------
 
+
 def test_frechet_distance_closed_form_for_diagonal_gaussians():
     rng = np.random.default_rng(0)
-    mu1, mu2 = rng.normal(size=6).astype(np.float32), rng.normal(size=6)  # float32 vs float64 on purpose
+    mu1, mu2 = (
+        rng.normal(size=6).astype(np.float32),
+        rng.normal(size=6),
+    )  # float32 vs float64 on purpose
     var1, var2 = rng.uniform(0.5, 2, 6), rng.uniform(0.5, 2, 6)
-    expected = np.sum((mu1.astype(np.float64) - mu2) ** 2) + np.sum(var1 + var2 - 2 * np.sqrt(var1 * var2))
-    got = scores.frechet_distance({"mu": mu1, "sigma": np.diag(var1)}, {"mu": mu2, "sigma": np.diag(var2)})
+    expected = np.sum((mu1.astype(np.float64) - mu2) ** 2) + np.sum(
+        var1 + var2 - 2 * np.sqrt(var1 * var2)
+    )
+    got = scores.frechet_distance(
+        {"mu": mu1, "sigma": np.diag(var1)}, {"mu": mu2, "sigma": np.diag(var2)}
+    )
     assert got == pytest.approx(expected, rel=1e-9)
 
 
@@ -183,7 +229,7 @@ def test_inception_score_matches_adm_formula_with_remainder_split():
     p /= p.sum(1, keepdims=True)
     per_split = []
     for start in range(0, len(p), 5000):  # ADM: 5000, 5000, 2000, no shuffle
-        part = p[start:start + 5000]
+        part = p[start : start + 5000]
         kl = part * (np.log(part) - np.log(part.mean(0, keepdims=True)))
         per_split.append(np.exp(kl.sum(1).mean()))
     out = scores.inception_score_adm(logits)
@@ -195,7 +241,9 @@ def test_inception_score_matches_adm_formula_with_remainder_split():
 def test_precision_recall_orientation():
     rng = np.random.default_rng(0)
     real = rng.normal(size=(200, 8)).astype(np.float32)
-    collapsed = (0.1 * rng.normal(size=(200, 8))).astype(np.float32)  # mode collapse near the centre
+    collapsed = (0.1 * rng.normal(size=(200, 8))).astype(
+        np.float32
+    )  # mode collapse near the centre
     pr = scores.precision_recall(collapsed, real)
     assert pr["precision"] > 0.9 and pr["recall"] < 0.3
     assert scores.precision_recall(real, real) == {"precision": 1.0, "recall": 1.0}
@@ -220,6 +268,8 @@ def test_npz_members_are_memory_mapped_when_stored(tmp_path):
 # reference and evaluate, end to end
 # ---------------------------------------------------------------------------------------
 
+
+@pytest.mark.slow
 def test_build_reference_writes_adm_format(reference_npz, images_a, weights):
     with np.load(reference_npz) as ref:
         assert {"arr_0", "mu", "sigma", "mu_s", "sigma_s"} <= set(ref.files)
@@ -231,18 +281,23 @@ def test_build_reference_writes_adm_format(reference_npz, images_a, weights):
         assert json.loads(str(ref["provenance_json"]))["options"]["num_images"] == N_IMAGES
 
 
-def test_center_crop_matches_adm_geometry():
-    image = Image.fromarray(np.zeros((300, 700, 3), np.uint8))
-    assert reference.center_crop_arr(image, 64).shape == (64, 64, 3)  # halved twice, then resized
-
-
 @pytest.mark.slow
 def test_evaluate_shifted_samples(tmp_path, weights, images_a, reference_npz):
     shifted = np.clip(images_a.astype(np.int16) + 90, 0, 255).astype(np.uint8)
     samples = write_npz(tmp_path / "samples.npz", arr_0=shifted, arr_1=np.zeros(N_IMAGES, np.int64))
     out = tmp_path / "metrics.json"
-    argv = ["--samples", str(samples), "--reference", str(reference_npz), "--inception-weights", str(weights),
-            "--out", str(out), "--device", "cpu"]
+    argv = [
+        "--samples",
+        str(samples),
+        "--reference",
+        str(reference_npz),
+        "--inception-weights",
+        str(weights),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     assert evaluate.main(argv) == 0
     result = json.loads(out.read_text())
     for key in ("fid", "sfid", "is", "precision", "recall", "kid", "protocol", "provenance"):
@@ -265,9 +320,13 @@ def test_evaluate_shifted_samples(tmp_path, weights, images_a, reference_npz):
 def test_evaluate_accepts_official_reference_format(tmp_path, weights, images_a, reference_npz):
     """ADM's VIRTUAL_*.npz holds only arr_0, mu, sigma, mu_s, sigma_s: features are recomputed."""
     with np.load(reference_npz) as ref:
-        official = write_npz(tmp_path / "VIRTUAL_ref.npz", **{k: ref[k] for k in reference.ADM_REFERENCE_KEYS})
+        official = write_npz(
+            tmp_path / "VIRTUAL_ref.npz", **{k: ref[k] for k in reference.ADM_REFERENCE_KEYS}
+        )
     samples = write_npz(tmp_path / "samples.npz", arr_0=images_a)
-    result = evaluate.evaluate(samples=samples, reference=official, weights=weights, device=torch.device("cpu"))
+    result = evaluate.evaluate(
+        samples=samples, reference=official, weights=weights, device=torch.device("cpu")
+    )
     assert result["protocol"]["reference_pool_3"] == "computed from reference arr_0"
     trace = np.trace(open_npz_array(official, "sigma"))
     assert abs(result["fid"]) < 1e-4 * trace  # same images: ~0 up to eigenvalue round-off

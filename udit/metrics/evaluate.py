@@ -9,6 +9,7 @@ the samples gives pool_3, logits and the sFID map; every metric comes from those
 from REF.npz when they were computed with the same weights, else computed from its arr_0.
 torch-fidelity's on-disk cache is never used (its key ignores the weights file).
 """
+
 import argparse
 import time
 from pathlib import Path
@@ -19,18 +20,24 @@ from udit.metrics import inception, provenance, scores
 from udit.metrics.npz import NpzImages
 from udit.metrics.reference import load_reference
 
-RESIZE = "bilinear to 299x299, TF1-compatible (torch-fidelity interpolate_bilinear_2d_like_tensorflow1x)"
+RESIZE = (
+    "bilinear to 299x299, TF1-compatible (torch-fidelity interpolate_bilinear_2d_like_tensorflow1x)"
+)
 
 
-def reference_pool_features(ref: dict, *, extractor, weights_sha256: str, batch_size: int,
-                            num_workers: int) -> tuple[np.ndarray, str]:
+def reference_pool_features(
+    ref: dict, *, extractor, weights_sha256: str, batch_size: int, num_workers: int
+) -> tuple[np.ndarray, str]:
     """pool_3 features of the reference images: cached in the npz if the weights match."""
     if ref["pool_3"] is not None and ref["inception_sha256"] == weights_sha256:
         if len(ref["pool_3"]) != len(ref["images"]):
-            raise ValueError(f"reference pool_3 has {len(ref['pool_3'])} rows for {len(ref['images'])} images")
+            raise ValueError(
+                f"reference pool_3 has {len(ref['pool_3'])} rows for {len(ref['images'])} images"
+            )
         return ref["pool_3"], "read from reference npz (same weights)"
-    feats = inception.extract_features(ref["images"], extractor=extractor, batch_size=batch_size,
-                                       num_workers=num_workers)
+    feats = inception.extract_features(
+        ref["images"], extractor=extractor, batch_size=batch_size, num_workers=num_workers
+    )
     return feats[inception.POOL], "computed from reference arr_0"
 
 
@@ -52,22 +59,37 @@ def evaluate(
     extractor = inception.load_extractor(weights=weights, device=device)
 
     start = time.perf_counter()
-    feats = inception.extract_features(sample_images, extractor=extractor, batch_size=batch_size,
-                                       num_workers=num_workers, progress=progress)
+    feats = inception.extract_features(
+        sample_images,
+        extractor=extractor,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+    )
     extract_s = time.perf_counter() - start
-    ref_pool, ref_pool_source = reference_pool_features(ref, extractor=extractor, weights_sha256=weights_sha,
-                                                        batch_size=batch_size, num_workers=num_workers)
+    ref_pool, ref_pool_source = reference_pool_features(
+        ref,
+        extractor=extractor,
+        weights_sha256=weights_sha,
+        batch_size=batch_size,
+        num_workers=num_workers,
+    )
 
-    fid = scores.frechet_distance(scores.gaussian_stats(feats[inception.POOL]),
-                                  {"mu": ref["mu"], "sigma": ref["sigma"]})
-    sfid = scores.frechet_distance(scores.gaussian_stats(feats[inception.SPATIAL]),
-                                   {"mu": ref["mu_s"], "sigma": ref["sigma_s"]})
+    fid = scores.frechet_distance(
+        scores.gaussian_stats(feats[inception.POOL]), {"mu": ref["mu"], "sigma": ref["sigma"]}
+    )
+    sfid = scores.frechet_distance(
+        scores.gaussian_stats(feats[inception.SPATIAL]),
+        {"mu": ref["mu_s"], "sigma": ref["sigma_s"]},
+    )
     is_adm = scores.inception_score_adm(feats[inception.LOGITS])
     is_tf = scores.inception_score_torch_fidelity(feats[inception.LOGITS])
     pr = scores.precision_recall(feats[inception.POOL], ref_pool)
     kid = scores.kid(feats[inception.POOL], ref_pool)
 
-    prov = provenance.collect(device=device, weights=weights, files={"samples": samples, "reference": reference})
+    prov = provenance.collect(
+        device=device, weights=weights, files={"samples": samples, "reference": reference}
+    )
     n = len(sample_images)
     return {
         "fid": fid,
@@ -91,27 +113,44 @@ def evaluate(
             "kid_subsets": kid["subsets"],
             "kid_subset_size": kid["subset_size"],
             "resize": RESIZE,
-            "features": {"fid": "pool_3 (2048)", "sfid": "mixed_6/conv[..., :7] NHWC (2023)",
-                         "is": "softmax(pool_3 @ W, no bias) (1008)", "precision_recall": "pool_3 (2048)",
-                         "kid": "pool_3 (2048)"},
+            "features": {
+                "fid": "pool_3 (2048)",
+                "sfid": "mixed_6/conv[..., :7] NHWC (2023)",
+                "is": "softmax(pool_3 @ W, no bias) (1008)",
+                "precision_recall": "pool_3 (2048)",
+                "kid": "pool_3 (2048)",
+            },
             "reference_statistics": "mu, sigma, mu_s, sigma_s read from the reference npz",
             "reference_pool_3": ref_pool_source,
             "prc_distance_dtype": "float32",
             "batch_size": batch_size,
         },
-        "timing": {"sample_features_s": round(extract_s, 3), "images_per_s": round(n / extract_s, 3)},
+        "timing": {
+            "sample_features_s": round(extract_s, 3),
+            "images_per_s": round(n / extract_s, 3),
+        },
         "provenance": prov,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="udit evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=Path, required=True, help="npz with arr_0 uint8 (N, H, W, 3)")
+    parser.add_argument(
+        "--samples", type=Path, required=True, help="npz with arr_0 uint8 (N, H, W, 3)"
+    )
     parser.add_argument("--reference", type=Path, required=True, help="ADM-format reference npz")
-    parser.add_argument("--inception-weights", type=Path, default=None,
-                        help=f"{inception.WEIGHTS_FILENAME} (default: $TORCH_HOME/hub/checkpoints/)")
-    parser.add_argument("--out", type=Path, required=True, help="metrics JSON to write (atomically)")
-    parser.add_argument("--num-samples", type=int, default=None, help="use the first N samples (default: all)")
+    parser.add_argument(
+        "--inception-weights",
+        type=Path,
+        default=None,
+        help=f"{inception.WEIGHTS_FILENAME} (default: $TORCH_HOME/hub/checkpoints/)",
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="metrics JSON to write (atomically)"
+    )
+    parser.add_argument(
+        "--num-samples", type=int, default=None, help="use the first N samples (default: all)"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
@@ -119,13 +158,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     weights = inception.resolve_weights(args.inception_weights)
-    result = evaluate(samples=args.samples, reference=args.reference, weights=weights,
-                      device=inception.pick_device(args.device), num_samples=args.num_samples,
-                      batch_size=args.batch_size, num_workers=args.workers, progress=args.progress)
+    result = evaluate(
+        samples=args.samples,
+        reference=args.reference,
+        weights=weights,
+        device=inception.pick_device(args.device),
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        progress=args.progress,
+    )
     provenance.atomic_write_json(args.out, result)
     flag = "  [UNCALIBRATED: not the official Inception weights]" if result["uncalibrated"] else ""
-    print(f"FID {result['fid']:.4f}  sFID {result['sfid']:.4f}  IS {result['is']:.3f}  "
-          f"precision {result['precision']:.4f}  recall {result['recall']:.4f}  KID {result['kid']:.6f}{flag}")
+    print(
+        f"FID {result['fid']:.4f}  sFID {result['sfid']:.4f}  IS {result['is']:.3f}  "
+        f"precision {result['precision']:.4f}  recall {result['recall']:.4f}  KID {result['kid']:.6f}{flag}"
+    )
     return 0
 
 

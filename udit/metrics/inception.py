@@ -21,6 +21,7 @@ channels [:7] and flattens NHWC. (Not checked against TF itself: no TF here.)
 Weights are never downloaded implicitly (torch-fidelity would fetch them when the path is
 None): `resolve_weights` finds a local file or fails naming the file, URL and config key.
 """
+
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,9 @@ SPATIAL_DIM = SPATIAL_SIZE * SPATIAL_SIZE * SPATIAL_CHANNELS  # 2023
 EARLIEST_FEATURE_AFTER_MIXED_6D = "768"  # torch-fidelity stops after Mixed_6e for it
 
 WEIGHTS_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
-WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{WEIGHTS_FILENAME}"
+WEIGHTS_URL = (
+    f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{WEIGHTS_FILENAME}"
+)
 WEIGHTS_CONFIG_KEY = "inception_weights"
 
 
@@ -56,7 +59,11 @@ def resolve_weights(path: str | Path | None) -> Path:
     candidate = Path(path) if path is not None else default_weights_path()
     if candidate.is_file():
         return candidate
-    where = f"--inception-weights {candidate}" if path is not None else f"the torch hub cache ({candidate})"
+    where = (
+        f"--inception-weights {candidate}"
+        if path is not None
+        else f"the torch hub cache ({candidate})"
+    )
     raise FileNotFoundError(
         f"Inception weights not found at {where}. Metrics need the FID Inception-V3 weights "
         f"{WEIGHTS_FILENAME}; nothing is downloaded implicitly. Fetch it once from {WEIGHTS_URL} "
@@ -73,7 +80,9 @@ class InceptionV3ADM(FeatureExtractorInceptionV3):
         # refuse it rather than record a precision we did not use.
         dtype = kwargs.get("feature_extractor_internal_dtype")
         if dtype not in (None, "float32"):
-            raise ValueError(f"feature_extractor_internal_dtype={dtype!r}: only float32 is supported")
+            raise ValueError(
+                f"feature_extractor_internal_dtype={dtype!r}: only float32 is supported"
+            )
         if kwargs.get("feature_extractor_weights_path") is None:
             raise ValueError("feature_extractor_weights_path is required (no implicit download)")
         super().__init__(name, features_list, **kwargs)
@@ -127,7 +136,7 @@ def load_extractor(
     *,
     weights: Path,  # an existing local file (see resolve_weights)
     features: tuple[str, ...] = ALL_FEATURES,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device | str = "cpu",
 ) -> InceptionV3ADM:
     """The registered extractor through torch-fidelity's own factory, on `device`."""
     extractor = create_feature_extractor(
@@ -151,15 +160,24 @@ def extract_features(
 ) -> dict[str, np.ndarray]:
     """One pass over `dataset`; returns {feature name: float32 (N, D)} for every requested feature."""
     if batch_size < 1 or num_workers < 0:
-        raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
+        raise ValueError(
+            f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}"
+        )
     device = next(extractor.parameters()).device
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
     names = extractor.get_requested_features_list()
     chunks: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     done = 0
     for batch in loader:  # (B, 3, H, W) uint8
-        out = extractor.convert_features_tuple_to_dict(extractor(batch.to(device, non_blocking=True)))
+        out = extractor.convert_features_tuple_to_dict(
+            extractor(batch.to(device, non_blocking=True))
+        )
         for name in names:
             chunks[name].append(out[name].cpu())
         done += batch.shape[0]
@@ -168,4 +186,3 @@ def extract_features(
     if progress:
         print()
     return {name: torch.cat(parts).numpy() for name, parts in chunks.items()}
-

@@ -10,6 +10,7 @@ uncompressed npz is a zip whose members are stored byte-for-byte, so we find the
 data offset inside the zip and `np.memmap` it ourselves. Compressed members
 (`np.savez_compressed`) cannot be mapped; they are read into memory instead.
 """
+
 import struct
 import zipfile
 from pathlib import Path

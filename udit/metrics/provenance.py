@@ -10,6 +10,7 @@ the 8-digit prefix (32 bits: it catches wrong or random-weight files, not a forg
 Any other file makes a result
 `uncalibrated`: its numbers are not comparable with the paper's.
 """
+
 import datetime
 import hashlib
 import json
@@ -42,8 +43,13 @@ def git_commit() -> str | None:
     """HEAD of the checkout this package runs from, or None (installed wheel, no git)."""
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=10, check=True)
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None

@@ -12,6 +12,7 @@ Extra keys, ignored by ADM's evaluator:
 The official VIRTUAL_imagenet256_labeled.npz (ADM) has arr_0 (10,000 random ImageNet train
 images), mu, sigma, mu_s, sigma_s computed with TF; `evaluate` accepts it as is.
 """
+
 import argparse
 import json
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from udit.data.imagenet import center_crop_arr  # ADM centre crop, shared with training data
 from udit.metrics import inception, provenance, scores
 from udit.metrics.npz import ArrayImages, NpzImages, npz_keys, open_npz_array
 
@@ -29,25 +31,13 @@ ADM_REFERENCE_KEYS = ("arr_0", "mu", "sigma", "mu_s", "sigma_s")
 IMAGE_SIZE = 256  # ImageNet 256x256 (paper section 4)
 
 
-def center_crop_arr(pil_image: Image.Image, image_size: int) -> np.ndarray:
-    """ADM's centre crop (guided-diffusion image_datasets.center_crop_arr), own implementation:
-    halve with a box filter while the short side is >= 2x the target, bicubic-resize the
-    short side to `image_size`, then take the central square. Returns uint8 (S, S, 3)."""
-    image = pil_image.convert("RGB")
-    while min(image.size) >= 2 * image_size:
-        image = image.resize(tuple(side // 2 for side in image.size), resample=Image.BOX)
-    scale = image_size / min(image.size)
-    image = image.resize(tuple(round(side * scale) for side in image.size), resample=Image.BICUBIC)
-    arr = np.asarray(image)
-    top, left = (arr.shape[0] - image_size) // 2, (arr.shape[1] - image_size) // 2
-    return arr[top:top + image_size, left:left + image_size]
-
-
 def list_images(folder: Path, *, num_images: int | None, seed: int) -> list[Path]:
     """Image files under `folder` (recursive, sorted); a seeded random subset if num_images is set."""
     if not folder.is_dir():
         raise FileNotFoundError(f"--images: not a directory: {folder}")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    paths = sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    )
     if not paths:
         raise ValueError(f"--images: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
     if num_images is None:
@@ -67,7 +57,8 @@ class CroppedImages(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         with Image.open(self.paths[index]) as image:
-            return torch.from_numpy(center_crop_arr(image, self.image_size).copy())  # (S, S, 3) uint8
+            cropped = center_crop_arr(image.convert("RGB"), self.image_size)
+        return torch.from_numpy(np.array(cropped))  # (S, S, 3) uint8
 
 
 def load_cropped(paths: list[Path], *, image_size: int, num_workers: int) -> np.ndarray:
@@ -84,15 +75,22 @@ def build_reference(
     num_workers: int = 0,
 ) -> dict[str, np.ndarray]:
     """ADM reference arrays (+ cached pool_3 features) from images, one Inception pass."""
-    extractor = inception.load_extractor(weights=weights, features=(inception.POOL, inception.SPATIAL),
-                                         device=device)
-    feats = inception.extract_features(ArrayImages(images), extractor=extractor, batch_size=batch_size,
-                                       num_workers=num_workers)
-    pool, spatial = scores.gaussian_stats(feats[inception.POOL]), scores.gaussian_stats(feats[inception.SPATIAL])
+    extractor = inception.load_extractor(
+        weights=weights, features=(inception.POOL, inception.SPATIAL), device=device
+    )
+    feats = inception.extract_features(
+        ArrayImages(images), extractor=extractor, batch_size=batch_size, num_workers=num_workers
+    )
+    pool, spatial = (
+        scores.gaussian_stats(feats[inception.POOL]),
+        scores.gaussian_stats(feats[inception.SPATIAL]),
+    )
     return {
         "arr_0": images,
-        "mu": pool["mu"], "sigma": pool["sigma"],
-        "mu_s": spatial["mu"], "sigma_s": spatial["sigma"],
+        "mu": pool["mu"],
+        "sigma": pool["sigma"],
+        "mu_s": spatial["mu"],
+        "sigma_s": spatial["sigma"],
         "pool_3": feats[inception.POOL],
         "inception_sha256": np.array(provenance.sha256_file(weights)),
     }
@@ -103,8 +101,10 @@ def load_reference(path: Path) -> dict:
     keys = set(npz_keys(path))
     missing = [k for k in ADM_REFERENCE_KEYS if k not in keys]
     if missing:
-        raise ValueError(f"--reference {path}: not an ADM reference batch, missing {missing} "
-                         f"(needs {list(ADM_REFERENCE_KEYS)})")
+        raise ValueError(
+            f"--reference {path}: not an ADM reference batch, missing {missing} "
+            f"(needs {list(ADM_REFERENCE_KEYS)})"
+        )
     ref = {k: np.array(open_npz_array(path, k)) for k in ("mu", "sigma", "mu_s", "sigma_s")}
     ref["images"] = NpzImages(path)
     ref["pool_3"], ref["inception_sha256"] = None, None
@@ -115,16 +115,28 @@ def load_reference(path: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="udit build-reference", description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=Path, required=True, help="folder of real images (searched recursively)")
+    parser = argparse.ArgumentParser(
+        prog="udit build-reference", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--images", type=Path, required=True, help="folder of real images (searched recursively)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="reference npz to write")
-    parser.add_argument("--inception-weights", type=Path, default=None,
-                        help=f"{inception.WEIGHTS_FILENAME} (default: $TORCH_HOME/hub/checkpoints/)")
-    parser.add_argument("--num-images", type=int, default=None, help="seeded random subset size (default: all)")
+    parser.add_argument(
+        "--inception-weights",
+        type=Path,
+        default=None,
+        help=f"{inception.WEIGHTS_FILENAME} (default: $TORCH_HOME/hub/checkpoints/)",
+    )
+    parser.add_argument(
+        "--num-images", type=int, default=None, help="seeded random subset size (default: all)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the --num-images subset")
     parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="ADM centre-crop size")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (decode and Inception)")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="DataLoader workers (decode and Inception)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     args = parser.parse_args(argv)
 
@@ -132,15 +144,30 @@ def main(argv: list[str] | None = None) -> int:
     device = inception.pick_device(args.device)
     paths = list_images(args.images, num_images=args.num_images, seed=args.seed)
     images = load_cropped(paths, image_size=args.image_size, num_workers=args.workers)
-    arrays = build_reference(images=images, weights=weights, device=device, batch_size=args.batch_size,
-                             num_workers=args.workers)
-    options = {"num_images": len(paths), "seed": args.seed if args.num_images else None,
-               "image_size": args.image_size, "crop": "ADM center_crop_arr (box halving, bicubic, centre)"}
+    arrays = build_reference(
+        images=images,
+        weights=weights,
+        device=device,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+    )
+    options = {
+        "num_images": len(paths),
+        "seed": args.seed if args.num_images else None,
+        "image_size": args.image_size,
+        "crop": "ADM center_crop_arr (box halving, bicubic, centre)",
+    }
     prov = provenance.collect(device=device, weights=weights, files={})
     arrays["provenance_json"] = np.array(json.dumps({"options": options, "provenance": prov}))
     provenance.atomic_savez(args.out, **arrays)
-    official = "official" if prov["inception_weights"]["official"] else "UNCALIBRATED (not the official weights)"
-    print(f"wrote {args.out}: {len(paths)} images at {args.image_size}px, Inception weights {official}")
+    official = (
+        "official"
+        if prov["inception_weights"]["official"]
+        else "UNCALIBRATED (not the official weights)"
+    )
+    print(
+        f"wrote {args.out}: {len(paths)} images at {args.image_size}px, Inception weights {official}"
+    )
     return 0
 
 

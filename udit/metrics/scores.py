@@ -19,15 +19,22 @@ and DiT papers use for FID-50K, sFID, IS, precision and recall:
   - KID (not in ADM): torch-fidelity defaults (poly kernel degree 3, 100 subsets of
     min(1000, N, N_ref), seed 2020) on pool_3.
 """
+
 import numpy as np
 import torch
+from torch_fidelity import (
+    KEY_METRIC_FID,
+    KEY_METRIC_ISC_MEAN,
+    KEY_METRIC_ISC_STD,
+    KEY_METRIC_KID_MEAN,
+    KEY_METRIC_KID_STD,
+    KEY_METRIC_PRECISION,
+    KEY_METRIC_RECALL,
+)
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.metric_isc import isc_features_to_metric
 from torch_fidelity.metric_kid import kid_features_to_metric
 from torch_fidelity.metric_prc import prc_features_to_metric
-from torch_fidelity import KEY_METRIC_FID, KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD
-from torch_fidelity import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD
-from torch_fidelity import KEY_METRIC_PRECISION, KEY_METRIC_RECALL
 
 IS_SPLIT_SIZE = 5000  # evaluator.py compute_inception_score(split_size=5000)
 PRC_K = 3  # evaluator.py ManifoldEstimator(nhood_sizes=(3,))
@@ -45,15 +52,20 @@ def gaussian_stats(features: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _as_float64(stats: dict) -> dict[str, np.ndarray]:
-    return {"mu": np.asarray(stats["mu"], np.float64), "sigma": np.asarray(stats["sigma"], np.float64)}
+    return {
+        "mu": np.asarray(stats["mu"], np.float64),
+        "sigma": np.asarray(stats["sigma"], np.float64),
+    }
 
 
 def frechet_distance(stats_1: dict, stats_2: dict) -> float:
     """torch-fidelity's Frechet distance with both sides in float64 (its dtype assert)."""
     s1, s2 = _as_float64(stats_1), _as_float64(stats_2)
     if s1["mu"].shape != s2["mu"].shape or s1["sigma"].shape != s2["sigma"].shape:
-        raise ValueError(f"statistics differ in dimension: mu {s1['mu'].shape} vs {s2['mu'].shape}, "
-                         f"sigma {s1['sigma'].shape} vs {s2['sigma'].shape}")
+        raise ValueError(
+            f"statistics differ in dimension: mu {s1['mu'].shape} vs {s2['mu'].shape}, "
+            f"sigma {s1['sigma'].shape} vs {s2['sigma'].shape}"
+        )
     return float(fid_statistics_to_metric(s1, s2, verbose=False)[KEY_METRIC_FID])
 
 
@@ -61,7 +73,9 @@ def inception_score_adm(logits: np.ndarray, *, split_size: int = IS_SPLIT_SIZE) 
     """ADM IS: consecutive splits of `split_size`, no shuffle, mean of per-split scores."""
     logits_t = torch.from_numpy(np.asarray(logits))
     scores = [
-        isc_features_to_metric(logits_t[start:start + split_size], splits=1, shuffle=False)[KEY_METRIC_ISC_MEAN]
+        isc_features_to_metric(logits_t[start : start + split_size], splits=1, shuffle=False)[
+            KEY_METRIC_ISC_MEAN
+        ]
         for start in range(0, len(logits_t), split_size)
     ]
     return {"mean": float(np.mean(scores)), "splits": len(scores), "split_size": split_size}
@@ -69,17 +83,27 @@ def inception_score_adm(logits: np.ndarray, *, split_size: int = IS_SPLIT_SIZE) 
 
 def inception_score_torch_fidelity(logits: np.ndarray) -> dict:
     """torch-fidelity's default IS: 10 equal splits after a seeded shuffle (not ADM's)."""
-    out = isc_features_to_metric(torch.from_numpy(np.asarray(logits)), splits=TF_IS_SPLITS, shuffle=True,
-                                 rng_seed=TF_SEED)
-    return {"mean": out[KEY_METRIC_ISC_MEAN], "std": out[KEY_METRIC_ISC_STD], "splits": TF_IS_SPLITS,
-            "shuffle": True, "seed": TF_SEED}
+    out = isc_features_to_metric(
+        torch.from_numpy(np.asarray(logits)), splits=TF_IS_SPLITS, shuffle=True, rng_seed=TF_SEED
+    )
+    return {
+        "mean": out[KEY_METRIC_ISC_MEAN],
+        "std": out[KEY_METRIC_ISC_STD],
+        "splits": TF_IS_SPLITS,
+        "shuffle": True,
+        "seed": TF_SEED,
+    }
 
 
-def precision_recall(sample_pool: np.ndarray, reference_pool: np.ndarray, *, k: int = PRC_K) -> dict:
+def precision_recall(
+    sample_pool: np.ndarray, reference_pool: np.ndarray, *, k: int = PRC_K
+) -> dict:
     """Improved precision/recall (Kynkaanniemi et al. 2019) on pool_3, k-NN radii."""
     if min(len(sample_pool), len(reference_pool)) <= k:
-        raise ValueError(f"precision/recall with k={k} needs more than {k} samples and reference images, "
-                         f"got {len(sample_pool)} and {len(reference_pool)}")
+        raise ValueError(
+            f"precision/recall with k={k} needs more than {k} samples and reference images, "
+            f"got {len(sample_pool)} and {len(reference_pool)}"
+        )
     out = prc_features_to_metric(
         torch.from_numpy(np.asarray(sample_pool, np.float32)),  # input 1 = generated
         torch.from_numpy(np.asarray(reference_pool, np.float32)),  # input 2 = real
@@ -101,6 +125,10 @@ def kid(sample_pool: np.ndarray, reference_pool: np.ndarray, *, seed: int = TF_S
         rng_seed=seed,
         verbose=False,
     )
-    return {"mean": out[KEY_METRIC_KID_MEAN], "std": out[KEY_METRIC_KID_STD], "subsets": KID_SUBSETS,
-            "subset_size": subset_size, "seed": seed}
-
+    return {
+        "mean": out[KEY_METRIC_KID_MEAN],
+        "std": out[KEY_METRIC_KID_STD],
+        "subsets": KID_SUBSETS,
+        "subset_size": subset_size,
+        "seed": seed,
+    }
