@@ -126,6 +126,15 @@ def test_missing_weights_error_names_file_url_and_config_key(tmp_path, monkeypat
         inception.resolve_weights(None)
 
 
+def test_cli_missing_weights_exits_with_message(tmp_path, capsys):
+    argv = ["--samples", "s.npz", "--reference", "r.npz", "--out", str(tmp_path / "m.json")]
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main([*argv, "--inception-weights", str(tmp_path / "missing.pth")])
+    assert exit_info.value.code == 2
+    assert inception.WEIGHTS_FILENAME in capsys.readouterr().err
+    assert not (tmp_path / "m.json").exists()
+
+
 def test_weights_found_in_torch_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     cached = tmp_path / "hub" / "checkpoints" / inception.WEIGHTS_FILENAME
@@ -258,6 +267,9 @@ def test_npz_members_are_memory_mapped_when_stored(tmp_path):
     np.testing.assert_array_equal(open_npz_array(tmp_path / "c.npz", "arr_0"), images)
     dataset = NpzImages(tmp_path / "a.npz")
     assert dataset[1].shape == (3, SIZE, SIZE) and dataset[1].dtype == torch.uint8
+    # a worker process reopens the memmap from the path (the array itself is not pickled)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=1)
+    np.testing.assert_array_equal(torch.cat(list(loader)).permute(0, 2, 3, 1).numpy(), images)
     with pytest.raises(ValueError, match="uint8"):
         NpzImages(write_npz(tmp_path / "f.npz", arr_0=images.astype(np.float32)))
     with pytest.raises(ValueError, match="NHWC"):

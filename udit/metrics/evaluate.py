@@ -157,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--progress", action="store_true", help="print extraction progress")
     args = parser.parse_args(argv)
 
-    weights = inception.resolve_weights(args.inception_weights)
+    try:
+        weights = inception.resolve_weights(args.inception_weights)
+    except FileNotFoundError as err:
+        parser.error(str(err))  # exit 2 with the message, no traceback
     result = evaluate(
         samples=args.samples,
         reference=args.reference,

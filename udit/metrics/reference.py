@@ -140,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     args = parser.parse_args(argv)
 
-    weights = inception.resolve_weights(args.inception_weights)
+    try:
+        weights = inception.resolve_weights(args.inception_weights)
+    except FileNotFoundError as err:
+        parser.error(str(err))  # exit 2 with the message, no traceback
     device = inception.pick_device(args.device)
     paths = list_images(args.images, num_images=args.num_images, seed=args.seed)
     images = load_cropped(paths, image_size=args.image_size, num_workers=args.workers)
