@@ -15,12 +15,14 @@ Writes flops.csv and flops.json to --out-dir (atomically); stdout carries only t
 (or the JSON list with --format json); progress goes to stderr.
 """
 import argparse
+import concurrent.futures
 import contextlib
 import csv
 import gc
 import io
 import json
 import math
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -38,6 +40,10 @@ from udit.models.dit import paper_numbers
 LATENT_256 = 32       # ImageNet 256 px through the f=8 VAE
 LATENT_512 = 64       # ImageNet 512 px (paper T6)
 IN_CHANNELS = 4       # sd-vae-ft-ema latent channels
+# Threads for the traced forward. One avoids OpenMP oversubscription on a shared machine:
+# on 2 busy cores (load ~10) one thread traced DiT-B/2 in 1.8 s vs 7-9 s with two.
+DEFAULT_THREADS = 1
+DEFAULT_JOBS = min(2, os.cpu_count() or 1)  # the 2-core CI machines: ~2x faster than one process
 DEFAULT_TOLERANCE = 0.01  # |rel_err| allowed unless a spec sets extra["gflops_tolerance"]
 COLUMNS = ["model", "slug", "input_size", "params_M", "gflops", "paper_gflops", "rel_err", "source", "note"]
 
@@ -57,12 +63,16 @@ NEGLIGIBLE_OPS = [
     "aten::silu", "aten::gelu", "aten::sigmoid", "aten::tanh", "aten::softmax", "aten::exp",
     "aten::log", "aten::sin", "aten::cos",
     # L2 normalisation of q/k (cosine attention): one pass over q and k
+    # RoPE2D angle table: positions x frequencies, rebuilt per forward on the small grid
+    "aten::outer",
+    # 2x2 average pooling of keys/values (toy KV-downsampling ablation): one add per element
+    "aten::avg_pool2d",
     "aten::linalg_vector_norm", "aten::norm", "aten::frobenius_norm", "aten::sum", "aten::mean",
     # table look-ups and data movement
     "aten::embedding", "aten::pixel_shuffle", "aten::pixel_unshuffle", "aten::repeat",
     "aten::repeat_interleave", "aten::view_as_complex", "aten::view_as_real", "aten::flip",
     "aten::expand_as", "aten::clone", "aten::movedim", "aten::unflatten", "aten::im2col", "aten::col2im",
-    "aten::scalar_tensor", "aten::lift_fresh", "aten::numpy_T", "aten::mT", "aten::slice_scatter",
+    "aten::new_ones", "aten::ones_like", "aten::scalar_tensor", "aten::lift_fresh", "aten::numpy_T", "aten::mT", "aten::slice_scatter",
 ]
 
 
@@ -75,24 +85,42 @@ def sdpa_flop_jit(inputs: list, outputs: list) -> int:
     return batch_heads_lq * k[-2] * (q[-1] + v[-1])
 
 
-def build_for_counting(name: str, *, input_size: int) -> nn.Module:
-    """The model in eval mode with uninitialised weights: values do not change FLOPs, and
-    skipping initialisation saves ~10 s per large model. Built on the meta device and then
-    given (uninitialised) CPU storage; falls back to a normal build if a constructor cannot
-    run on meta."""
+@contextlib.contextmanager
+def torch_threads(threads: int):
+    """torch's intra-op thread count inside the block, restored after."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def build_for_counting(name: str, *, input_size: int) -> tuple[nn.Module, int]:
+    """(model in eval mode with uninitialised weights, deployed parameter count).
+
+    Weights do not change FLOPs, and skipping initialisation saves ~10 s per large model:
+    the model is built on the meta device, its parameters counted there (re-parameterised
+    FFNs fold for free on meta; on CPU a U-DiT-L fold costs ~280 GMACs, 3x its forward),
+    then given uninitialised CPU storage. Falls back to a normal build if a constructor
+    cannot run on meta."""
     spec = get_spec(name)
     try:
         with torch.device("meta"):
             model = spec.build(input_size=input_size)
+            params = param_count(model)
         model = model.to_empty(device="cpu")
     except (NotImplementedError, RuntimeError, TypeError) as err:
         print(f"[flops] {name}: meta build failed ({err}); building normally", file=sys.stderr)
         model = spec.build(input_size=input_size)
-    return model.eval()
+        params = param_count(model)
+    return model.eval(), params
 
 
-def count_flops(model: nn.Module, *, input_size: int, in_channels: int = IN_CHANNELS) -> tuple[int, dict]:
-    """(MACs of one forward pass at batch 1, {uncounted op: occurrences}) for forward(x, t, y)."""
+def count_flops(model: nn.Module, *, input_size: int, in_channels: int = IN_CHANNELS,
+                threads: int = DEFAULT_THREADS) -> tuple[int, dict]:
+    """(MACs of one forward pass at batch 1, {uncounted op: occurrences}) for forward(x, t, y).
+    fvcore traces one real forward pass; `threads` is torch's intra-op thread count meanwhile."""
     x = torch.zeros(1, in_channels, input_size, input_size)
     t = torch.zeros(1)
     y = torch.zeros(1, dtype=torch.long)
@@ -105,7 +133,7 @@ def count_flops(model: nn.Module, *, input_size: int, in_channels: int = IN_CHAN
     # Flush denormals: uninitialised weights can hold them and they slow CPU math 10-100x.
     torch.set_flush_denormal(True)
     try:
-        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        with torch_threads(threads), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
             total = analysis.total()
     finally:
         torch.set_flush_denormal(False)  # torch's default
@@ -133,13 +161,13 @@ def paper_gflops(name: str, *, input_size: int) -> tuple[float | None, str]:
     return None, ""
 
 
-def flops_row(name: str, *, input_size: int) -> dict[str, Any]:
+def flops_row(name: str, *, input_size: int, threads: int = DEFAULT_THREADS) -> dict[str, Any]:
     spec = get_spec(name)
     start = time.perf_counter()
-    model = build_for_counting(spec.name, input_size=input_size)
+    with torch_threads(threads):  # eval() folds re-parameterised FFNs: real matmuls on CPU
+        model, params = build_for_counting(spec.name, input_size=input_size)
     in_channels = getattr(model, "in_channels", IN_CHANNELS)
-    macs, uncounted = count_flops(model, input_size=input_size, in_channels=in_channels)
-    params = param_count(model)
+    macs, uncounted = count_flops(model, input_size=input_size, in_channels=in_channels, threads=threads)
     del model
     gc.collect()
     paper, source = paper_gflops(spec.name, input_size=input_size)
@@ -162,15 +190,28 @@ def flops_row(name: str, *, input_size: int) -> dict[str, Any]:
     }
 
 
-def flops_table(*, models: list[str] | None = None, input_size: int | None = None) -> list[dict]:
+def _row_task(task: tuple[str, int, int]) -> dict[str, Any]:
+    name, input_size, threads = task
+    return flops_row(name, input_size=input_size, threads=threads)
+
+
+def flops_table(*, models: list[str] | None = None, input_size: int | None = None,
+                threads: int = DEFAULT_THREADS, jobs: int = 1) -> list[dict]:
     """Rows for `models` (default: the whole registry). input_size None = the paper's table:
-    every model at latent 32 plus the ImageNet-512 rows (latent 64) of T6."""
+    every model at latent 32 plus the ImageNet-512 rows (latent 64) of T6. jobs > 1 counts
+    models in that many processes (one model's trace is single-threaded and tracer-bound)."""
     names = [get_spec(m).name for m in (models or list(MODELS))]
     if input_size is not None:
-        return [flops_row(n, input_size=input_size) for n in names]
-    rows = [flops_row(n, input_size=LATENT_256) for n in names]
-    rows += [flops_row(n, input_size=LATENT_512) for n, _ in IMAGENET512_ROWS if n in names]
-    return rows
+        tasks = [(n, input_size, threads) for n in names]
+    else:
+        tasks = [(n, LATENT_256, threads) for n in names]
+        tasks += [(n, LATENT_512, threads) for n, _ in IMAGENET512_ROWS if n in names]
+    if jobs <= 1 or len(tasks) <= 1:
+        return [_row_task(task) for task in tasks]
+    # spawn: a fresh interpreter per worker (fork after torch threads started is unsafe)
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        return list(pool.map(_row_task, tasks))
 
 
 def tolerance(name: str) -> float:
@@ -225,7 +266,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="latent side for every model (default: 32 for all, plus the 512 rows at 64)")
     parser.add_argument("--out-dir", default=os.path.join("results", "flops"), help="where flops.csv/json go")
     parser.add_argument("--format", choices=["table", "json", "csv"], default="table", help="what stdout shows")
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                        help="torch threads while tracing (default 1: fastest on a shared machine)")
+    parser.add_argument("--jobs", type=int, default=DEFAULT_JOBS,
+                        help=f"models counted in parallel processes (default {DEFAULT_JOBS})")
     args = parser.parse_args(argv)
+    if args.threads < 1 or args.jobs < 1:
+        parser.error(f"--threads and --jobs must be at least 1, got {args.threads} and {args.jobs}")
     for name in args.models or []:
         try:
             get_spec(name)
@@ -235,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--input-size must be positive, got {args.input_size}")
 
     start = time.perf_counter()
-    rows = flops_table(models=args.models, input_size=args.input_size)
+    rows = flops_table(models=args.models, input_size=args.input_size, threads=args.threads, jobs=args.jobs)
     csv_path, json_path = write_table(rows, out_dir=args.out_dir)
     print(f"[flops] {len(rows)} rows in {time.perf_counter() - start:.1f} s -> {csv_path}, {json_path}",
           file=sys.stderr)
