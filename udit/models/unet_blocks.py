@@ -116,6 +116,8 @@ class DownsampledAttention(nn.Module):
             raise ValueError(f"unknown attention {attention!r}; choose from {ATTENTIONS}")
         if dim % num_heads:
             raise ValueError(f"width {dim} not divisible by num_heads={num_heads}")
+        if rope and (dim // num_heads) % 4:
+            raise ValueError(f"RoPE2D needs head_dim divisible by 4; width {dim} / {num_heads} heads = {dim // num_heads}")
         if rope and attention == "kv":
             raise ValueError("RoPE2D with key/value-only downsampling is not defined (q and k grids differ)")
         self.attention, self.heads, self.rope = attention, num_heads, rope
