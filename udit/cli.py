@@ -11,6 +11,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "flops": ("udit.flops", "count forward GFLOPs of every registry model with fvcore"),
     "toy-data": ("udit.data.toy", "write a seeded procedural toy ImageFolder"),
     "tiny-vae": ("udit.data.vae", "save a random-init tiny AutoencoderKL for toy runs"),
+    "train": ("udit.train", "train a registry model (DiT recipe; resumable, DDP under torchrun)"),
     "sample": ("udit.sample", "draw class-conditional samples into an ADM-format .npz (resumable, torchrun-ready)"),
     "report": ("udit.report", "paper vs reproduction tables, figures and HTML page"),
     "extract-latents": ("udit.data.latents", "encode an ImageFolder, both flips, into a sharded latent cache"),
