@@ -13,6 +13,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tiny-vae": ("udit.data.vae", "save a random-init tiny AutoencoderKL for toy runs"),
     "train": ("udit.train", "train a registry model (DiT recipe; resumable, DDP under torchrun)"),
     "sample": ("udit.sample", "draw class-conditional samples into an ADM-format .npz (resumable, torchrun-ready)"),
+    "build-reference": ("udit.metrics.reference", "ADM-format reference npz (images, mu/sigma, mu_s/sigma_s) from an image folder"),
+    "evaluate": ("udit.metrics.evaluate", "FID, sFID, IS, precision/recall, KID of a samples npz vs a reference"),
     "report": ("udit.report", "paper vs reproduction tables, figures and HTML page"),
     "extract-latents": ("udit.data.latents", "encode an ImageFolder, both flips, into a sharded latent cache"),
 }
