@@ -11,8 +11,8 @@ OFFICIAL_PARAMS_M = {"DiT-S/2": 32.96, "DiT-B/2": 130.51, "DiT-L/2": 458.10, "Di
 
 
 def tiny_dit(**overrides) -> DiT:
-    kwargs = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=4,
-                  num_classes=10)
+    kwargs = {"input_size": 8, "patch_size": 2, "in_channels": 4, "hidden_size": 32, "depth": 2,
+              "num_heads": 4, "num_classes": 10}
     return DiT(**{**kwargs, **overrides})
 
 
@@ -41,7 +41,7 @@ def test_registry_names_and_paper_gflops():
 @pytest.mark.parametrize("name", list(DIT_MODELS))
 def test_every_config_shapes_and_learned_sigma(name):
     # Full width/heads/patch of the config, depth 1 and latent 16 keep it fast.
-    depth, hidden, heads, patch = DIT_CONFIGS[name]
+    _, hidden, heads, patch = DIT_CONFIGS[name]
     model = DIT_MODELS[name].build(depth=1, input_size=16, num_classes=10).eval()
     assert (model.patch_size, model.blocks[0].attn.num_heads) == (patch, heads)
     assert model.pos_embed.shape == (1, (16 // patch) ** 2, hidden)

@@ -3,11 +3,21 @@ import csv
 import json
 
 import pytest
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
-from udit.flops import (COLUMNS, IMAGENET512_ROWS, LATENT_256, LATENT_512, build_for_counting, count_flops,
-                        main, paper_gflops, param_count, tolerance)
+from udit.flops import (
+    COLUMNS,
+    IMAGENET512_ROWS,
+    LATENT_256,
+    LATENT_512,
+    build_for_counting,
+    count_flops,
+    main,
+    paper_gflops,
+    param_count,
+    tolerance,
+)
 from udit.models import MODELS
 from udit.models.dit import DiT
 

@@ -30,9 +30,9 @@ import time
 from typing import Any
 
 import torch
-import torch.nn as nn
 from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
+from torch import nn
 
 from udit.models import MODELS, get_spec
 from udit.models.dit import paper_numbers

@@ -15,7 +15,7 @@ import pickle
 from collections.abc import Mapping
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 DDP_PREFIX = "module."
 WEIGHT_KEYS = ("ema", "model")  # sub-dicts of a training checkpoint that hold a state dict

@@ -24,9 +24,9 @@ from importlib import resources
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 import yaml
+from torch import nn
 
 from udit.models.embed import LabelEmbedder, TimestepEmbedder, modulate
 from udit.models.spec import ModelSpec
@@ -273,7 +273,7 @@ class DiT(nn.Module):
 #                                  DiT configs                                  #
 #################################################################################
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def paper_numbers() -> dict:
     """udit/paper/paper_numbers.yaml, the one in-repo source of every paper number."""
     text = resources.files("udit").joinpath("paper", "paper_numbers.yaml").read_text()
