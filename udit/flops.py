@@ -128,7 +128,7 @@ def count_flops(model: nn.Module, *, input_size: int, in_channels: int = IN_CHAN
     analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
     analysis.set_op_handle(**{op: None for op in NEGLIGIBLE_OPS})
     analysis.unsupported_ops_warnings(False)   # reported by the caller, once per model
-    analysis.uncalled_modules_warnings(False)  # e.g. the label embedder's dropout path
+    analysis.uncalled_modules_warnings(False)  # e.g. train-only branches of a folded FFN in eval mode
     analysis.tracer_warnings("none")
     # Flush denormals: uninitialised weights can hold them and they slow CPU math 10-100x.
     torch.set_flush_denormal(True)
@@ -167,7 +167,14 @@ def flops_row(name: str, *, input_size: int, threads: int = DEFAULT_THREADS) -> 
     with torch_threads(threads):  # eval() folds re-parameterised FFNs: real matmuls on CPU
         model, params = build_for_counting(spec.name, input_size=input_size)
     in_channels = getattr(model, "in_channels", IN_CHANNELS)
-    macs, uncounted = count_flops(model, input_size=input_size, in_channels=in_channels, threads=threads)
+    try:
+        macs, uncounted = count_flops(model, input_size=input_size, in_channels=in_channels, threads=threads)
+    except (RuntimeError, IndexError) as err:  # a buffer whose values matter (e.g. indices)
+        print(f"[flops] {name}: tracing uninitialised weights failed ({err}); retrying initialised",
+              file=sys.stderr)
+        with torch_threads(threads):
+            model = spec.build(input_size=input_size).eval()
+        macs, uncounted = count_flops(model, input_size=input_size, in_channels=in_channels, threads=threads)
     del model
     gc.collect()
     paper, source = paper_gflops(spec.name, input_size=input_size)
