@@ -5,14 +5,21 @@ import argparse
 
 import pytest
 import torch
-import torch.nn as nn
+from torch import nn
 
 from udit.models.checkpoint import CheckpointError, load_checkpoint
 from udit.models.unet import UNET_MODELS, UShapedDiT
-from udit.models.unet_blocks import DownsampledAttention, RepFFN, apply_rope, from_groups, rope2d_angles, to_groups
+from udit.models.unet_blocks import (
+    DownsampledAttention,
+    RepFFN,
+    apply_rope,
+    from_groups,
+    rope2d_angles,
+    to_groups,
+)
 
 # Tiny overrides: widths 16/32/64 keep head_dim (8/16/32 with 2 heads) divisible by 4 for RoPE2D.
-TINY = dict(hidden_size=16, num_heads=2, depths=(1, 1, 1, 1, 1), input_size=16, num_classes=10)
+TINY = {"hidden_size": 16, "num_heads": 2, "depths": (1, 1, 1, 1, 1), "input_size": 16, "num_classes": 10}
 EXPECTED_NAMES = [
     "DiT-UNet", "DiT-UNet (Slim)", "DiT-UNet + KV downsampling", "U-DiT-T", "U-DiT-T + cos",
     "U-DiT-T + cos + RoPE2D", "U-DiT-T + cos + RoPE2D + DWconv FFN",
@@ -71,9 +78,9 @@ def test_input_size_64_and_clear_errors():
         model(*_inputs(1, 32))
     with pytest.raises(ValueError, match="divisible by 8"):
         UShapedDiT(**dict(TINY, input_size=20))
-    for bad, match in [(dict(attention="windows"), "unknown attention"), (dict(ffn="moe"), "unknown ffn"),
-                       (dict(downsampler="maxpool"), "unknown downsampler"), (dict(num_heads=3), "divisible by num_heads"),
-                       (dict(num_heads=8), "head_dim divisible by 4")]:
+    for bad, match in [({"attention": "windows"}, "unknown attention"), ({"ffn": "moe"}, "unknown ffn"),
+                       ({"downsampler": "maxpool"}, "unknown downsampler"), ({"num_heads": 3}, "divisible by num_heads"),
+                       ({"num_heads": 8}, "head_dim divisible by 4")]:
         with pytest.raises(ValueError, match=match):
             UShapedDiT(**{**TINY, **bad})
 
@@ -196,7 +203,7 @@ def test_token_groups_keep_every_token():
 
 def test_token_downsampled_attention_is_full_attention_per_subgrid():
     """'tokens' with the pixel-shuffle-only downsampler = full attention on each strided 2x2 subgrid."""
-    kw = dict(num_heads=2, downsampler="ps", downsampler_kernel=5, cosine=True, rope=True)
+    kw = {"num_heads": 2, "downsampler": "ps", "downsampler_kernel": 5, "cosine": True, "rope": True}
     down = _randomise(DownsampledAttention(8, attention="tokens", **kw)).double()
     full = DownsampledAttention(8, attention="full", **kw).double()
     full.load_state_dict(down.state_dict())
@@ -214,7 +221,7 @@ def test_rope2d_layout_and_relative_positions():
     f = 10000.0 ** (-torch.arange(0, 8, 4, dtype=torch.float64) / 8)
     assert torch.allclose(angles[pos], torch.stack([2 * f, 1 * f], dim=-1).flatten())
     q, k = torch.randn(2, 8, dtype=torch.float64)
-    rot = lambda v, p: apply_rope(v[None], angles[p:p + 1].cos(), angles[p:p + 1].sin())[0]  # noqa: E731
+    rot = lambda v, p: apply_rope(v[None], angles[p:p + 1].cos(), angles[p:p + 1].sin())[0]
     # same offset (+1 row, +1 column) from two different origins -> same score
     assert torch.allclose(rot(q, 0) @ rot(k, 6), rot(q, 7) @ rot(k, 13))
     assert torch.allclose(rot(q, 3).norm(), q.norm())

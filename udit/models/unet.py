@@ -11,17 +11,22 @@ Layout (official udit_models.py): 3x3 stem conv -> enc1 (C, HxW) -> enc2 (2C, H/
 Separate timestep/label embedders per width (C, 2C, 4C); module names match the official code so its
 checkpoints load strictly. forward(x, t, y): (N, in_channels, H, W) -> (N, 2*in_channels, H, W).
 """
-from functools import lru_cache, partial
+from functools import cache, partial
 from importlib import resources
 
-import yaml
-
 import torch
-import torch.nn as nn
+import yaml
+from torch import nn
 
 from udit.models.embed import LabelEmbedder, TimestepEmbedder
 from udit.models.spec import ModelSpec
-from udit.models.unet_blocks import DownsampledAttention, RepFFN, build_ffn, layer_norm_2d, modulate_2d
+from udit.models.unet_blocks import (
+    DownsampledAttention,
+    RepFFN,
+    build_ffn,
+    layer_norm_2d,
+    modulate_2d,
+)
 
 NUM_LEVELS = 3              # encoder levels 1, 2 and the latent level (paper: three stages)
 LEVEL_STRIDE = 4            # input_size must be divisible by 4 (two 2x transitions) x 2 (token groups)
@@ -230,7 +235,7 @@ class UShapedDiT(nn.Module):
 #                                   Registry                                    #
 #################################################################################
 
-@lru_cache(maxsize=None)
+@cache
 def _paper() -> dict:
     """udit/paper/paper_numbers.yaml, the one in-repo source of every paper number."""
     return yaml.safe_load(resources.files("udit").joinpath("paper", "paper_numbers.yaml").read_text())
@@ -243,14 +248,14 @@ def _paper_gflops(table: str, row: str) -> float:
 RELEASED_TOL, TOY_TOL = 0.01, 0.03  # fvcore GFLOPs vs paper: released configs are known, toy ones reconstructed
 
 # U-DiT-S/B/L exactly as the official U_DiT_S/B/L (paper T8: C, heads, depths; MLP ratio 2, two sub-layers).
-RELEASED = {"U-DiT-S": dict(hidden_size=96, num_heads=4), "U-DiT-B": dict(hidden_size=192, num_heads=8),
-            "U-DiT-L": dict(hidden_size=384, num_heads=16)}
-RELEASED_COMMON = dict(depths=(2, 5, 8, 5, 2), sublayers=2, mlp_ratio=2.0, attention="tokens",
-                       downsampler="dwconv_shortcut", downsampler_kernel=5, cosine=True, rope=True, ffn="rep",
-                       dec1_mult=2, output_conv=True)
-# Measured here with fvcore / parameter counts of the train graph (architecture-facts: 58.90 / 231.25 / 916.34 M).
+RELEASED = {"U-DiT-S": {"hidden_size": 96, "num_heads": 4}, "U-DiT-B": {"hidden_size": 192, "num_heads": 8},
+            "U-DiT-L": {"hidden_size": 384, "num_heads": 16}}
+RELEASED_COMMON = {"depths": (2, 5, 8, 5, 2), "sublayers": 2, "mlp_ratio": 2.0, "attention": "tokens",
+                   "downsampler": "dwconv_shortcut", "downsampler_kernel": 5, "cosine": True, "rope": True,
+                   "ffn": "rep", "dec1_mult": 2, "output_conv": True}
+# Train-graph (unfused FFN) parameter counts, architecture-facts.md; num_params() reproduces them.
 TRAIN_GRAPH_PARAMS_M = {"U-DiT-S": 58.90, "U-DiT-B": 231.25, "U-DiT-L": 916.34}
-PLAIN = dict(cosine=False, rope=False, ffn="mlp")  # plain DiT attention and MLP: vanilla U-DiT (T10), toy base
+PLAIN = {"cosine": False, "rope": False, "ffn": "mlp"}  # plain DiT attention and MLP: vanilla U-DiT (T10), toy base
 
 # Toy scale (T1, T7, T9): the paper publishes no configuration. Reconstruction, chosen by searching
 # widths/depths/layouts for the smallest worst-case GFLOPs error over every toy figure: C=40, 2 heads,
@@ -258,8 +263,8 @@ PLAIN = dict(cosine=False, rope=False, ffn="mlp")  # plain DiT attention and MLP
 # level layout (dec1 at 2C) without the 3x3 output conv; the T7 dense downsampler is a dense 5x5 conv
 # (the depthwise 5x5 made dense). fvcore: DiT-UNet 1.388, Slim (C=30) 0.907, KV 0.908, U-DiT-T 0.908,
 # PS only 0.892, DWconv FFN 0.969, dense 2.203 -> worst residual +2.0% (DWconv FFN vs 0.95).
-TOY = dict(hidden_size=40, num_heads=2, depths=(2, 7, 8, 7, 2), sublayers=1, mlp_ratio=4.0,
-           downsampler_kernel=5, dec1_mult=2, output_conv=False)
+TOY = {"hidden_size": 40, "num_heads": 2, "depths": (2, 7, 8, 7, 2), "sublayers": 1, "mlp_ratio": 4.0,
+           "downsampler_kernel": 5, "dec1_mult": 2, "output_conv": False}
 TOY_NOTE = ("toy config reconstructed (paper gives none): C=40, 2 heads, depths [2,7,8,7,2], one "
             "attention+FFN pair per block, MLP ratio 4, dec1 at 2C, no output conv")
 UDIT_T = dict(TOY, **PLAIN, attention="tokens", downsampler="dwconv_shortcut")

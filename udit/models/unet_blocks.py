@@ -7,8 +7,8 @@ Everything works on NCHW feature maps; attention runs on token groups (N, P, hea
 import math
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 LN_EPS = 1e-6                      # LayerNorm2d eps of the official code
 LOGIT_SCALE_INIT = math.log(10.0)  # cosine attention: initial per-head temperature (paper Sec. 3.3, official code)
