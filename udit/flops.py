@@ -256,12 +256,13 @@ def write_table(rows: list[dict], *, out_dir: str) -> tuple[str, str]:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'model':<28} {'size':>4} {'params_M':>9} {'gflops':>9} {'paper':>8} {'rel_err':>8}"
+    width = max([len("model")] + [len(r["model"]) for r in rows])
+    head = f"{'model':<{width}} {'size':>4} {'params_M':>9} {'gflops':>9} {'paper':>8} {'rel_err':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
         paper = "-" if r["paper_gflops"] is None else f"{r['paper_gflops']:.2f}"
         err = "-" if r["rel_err"] is None else f"{100 * r['rel_err']:+.2f}%"
-        lines.append(f"{r['model']:<28} {r['input_size']:>4} {r['params_M']:>9.2f} {r['gflops']:>9.4f} "
+        lines.append(f"{r['model']:<{width}} {r['input_size']:>4} {r['params_M']:>9.2f} {r['gflops']:>9.4f} "
                      f"{paper:>8} {err:>8}")
     return "\n".join(lines)
 
