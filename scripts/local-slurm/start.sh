@@ -15,7 +15,14 @@ CLUSTER=udit-local
 MUNGE_SOCKET_DIR=/run/munge
 
 if [ "$(id -u)" -ne 0 ]; then echo "start.sh: must run as root" >&2; exit 1; fi
-if [ -s "$STATE/pids" ]; then echo "start.sh: already started (see $STATE/pids); run stop.sh first" >&2; exit 1; fi
+if [ -s "$STATE/pids" ]; then
+    alive=0; while read -r _ pid; do kill -0 "$pid" 2>/dev/null && alive=$((alive + 1)); done < "$STATE/pids"
+    if [ "$alive" -eq "$(wc -l < "$STATE/pids")" ] && scontrol ping >/dev/null 2>&1; then
+        echo "local SLURM already running (pids in $STATE/pids)"; exit 0
+    fi
+    echo "start.sh: stale daemons recorded; stopping them first" >&2
+    "$(dirname "$0")/stop.sh"
+fi
 
 if ! command -v slurmctld >/dev/null || ! command -v slurmdbd >/dev/null || ! command -v mariadbd >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
