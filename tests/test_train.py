@@ -17,7 +17,7 @@ import torch
 from udit import checkpointing
 from udit.data.toy import generate_toy_data
 from udit.models import create_model
-from udit.train import TrainOptions, main, train
+from udit.train import NonFiniteLossError, TrainOptions, main, train
 from udit.train_state import DataOrder, LabelDropControl, draw_samples, make_ema, update_ema
 
 TINY_KW = {"hidden_size": 32, "depth": 2, "num_heads": 2}  # DiT-S/2 shrunk to ~0.1 M parameters
@@ -161,6 +161,33 @@ def test_stop_at_then_continue_equals_one_run(toy, reference, tmp_path):
     )  # milestone kept
     again = train(_options(run, toy, total_steps=2 * N))  # already done: trains nothing
     assert again["step"] == 2 * N
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(toy, reference, tmp_path, capsys):
+    """A NaN at step N+1 stops the run before its log line or any later checkpoint; checkpoint N
+    stays byte-identical, and re-running (no NaN) resumes from it to the uninterrupted result."""
+    run = tmp_path / "run"
+    bad_step = N + 1  # after checkpoint N, before the next log line (log_every=2) and ckpt 2N
+    with pytest.raises(
+        NonFiniteLossError, match=rf"non-finite loss at step {bad_step} \(loss=nan, mse=nan, vb="
+    ):
+        train(_options(run, toy, total_steps=2 * N, ckpt_every=N, inject_nan_at=bad_step))
+    assert [s for s, _ in checkpointing.list_checkpoints(run)] == [N]
+    good = run / checkpointing.CKPT_DIR / checkpointing.ckpt_name(N)
+    assert checkpointing.verify_checkpoint(good) is None
+    digest = checkpointing.sha256_file(good)
+    logged = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [2] and all(
+        torch.isfinite(torch.tensor(r["loss"])) for r in logged
+    )
+    # The CLI path: same stop, exit status 1, a message naming the step and the newest checkpoint.
+    code = main(_cli_args(run, toy, total_steps=2 * N, ckpt_every=N, inject_nan_at=N + 2))
+    err = capsys.readouterr().err
+    assert code == 1 and f"non-finite loss at step {N + 2}" in err and good.name in err
+    assert checkpointing.sha256_file(good) == digest  # untouched by both failed attempts
+    assert [s for s, _ in checkpointing.list_checkpoints(run)] == [N]
+    final = train(_options(run, toy, total_steps=2 * N, ckpt_every=N))
+    assert _max_diff(_weights(final["checkpoint"])["model"], _weights(reference)["model"]) <= 1e-6
 
 
 def test_resume_refuses_changed_recipe(toy, tmp_path):

@@ -1,4 +1,5 @@
-"""Atomic checkpoint store for training runs: write, verify, rotate, find the newest valid one.
+"""Atomic checkpoint store for training runs: write, verify, rotate, find the newest valid one,
+and the save / resume of a full training state (model, EMA, optimiser, RNGs, data position).
 
 Layout inside a run directory:
 
@@ -17,11 +18,15 @@ import hashlib
 import json
 import os
 import re
+import sys
 import tempfile
 import warnings
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+
+from udit.train_state import capture_rng, restore_rng
 
 CKPT_DIR = "checkpoints"
 LOG_NAME = "log.jsonl"  # one JSON object per logged step
@@ -221,3 +226,92 @@ def truncate_log(path: Path, *, step: int) -> None:
         ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step
     ]
     atomic_write_bytes(path, "".join(ln + "\n" for ln in lines).encode())
+
+
+# ----------------------------------------------------------------------------- training state
+
+
+def resume_training_state(
+    *, run_dir: Path, resume: str, info, model, ema, opt, order
+) -> tuple[int, Path | None]:
+    """Load the checkpoint `resume` names ('auto': newest valid one, 'never', or a path) into
+    model / EMA / optimiser / RNGs; -> (step, path or None). `order` is the run's DataOrder."""
+    run_dir, ckpt = Path(run_dir), None
+    if resume == "auto":
+        found = find_latest(run_dir)
+        ckpt = found[1] if found else None
+        if ckpt is None and list_checkpoints(run_dir) and info.is_main:
+            print(
+                f"warning: no valid checkpoint in {run_dir}; starting from scratch", file=sys.stderr
+            )
+    elif resume != "never":
+        ckpt = Path(resume)
+        problem = verify_checkpoint(ckpt) if ckpt.is_file() else "missing"
+        if problem:
+            raise ValueError(f"--resume {ckpt}: not a usable checkpoint ({problem})")
+    if ckpt is None:
+        if info.is_main:  # fresh start: lines of an earlier, checkpoint-less attempt go
+            truncate_log(run_dir / LOG_NAME, step=0)
+        return 0, None
+    state = load_checkpoint_state(ckpt, map_location=info.device)
+    model.load_state_dict(state["model"])
+    ema.load_state_dict(state["ema"])
+    opt.load_state_dict(state["opt"])
+    step = int(state["step"])
+    if state["data"] != order.state(step):
+        raise ValueError(
+            f"{ckpt}: data position {state['data']} does not match this run's "
+            f"{order.state(step)} (dataset or batch size changed)"
+        )
+    ranks = state["rng"]["ranks"]
+    if len(ranks) == info.world_size:
+        restore_rng(ranks[info.rank])
+    elif info.is_main:  # the global RNGs drive nothing in the loop; per-sample draws stay exact
+        print(
+            f"note: checkpoint from {len(ranks)} ranks, now {info.world_size}: global RNGs "
+            f"re-seeded (per-sample noise and data order unaffected)",
+            file=sys.stderr,
+        )
+    if info.is_main:  # a killed job may have logged past its last checkpoint
+        truncate_log(run_dir / LOG_NAME, step=step)
+        print(f"resumed from {ckpt} at step {step}", file=sys.stderr)
+    return step, ckpt
+
+
+def save_training_state(
+    *,
+    run_dir: Path,
+    info,
+    model,
+    ema,
+    opt,
+    order,
+    step: int,
+    args: dict,
+    keep_last: int,
+    milestones: tuple[int, ...],
+) -> Path | None:
+    """Rank 0 writes {"model","ema","opt","step","args","rng","data"} with every rank's RNGs;
+    every rank must call it (it gathers RNG states and ends on a barrier)."""
+    rng = [None] * info.world_size
+    if info.enabled:
+        dist.all_gather_object(rng, capture_rng())
+    else:
+        rng[0] = capture_rng()
+    path = None
+    if info.is_main:
+        state = {
+            "model": model.state_dict(),  # unwrapped: no 'module.' / '_orig_mod.' (official keys)
+            "ema": ema.state_dict(),
+            "opt": opt.state_dict(),
+            "step": step,
+            "args": json.loads(json.dumps(args)),
+            "rng": {"ranks": rng, "per_sample": "SeedSequence([seed, step, global_index])"},
+            "data": order.state(step),
+        }
+        path = save_checkpoint(
+            state, run_dir=Path(run_dir), step=step, keep_last=keep_last, milestones=milestones
+        )
+    if info.enabled:
+        dist.barrier()
+    return path

@@ -37,10 +37,8 @@ from udit.train_state import (
     LabelDropControl,
     StepBatchSampler,
     build_train_data,
-    capture_rng,
     draw_samples,
     make_ema,
-    restore_rng,
     update_ema,
 )
 
@@ -87,6 +85,7 @@ class TrainOptions:
     num_workers: int = 4  # DataLoader workers per rank
     device: str | None = None  # 'cpu' / 'cuda'; None: cuda when available
     pause_after_ckpt: float = 0.0  # seconds to sleep after each checkpoint (kill tests)
+    inject_nan_at: int | None = None  # debug: make this step's loss NaN (NaN-stop tests)
 
     def validate(self) -> None:
         sources = sum(x is not None for x in (self.latents, self.images))
@@ -125,6 +124,40 @@ def train(opts: TrainOptions) -> dict:
         return _train(opts, info)
     finally:
         distributed.cleanup(info)
+
+
+class NonFiniteLossError(RuntimeError):
+    """A training step produced a NaN or infinite loss; the run stopped before saving it."""
+
+
+def _check_finite(bad: torch.Tensor, info: distributed.DistInfo, *, last_path) -> None:
+    """Raise on every rank if any rank has seen a non-finite loss (`bad` as kept in _train)."""
+    if distributed.all_reduce_mean((bad[:1] >= 0).float(), info).item() == 0:
+        return
+    keep = f"the newest checkpoint is {last_path}" if last_path else "no checkpoint was written"
+    if bad[0] < 0:  # only another rank hit it
+        raise NonFiniteLossError(f"rank {info.rank}: another rank hit a non-finite loss; {keep}")
+    step, loss, mse, vb = bad.tolist()
+    raise NonFiniteLossError(
+        f"non-finite loss at step {int(step)} (loss={loss}, mse={mse}, vb={vb}); stopped before "
+        f"logging or saving anything after it; {keep} (re-running resumes from it)"
+    )
+
+
+def train_step(*, net, opt, diffusion, x, y, t, noise, autocast, grad_norm: bool = False):
+    """One optimiser step on the hybrid loss (MSE + VB); -> (per-sample terms, grad norm or None).
+    Shared by the loop and benchmarks/train_step.py, so the benchmark times what trains."""
+    with autocast:
+        terms = diffusion.training_losses(net, x, t, model_kwargs={"y": y}, noise=noise)
+    opt.zero_grad(set_to_none=True)
+    terms["loss"].mean().backward()
+    norm = None
+    if grad_norm:  # total grad norm: no clipping in the recipe, logged for diagnosis
+        norm = torch.nn.utils.get_total_norm(
+            [p.grad for p in net.parameters() if p.grad is not None]
+        )
+    opt.step()
+    return terms, norm
 
 
 def _train(opts: TrainOptions, info: distributed.DistInfo) -> dict:
@@ -175,7 +208,9 @@ def _train(opts: TrainOptions, info: distributed.DistInfo) -> dict:
     )
     diffusion = create_diffusion(timestep_respacing="")
 
-    start, ckpt = _resume(opts, info, model=model, ema=ema, opt=opt, order=order)
+    start, ckpt = checkpointing.resume_training_state(
+        run_dir=run_dir, resume=opts.resume, info=info, model=model, ema=ema, opt=opt, order=order
+    )
     stop = opts.stop_at or opts.total_steps
     if start >= stop:
         if info.is_main:
@@ -194,6 +229,9 @@ def _train(opts: TrainOptions, info: distributed.DistInfo) -> dict:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=opts.precision == "bf16")
     milestones = set(opts.milestones)
     sums = torch.zeros(3, device=device)  # loss, mse, vb summed over steps since the last log line
+    # (step, loss, mse, vb) of the first non-finite step, step -1 while none: kept on the device
+    # so the loop never waits for the GPU; read before every log line and checkpoint.
+    bad = torch.full((4,), -1.0, device=device)
     window_steps, window_start, last_path = 0, time.perf_counter(), ckpt
     bar = tqdm(total=stop, initial=start, file=sys.stderr, disable=not info.is_main)
 
@@ -212,28 +250,33 @@ def _train(opts: TrainOptions, info: distributed.DistInfo) -> dict:
             flip_prob=FLIP_PROB,
         )
         x = prepare(x, draws)  # (N, C, H, W) model input
+        if opts.inject_nan_at == step + 1:  # debug: poison one step's batch (NaN-stop test)
+            x = x * float("nan")
         y = y.to(device)
         drops.masks = draws.label_drop.to(device)  # (N, K) per-embedder drop coins
-        with autocast:
-            terms = diffusion.training_losses(
-                net, x, draws.t.to(device), model_kwargs={"y": y}, noise=draws.noise.to(device)
-            )
-        loss = terms["loss"].mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
         done = step + 1
         log_now = done % opts.log_every == 0 or done == stop
-        if log_now:  # total grad norm (no clipping in the recipe; logged for diagnosis)
-            grad_norm = torch.nn.utils.get_total_norm(
-                [p.grad for p in model.parameters() if p.grad is not None]
-            )
-        opt.step()
+        terms, grad_norm = train_step(
+            net=net,
+            opt=opt,
+            diffusion=diffusion,
+            x=x,
+            y=y,
+            t=draws.t.to(device),
+            noise=draws.noise.to(device),
+            autocast=autocast,
+            grad_norm=log_now,
+        )
         update_ema(ema, model, opts.ema_decay)
-        sums += torch.stack([terms[k].detach().float().mean() for k in ("loss", "mse", "vb")])
+        parts = torch.stack([terms[k].detach().float().mean() for k in ("loss", "mse", "vb")])
+        first = (bad[0] < 0) & ~torch.isfinite(parts).all()
+        bad = torch.where(first, torch.cat([parts.new_full((1,), done), parts]), bad)
+        sums += parts
         window_steps += 1
         bar.update(1)
 
         if log_now:
+            _check_finite(bad, info, last_path=last_path)
             means = distributed.all_reduce_mean(sums / window_steps, info).tolist()
             elapsed = time.perf_counter() - window_start
             if info.is_main:
@@ -254,87 +297,24 @@ def _train(opts: TrainOptions, info: distributed.DistInfo) -> dict:
             window_steps, window_start = 0, time.perf_counter()
 
         if done % opts.ckpt_every == 0 or done in milestones or done == stop:
-            last_path = _save(opts, info, model=model, ema=ema, opt=opt, order=order, step=done)
+            _check_finite(bad, info, last_path=last_path)  # never save weights a NaN step touched
+            last_path = checkpointing.save_training_state(
+                run_dir=run_dir,
+                info=info,
+                model=model,
+                ema=ema,
+                opt=opt,
+                order=order,
+                step=done,
+                args=asdict(opts),
+                keep_last=opts.keep_last,
+                milestones=tuple(opts.milestones),
+            )
             if opts.pause_after_ckpt and done != stop:
                 time.sleep(opts.pause_after_ckpt)
     bar.close()
     drops.remove()
     return {"step": stop, "kind": kind, "checkpoint": str(last_path)}
-
-
-def _resume(
-    opts: TrainOptions, info, *, model, ema, opt, order: DataOrder
-) -> tuple[int, Path | None]:
-    """Load the checkpoint --resume names (auto: newest valid one); -> (step, path or None)."""
-    run_dir, ckpt = Path(opts.run_dir), None
-    if opts.resume == "auto":
-        found = checkpointing.find_latest(run_dir)
-        ckpt = found[1] if found else None
-        if ckpt is None and checkpointing.list_checkpoints(run_dir) and info.is_main:
-            print(
-                f"warning: no valid checkpoint in {run_dir}; starting from scratch", file=sys.stderr
-            )
-    elif opts.resume != "never":
-        ckpt = Path(opts.resume)
-        problem = checkpointing.verify_checkpoint(ckpt) if ckpt.is_file() else "missing"
-        if problem:
-            raise ValueError(f"--resume {ckpt}: not a usable checkpoint ({problem})")
-    if ckpt is None:
-        if info.is_main:  # fresh start: lines of an earlier, checkpoint-less attempt go
-            checkpointing.truncate_log(run_dir / checkpointing.LOG_NAME, step=0)
-        return 0, None
-    state = checkpointing.load_checkpoint_state(ckpt, map_location=info.device)
-    model.load_state_dict(state["model"])
-    ema.load_state_dict(state["ema"])
-    opt.load_state_dict(state["opt"])
-    step = int(state["step"])
-    if state["data"] != order.state(step):
-        raise ValueError(
-            f"{ckpt}: data position {state['data']} does not match this run's "
-            f"{order.state(step)} (dataset or batch size changed)"
-        )
-    ranks = state["rng"]["ranks"]
-    if len(ranks) == info.world_size:
-        restore_rng(ranks[info.rank])
-    elif info.is_main:  # the global RNGs drive nothing in the loop; per-sample draws stay exact
-        print(
-            f"note: checkpoint from {len(ranks)} ranks, now {info.world_size}: global RNGs "
-            f"re-seeded (per-sample noise and data order unaffected)",
-            file=sys.stderr,
-        )
-    if info.is_main:  # a killed job may have logged past its last checkpoint
-        checkpointing.truncate_log(run_dir / checkpointing.LOG_NAME, step=step)
-        print(f"resumed from {ckpt} at step {step}", file=sys.stderr)
-    return step, ckpt
-
-
-def _save(opts, info, *, model, ema, opt, order, step) -> Path | None:
-    """Rank 0 writes {"model","ema","opt","step","args","rng","data"} with every rank's RNGs."""
-    rng = [None] * info.world_size
-    if info.enabled:
-        torch.distributed.all_gather_object(rng, capture_rng())
-    else:
-        rng[0] = capture_rng()
-    path = None
-    if info.is_main:
-        state = {
-            "model": model.state_dict(),  # unwrapped: no 'module.' / '_orig_mod.' (official keys)
-            "ema": ema.state_dict(),
-            "opt": opt.state_dict(),
-            "step": step,
-            "args": json.loads(json.dumps(asdict(opts))),
-            "rng": {"ranks": rng, "per_sample": "SeedSequence([seed, step, global_index])"},
-            "data": order.state(step),
-        }
-        path = checkpointing.save_checkpoint(
-            state,
-            run_dir=Path(opts.run_dir),
-            step=step,
-            keep_last=opts.keep_last,
-            milestones=tuple(opts.milestones),
-        )
-    distributed.barrier(info)
-    return path
 
 
 #################################################################################
@@ -397,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), default=None)
     # Seconds to sleep after each checkpoint: lets a test SIGKILL the job at a known step.
     p.add_argument("--pause-after-ckpt", type=float, default=0.0, help=argparse.SUPPRESS)
+    # Poison the batch of this step with NaN: tests that a non-finite loss stops the run.
+    p.add_argument("--inject-nan-at", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--dry-run", action="store_true", help="print options, exit")
     return p
 
@@ -419,7 +401,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(json.dumps(asdict(opts), indent=2))
         return 0
-    result = train(opts)
+    try:
+        result = train(opts)
+    except NonFiniteLossError as err:
+        print(f"udit train: error: {err}", file=sys.stderr)
+        return 1
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result))
     return 0
