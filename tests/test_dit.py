@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from udit.models.dit import DIT_CONFIGS, DIT_MODELS, DiT, paper_numbers, sincos_pos_embed_2d
+from udit.models.dit import DIT_CONFIGS, DIT_MODELS, DiT, sincos_pos_embed_2d
+from udit.paper import paper_numbers
 
 # Parameter counts of the official models at latent 32 (architecture-facts.md, DiT section).
 OFFICIAL_PARAMS_M = {"DiT-S/2": 32.96, "DiT-B/2": 130.51, "DiT-L/2": 458.10, "DiT-XL/2": 675.13}

@@ -14,11 +14,12 @@ and row of udit/paper/paper_numbers.yaml and they are read from there.
 import functools
 import re
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import jsonschema
 import yaml
+
+from udit.paper import paper_numbers
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -117,10 +118,6 @@ def cfg_tag(cfg: float) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def paper_numbers() -> dict:
-    return yaml.safe_load(resources.files("udit").joinpath("paper", "paper_numbers.yaml").read_text())
-
-
 def paper_row(*, table: str, row: str, key: str | None = None) -> dict:
     """Look a row up in paper_numbers.yaml; unknown names raise ConfigError listing the valid ones."""
     numbers = paper_numbers()

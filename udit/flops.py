@@ -35,7 +35,7 @@ from fvcore.nn.jit_handles import get_shape
 from torch import nn
 
 from udit.models import MODELS, get_spec
-from udit.models.dit import paper_numbers
+from udit.paper import paper_numbers
 
 LATENT_256 = 32       # ImageNet 256 px through the f=8 VAE
 LATENT_512 = 64       # ImageNet 512 px (paper T6)

@@ -23,8 +23,6 @@ import shutil
 import sys
 import tempfile
 import time
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +32,7 @@ from tqdm import tqdm
 
 from udit import distributed
 from udit.diffusion import DEFAULT_SAMPLING_STEPS, ClassifierFreeGuidance, create_diffusion
+from udit.paper import training_settings
 
 PARTS_SUFFIX = ".parts"          # OUT.npz -> OUT.npz.parts/ holds the finished shards
 SHARD_GLOB = "shard-*.npz"
@@ -51,17 +50,11 @@ DEFAULT_NUM_CLASSES = 1000       # ImageNet-1k
 DEFAULT_IMAGE_SIZE = 256         # the paper's main resolution
 
 
-@lru_cache(maxsize=1)
-def _settings() -> dict:
-    text = resources.files("udit").joinpath("paper/paper_numbers.yaml").read_text()
-    return yaml.safe_load(text)["training_settings"]
-
-
 # paper_numbers.yaml training_settings: "fid_samples: 50000" and "global_seed: 0" (official
 # sample_ddp.py defaults; the paper is silent); 250 respaced DDPM steps come from udit.diffusion.
 DEFAULT_STEPS = DEFAULT_SAMPLING_STEPS
-DEFAULT_NUM_SAMPLES = int(str(_settings()["fid_samples"]).split()[0])
-DEFAULT_SEED = int(_settings()["global_seed"])
+DEFAULT_NUM_SAMPLES = int(str(training_settings()["fid_samples"]).split()[0])
+DEFAULT_SEED = int(training_settings()["global_seed"])
 
 
 #################################################################################

@@ -16,26 +16,18 @@ import os
 import socket
 import sys
 import warnings
-from functools import lru_cache
-from importlib import resources
 from urllib.parse import urlparse
 
 import torch
-import yaml
 from diffusers import AutoencoderKL
 
-
-@lru_cache(maxsize=1)
-def _training_settings() -> dict:
-    text = resources.files("udit").joinpath("paper/paper_numbers.yaml").read_text()
-    return yaml.safe_load(text)["training_settings"]
-
+from udit.paper import training_settings
 
 # Latent scale 0.18215 (DiT train.py: `vae.encode(x).latent_dist.sample().mul_(0.18215)`);
 # read from paper_numbers.yaml `training_settings.latent_scale`.
-LATENT_SCALE: float = float(_training_settings()["latent_scale"])
+LATENT_SCALE: float = float(training_settings()["latent_scale"])
 # VAE of DiT / U-DiT (paper_numbers.yaml `training_settings.vae`).
-DEFAULT_VAE: str = str(_training_settings()["vae"])
+DEFAULT_VAE: str = str(training_settings()["vae"])
 # Seconds to wait for the hub before treating the machine as offline: a missing model must
 # fail at once, not after huggingface_hub's ~23 s of retries.
 HUB_PROBE_TIMEOUT_S = 3.0

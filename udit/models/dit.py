@@ -20,16 +20,15 @@ Attention runs through F.scaled_dot_product_attention; udit.flops registers an f
 handle for it so FLOP counts match explicit q @ k^T attention.
 """
 import functools
-from importlib import resources
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
 from udit.models.embed import LabelEmbedder, TimestepEmbedder, modulate
 from udit.models.spec import ModelSpec
+from udit.paper import paper_numbers
 
 LN_EPS = 1e-6            # LayerNorm eps of every DiT norm (official models.py)
 POS_EMBED_PERIOD = 10000.0  # max period of the 2D sin-cos position embedding (MAE / DiT)
@@ -272,13 +271,6 @@ class DiT(nn.Module):
 #################################################################################
 #                                  DiT configs                                  #
 #################################################################################
-
-@functools.cache
-def paper_numbers() -> dict:
-    """udit/paper/paper_numbers.yaml, the one in-repo source of every paper number."""
-    text = resources.files("udit").joinpath("paper", "paper_numbers.yaml").read_text()
-    return yaml.safe_load(text)
-
 
 # name -> (depth, hidden_size, num_heads, patch_size); DiT paper Table 1 / official models.py
 DIT_CONFIGS: dict[str, tuple[int, int, int, int]] = {

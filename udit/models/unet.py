@@ -11,11 +11,9 @@ Layout (official udit_models.py): 3x3 stem conv -> enc1 (C, HxW) -> enc2 (2C, H/
 Separate timestep/label embedders per width (C, 2C, 4C); module names match the official code so its
 checkpoints load strictly. forward(x, t, y): (N, in_channels, H, W) -> (N, 2*in_channels, H, W).
 """
-from functools import cache, partial
-from importlib import resources
+from functools import partial
 
 import torch
-import yaml
 from torch import nn
 
 from udit.models.embed import LabelEmbedder, TimestepEmbedder
@@ -27,6 +25,7 @@ from udit.models.unet_blocks import (
     layer_norm_2d,
     modulate_2d,
 )
+from udit.paper import paper_numbers
 
 NUM_LEVELS = 3              # encoder levels 1, 2 and the latent level (paper: three stages)
 LEVEL_STRIDE = 4            # input_size must be divisible by 4 (two 2x transitions) x 2 (token groups)
@@ -235,14 +234,8 @@ class UShapedDiT(nn.Module):
 #                                   Registry                                    #
 #################################################################################
 
-@cache
-def _paper() -> dict:
-    """udit/paper/paper_numbers.yaml, the one in-repo source of every paper number."""
-    return yaml.safe_load(resources.files("udit").joinpath("paper", "paper_numbers.yaml").read_text())
-
-
 def _paper_gflops(table: str, row: str) -> float:
-    return float(_paper()[table][row][0])  # columns: [gflops, fid, sfid, is, precision, recall]
+    return float(paper_numbers()[table][row][0])  # columns: [gflops, fid, sfid, is, precision, recall]
 
 
 RELEASED_TOL, TOY_TOL = 0.01, 0.03  # fvcore GFLOPs vs paper: released configs are known, toy ones reconstructed
@@ -313,7 +306,7 @@ UNET_MODELS: dict[str, ModelSpec] = {s.name: s for s in [
     *[_spec(name, dict(RELEASED_COMMON, **width), source="T2", tol=RELEASED_TOL,
             gflops=_paper_gflops("main_400k_T2", name),
             note="official udit_models.py U_DiT_S/B/L; official checkpoints load strictly",
-            paper_params_m=_paper()["configurations_T8"][name]["params_m"],
+            paper_params_m=paper_numbers()["configurations_T8"][name]["params_m"],
             train_graph_params_m=TRAIN_GRAPH_PARAMS_M[name])
       for name, width in RELEASED.items()],
 ]}
