@@ -1,26 +1,26 @@
 """Metrics: torch-fidelity Inception features, ADM protocol, reference and evaluate commands.
 
-Offline: the official Inception weights cannot be downloaded here, so a random-weight
-state dict of the same architecture is generated once per session (~96 MB, tmp dir only)
-and loaded through the real weights-path code. PyTorch's default init makes activations
-vanish, so convs get Kaiming-normal weights and BatchNorm statistics are calibrated on
-one batch; metrics on such features are meaningful for plumbing, not for quality.
+Offline: the official Inception weights cannot be downloaded here, so the stand-in of
+`udit make-standin-inception` (udit/metrics/standin.py: Kaiming convs, BatchNorm calibrated
+on one batch of images) is generated once per session (~96 MB, tmp dir only) and loaded
+through the real weights-path code; metrics on its features are meaningful for plumbing,
+not for quality.
 Every Inception forward costs ~6 GFLOPs on CPU, so the image sets are tiny and every test
 that runs Inception is marked slow; the rest check the metric code on synthetic features.
 """
 
 import json
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pytest
+import scipy.linalg
 import torch
 from PIL import Image
 from torch_fidelity import FeatureExtractorInceptionV3
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
-from udit.metrics import evaluate, inception, provenance, reference, scores
+from udit.metrics import evaluate, inception, provenance, reference, scores, standin
 from udit.metrics.npz import ArrayImages, NpzImages, open_npz_array
 
 N_IMAGES = 12  # > k + 1 for precision/recall; small because Inception is slow on CPU
@@ -39,35 +39,6 @@ def smooth_images(n: int, *, seed: int) -> np.ndarray:
     return fine.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def make_random_inception_weights(path: Path, *, seed: int = 0) -> None:
-    """torch-fidelity's Inception-V3 with Kaiming convs and calibrated BatchNorm, saved at `path`."""
-    torch.manual_seed(seed)
-    empty = path.with_name("empty.pth")
-    torch.save({}, empty)
-    # Build the real architecture without loading anything: skip the weights load once.
-    with mock.patch.object(
-        FeatureExtractorInceptionV3, "load_state_dict", lambda self, state_dict: None
-    ):
-        model = FeatureExtractorInceptionV3(
-            "random", ["logits"], feature_extractor_weights_path=str(empty)
-        )
-    for module in model.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-        elif isinstance(module, torch.nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None  # cumulative average: one batch sets the running stats
-    torch.nn.init.normal_(model.fc.weight, std=2048**-0.5)
-    torch.nn.init.zeros_(model.fc.bias)
-    model.train()
-    calibration = torch.from_numpy(smooth_images(CALIBRATION_IMAGES, seed=seed + 100)).permute(
-        0, 3, 1, 2
-    )
-    with torch.no_grad():
-        model(calibration)
-    torch.save(model.state_dict(), path)
-
-
 def write_npz(path: Path, **arrays) -> Path:
     np.savez(path, **arrays)
     return path
@@ -75,8 +46,20 @@ def write_npz(path: Path, **arrays) -> Path:
 
 @pytest.fixture(scope="session")
 def weights(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
-    make_random_inception_weights(path)
+    """The stand-in the DAG makes offline (`udit make-standin-inception`), BN calibrated on PNGs."""
+    root = tmp_path_factory.mktemp("inception")
+    folder = root / "calibration" / "class_0"
+    folder.mkdir(parents=True)
+    for i, image in enumerate(smooth_images(CALIBRATION_IMAGES, seed=100)):
+        Image.fromarray(image).save(folder / f"{i:03d}.png")
+    path = root / "standin.pth"
+    standin.make_standin_inception(
+        out=path,
+        seed=0,
+        calibration_images=root / "calibration",
+        num_calibration=CALIBRATION_IMAGES,
+        image_size=SIZE,
+    )
     return path
 
 
@@ -245,6 +228,76 @@ def test_inception_score_matches_adm_formula_with_remainder_split():
     assert out["splits"] == 3
     assert out["mean"] == pytest.approx(np.mean(per_split), rel=1e-5)
     assert scores.inception_score_adm(logits[:4000])["splits"] == 1  # fewer than 5000: one split
+
+
+def adm_frechet_distance(features_1: np.ndarray, features_2: np.ndarray) -> float:
+    """ADM evaluator.py FIDStatistics.frechet_distance, written independently: np.cov + scipy sqrtm."""
+    mu1, mu2 = features_1.mean(0), features_2.mean(0)
+    sigma1, sigma2 = np.cov(features_1, rowvar=False), np.cov(features_2, rowvar=False)
+    covmean = scipy.linalg.sqrtm(
+        sigma1 @ sigma2
+    ).real  # principal root; imaginary part is round-off
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def correlated_features(n: int, dim: int, *, seed: int, shift: float) -> np.ndarray:
+    """float64 (n, dim): Gaussian with a random full (non-diagonal) covariance."""
+    rng = np.random.default_rng(seed)
+    mixing = rng.normal(size=(dim, dim))
+    return rng.normal(size=(n, dim)) @ mixing + shift
+
+
+def test_frechet_distance_matches_scipy_sqrtm_on_correlated_features():
+    generated = correlated_features(400, 12, seed=1, shift=0.3)
+    real = correlated_features(300, 12, seed=2, shift=0.0)
+    corr = np.corrcoef(generated, rowvar=False)
+    assert np.abs(corr - np.eye(12)).max() > 0.3  # the covariance really is far from diagonal
+    expected = adm_frechet_distance(generated, real)
+    got = scores.frechet_distance(scores.gaussian_stats(generated), scores.gaussian_stats(real))
+    assert expected > 1.0  # a non-trivial distance, not 0 == 0
+    assert abs(got - expected) <= 1e-6
+
+
+def adm_manifold_precision_recall(generated: np.ndarray, real: np.ndarray, *, k: int):
+    """ADM ManifoldEstimator (nhood_sizes=(k,), no clamping), written independently in float64.
+
+    Radius of a point = squared distance to its k-th nearest neighbour in its own set (self
+    excluded, i.e. column k of the sorted row that starts with the 0 to itself). Precision =
+    share of generated points inside some real ball (<=), recall = share of real points inside
+    some generated ball. Also returns the smallest relative gap between a distance and a
+    radius, to show that float32 rounding cannot flip a comparison.
+    """
+
+    def sq_dists(a, b):
+        return ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)  # (len(a), len(b))
+
+    radius_real = np.sort(sq_dists(real, real), axis=1)[:, k]  # (N_real,)
+    radius_gen = np.sort(sq_dists(generated, generated), axis=1)[:, k]  # (N_gen,)
+    gen_to_real = sq_dists(generated, real)  # (N_gen, N_real)
+    precision = np.mean((gen_to_real <= radius_real[None, :]).any(axis=1))
+    recall = np.mean((gen_to_real.T <= radius_gen[None, :]).any(axis=1))
+    gap = min(
+        np.min(np.abs(gen_to_real - radius_real[None, :]) / radius_real[None, :]),
+        np.min(np.abs(gen_to_real.T - radius_gen[None, :]) / radius_gen[None, :]),
+    )
+    return float(precision), float(recall), float(gap)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_precision_recall_equal_adm_manifold_estimator(dtype):
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(150, 6)).astype(dtype)
+    generated = (0.9 * rng.normal(size=(120, 6)) + 0.7).astype(dtype)  # shifted, a bit narrower
+    precision, recall, gap = adm_manifold_precision_recall(
+        generated.astype(np.float64), real.astype(np.float64), k=3
+    )
+    assert gap > 1e-4  # well separated: the float32 distances of torch-fidelity decide the same
+    assert 0.1 < precision < 0.95 and 0.1 < recall < 0.95  # neither trivially 0 nor 1
+    assert scores.precision_recall(generated, real, k=3) == {
+        "precision": precision,
+        "recall": recall,
+    }
 
 
 def test_precision_recall_orientation():

@@ -112,7 +112,12 @@ def precision_recall(
         save_cpu_ram=True,  # blockwise distances: a full 50k x 50k float32 matrix would be 10 GB
         verbose=False,
     )
-    return {"precision": out[KEY_METRIC_PRECISION], "recall": out[KEY_METRIC_RECALL]}
+    # torch-fidelity returns a float32 mean of 0/1 flags (0.8 -> 0.800000011920929); the count
+    # behind it is exact (< 2**24), so recover it and report count / N in float64 as ADM does.
+    return {
+        "precision": round(out[KEY_METRIC_PRECISION] * len(sample_pool)) / len(sample_pool),
+        "recall": round(out[KEY_METRIC_RECALL] * len(reference_pool)) / len(reference_pool),
+    }
 
 
 def kid(sample_pool: np.ndarray, reference_pool: np.ndarray, *, seed: int = TF_SEED) -> dict:
