@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,10 +41,18 @@ def snakemake(*args, cwd=ROOT):
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
 
 
-def sacct_states(job_ids):
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
-                         capture_output=True, text=True, check=True).stdout
-    return dict(line.split("|")[:2] for line in out.split())
+def sacct_states(job_ids, *, settle_s=60):
+    """Final states from accounting; slurmdbd records job ends asynchronously, so wait until
+    no job is still PENDING/RUNNING/COMPLETING there."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
+                             capture_output=True, text=True, check=True).stdout
+        states = dict(line.split("|")[:2] for line in out.split())
+        settled = set(states) == set(job_ids) and not {"PENDING", "RUNNING", "COMPLETING"} & set(states.values())
+        if settled or time.monotonic() > deadline:
+            return states
+        time.sleep(2)
 
 
 def submitted_job_ids(output: str) -> list[str]:
