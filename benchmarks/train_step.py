@@ -89,11 +89,19 @@ def run_path(*, harness: bool, model: torch.nn.Module, batch: dict, args) -> dic
     drops = LabelDropControl(model)  # same label-drop coins on both paths
     drops.masks = batch["drop"][:, None].expand(-1, len(drops)).to(device)
     kernel = args.adam if harness else "loop"
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0,
-                            fused=True if kernel == "fused" else None, foreach=kernel == "foreach")
+    opt = torch.optim.AdamW(
+        model.parameters(),
+        lr=LR,
+        weight_decay=0,
+        fused=True if kernel == "fused" else None,
+        foreach=kernel == "foreach",
+    )
     net, x = model, batch["x"]
     if harness and args.channels_last:
-        net, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+        net, x = (
+            model.to(memory_format=torch.channels_last),
+            x.to(memory_format=torch.channels_last),
+        )
     if harness and args.compile:
         net = torch.compile(net)
     bf16 = harness and args.precision == "bf16"
@@ -105,14 +113,22 @@ def run_path(*, harness: bool, model: torch.nn.Module, batch: dict, args) -> dic
         for i in range(args.warmup + args.iters):
             _sync(device)
             start = time.perf_counter()
-            terms, _ = train_step(net=net, opt=opt, diffusion=diffusion, x=x, y=batch["y"],
-                                  t=batch["t"], noise=batch["noise"], autocast=autocast)
+            terms, _ = train_step(
+                net=net,
+                opt=opt,
+                diffusion=diffusion,
+                x=x,
+                y=batch["y"],
+                t=batch["t"],
+                noise=batch["noise"],
+                autocast=autocast,
+            )
             _sync(device)
             times.append(time.perf_counter() - start)
             if i == 0:
                 loss = terms["loss"].mean().item()
     drops.remove()
-    ips = [len(batch["y"]) / s for s in times[args.warmup:]]
+    ips = [len(batch["y"]) / s for s in times[args.warmup :]]
     return {"loss": loss, "ips": ips, "first_s": times[0]}
 
 
@@ -134,8 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="harness only")
     p.add_argument("--compile", action="store_true", help="torch.compile the harness model")
     p.add_argument("--tf32", action="store_true", help="TF32 matmuls (CUDA; both paths)")
-    p.add_argument("--adam", choices=("fused", "foreach", "loop"), default="foreach",
-                   help="harness AdamW kernel (foreach: fastest measured on CPU, see README)")
+    p.add_argument(
+        "--adam",
+        choices=("fused", "foreach", "loop"),
+        default="foreach",
+        help="harness AdamW kernel (foreach: fastest measured on CPU, see README)",
+    )
     p.add_argument("--channels-last", action="store_true", help="harness in channels-last")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--warmup", type=int, default=2)
@@ -165,30 +185,41 @@ def main(argv: list[str] | None = None) -> int:
         peak = next((v for k, v in PEAK_TFLOPS.items() if k in gpu), None)
     switches = [f"adam={args.adam}", args.precision]
     switches += ["compile"] * args.compile + ["channels-last"] * args.channels_last
-    print(f"device={device} threads={torch.get_num_threads()} load_avg_1m={os.getloadavg()[0]:.2f} "
-          f"batch={args.batch} latent={LATENT_CHANNELS}x{args.input_size}^2 "
-          f"warmup={args.warmup} iters={args.iters} (median)")
-    print(f"harness: {' '.join(switches)}; reference: eager fp32, manual attention, "
-          f"AdamW foreach=False")
-    header = f"{'model':10} {'ref img/s':>10} {'harness img/s':>14} {'ratio':>6} " \
-             f"{'|dloss|':>9} {'MFU':>6}"
+    print(
+        f"device={device} threads={torch.get_num_threads()} load_avg_1m={os.getloadavg()[0]:.2f} "
+        f"batch={args.batch} latent={LATENT_CHANNELS}x{args.input_size}^2 "
+        f"warmup={args.warmup} iters={args.iters} (median)"
+    )
+    print(
+        f"harness: {' '.join(switches)}; reference: eager fp32, manual attention, "
+        f"AdamW foreach=False"
+    )
+    header = (
+        f"{'model':10} {'ref img/s':>10} {'harness img/s':>14} {'ratio':>6} "
+        f"{'|dloss|':>9} {'MFU':>6}"
+    )
     print(header)
     ok = True
     for name in args.models:
         torch.manual_seed(args.seed)
-        model = create_model(name, input_size=args.input_size, in_channels=LATENT_CHANNELS,
-                             num_classes=NUM_CLASSES).to(device)
+        model = create_model(
+            name, input_size=args.input_size, in_channels=LATENT_CHANNELS, num_classes=NUM_CLASSES
+        ).to(device)
         batch = make_batch(batch=args.batch, size=args.input_size, device=device, seed=args.seed)
         ref = run_path(harness=False, model=model, batch=batch, args=args)
         fast = run_path(harness=True, model=model, batch=batch, args=args)
         ref_ips, fast_ips = statistics.median(ref["ips"]), statistics.median(fast["ips"])
         diff = abs(ref["loss"] - fast["loss"])
         ok &= diff <= args.loss_tol
-        print(f"{name:10} {ref_ips:10.2f} {fast_ips:14.2f} {fast_ips / ref_ips:5.2f}x "
-              f"{diff:9.2e} {mfu(name=name, ips=fast_ips, size=args.input_size, device=device, peak=peak):>6}")
-        print(f"  per-step img/s  ref {[round(v, 2) for v in ref['ips']]}  "
-              f"harness {[round(v, 2) for v in fast['ips']]}  "
-              f"first step s: ref {ref['first_s']:.1f} harness {fast['first_s']:.1f}")
+        print(
+            f"{name:10} {ref_ips:10.2f} {fast_ips:14.2f} {fast_ips / ref_ips:5.2f}x "
+            f"{diff:9.2e} {mfu(name=name, ips=fast_ips, size=args.input_size, device=device, peak=peak):>6}"
+        )
+        print(
+            f"  per-step img/s  ref {[round(v, 2) for v in ref['ips']]}  "
+            f"harness {[round(v, 2) for v in fast['ips']]}  "
+            f"first step s: ref {ref['first_s']:.1f} harness {fast['first_s']:.1f}"
+        )
         sys.stdout.flush()
     print(f"load_avg_1m at end={os.getloadavg()[0]:.2f}")
     if not ok:
