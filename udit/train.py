@@ -20,8 +20,6 @@ import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from udit import checkpointing, distributed
+from udit.paper import training_settings
 from udit.train_state import (
     FLIP_PROB,
     DataOrder,
@@ -49,12 +48,6 @@ IDENTITY_FIELDS = tuple(
 )
 
 
-@lru_cache(maxsize=1)
-def _recipe() -> dict:
-    text = resources.files("udit").joinpath("paper/paper_numbers.yaml").read_text()
-    return yaml.safe_load(text)["training_settings"]
-
-
 @dataclass
 class TrainOptions:
     model: str  # registry name, e.g. 'U-DiT-B', 'DiT-S/2'
@@ -63,12 +56,12 @@ class TrainOptions:
     latents: str | None = None  # latent cache dir (VAE moments): the fast path
     images: str | None = None  # ImageFolder root: online VAE encode, or pixels
     pixel: bool = False  # with --images: train on pixels (toy runs, no VAE)
-    vae: str = _recipe()["vae"]  # sd-vae-ft-ema, as DiT / U-DiT (images mode only)
-    global_batch: int = int(_recipe()["global_batch"])  # 256 over all GPUs (paper section 4)
-    lr: float = float(_recipe()["lr"])  # 1e-4 constant, no warm-up (DiT recipe)
-    weight_decay: float = float(_recipe()["weight_decay"])  # 0 (DiT recipe)
-    ema_decay: float = float(_recipe()["ema_decay"])  # 0.9999 (DiT recipe)
-    seed: int = int(_recipe()["global_seed"])  # global seed 0 (official train.py)
+    vae: str = training_settings()["vae"]  # sd-vae-ft-ema, as DiT / U-DiT (images mode only)
+    global_batch: int = int(training_settings()["global_batch"])  # 256 over all GPUs (paper section 4)
+    lr: float = float(training_settings()["lr"])  # 1e-4 constant, no warm-up (DiT recipe)
+    weight_decay: float = float(training_settings()["weight_decay"])  # 0 (DiT recipe)
+    ema_decay: float = float(training_settings()["ema_decay"])  # 0.9999 (DiT recipe)
+    seed: int = int(training_settings()["global_seed"])  # global seed 0 (official train.py)
     num_classes: int = 1000  # ImageNet-1k
     image_size: int = 256  # pixels; latent side = image_size / VAE factor
     model_kw: dict = field(default_factory=dict)  # model overrides (tiny widths for smoke runs)
