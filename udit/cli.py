@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build-reference": ("udit.metrics.reference", "ADM-format reference npz (images, mu/sigma, mu_s/sigma_s) from an image folder"),
     "evaluate": ("udit.metrics.evaluate", "FID, sFID, IS, precision/recall, KID of a samples npz vs a reference"),
     "make-standin-inception": ("udit.metrics.standin", "seeded random-weight Inception for offline smoke runs (uncalibrated)"),
+    "plan": ("udit.plan", "training compute and GPU-hours of a config, before launch"),
     "report": ("udit.report", "paper vs reproduction tables, figures and HTML page"),
     "extract-latents": ("udit.data.latents", "encode an ImageFolder, both flips, into a sharded latent cache"),
 }
