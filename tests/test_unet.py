@@ -7,9 +7,11 @@ import pytest
 import torch
 from torch import nn
 
+from udit.flops import build_for_counting, count_flops
 from udit.models.checkpoint import CheckpointError, load_checkpoint
 from udit.models.unet import UNET_MODELS, UShapedDiT
 from udit.models.unet_blocks import (
+    LOGIT_SCALE_MAX,
     DownsampledAttention,
     RepFFN,
     apply_rope,
@@ -237,3 +239,68 @@ def test_forward_with_cfg_guides_first_three_channels():
     cond, uncond = plain[0], plain[1]
     assert torch.allclose(out[0, :3], uncond[:3] + 4.0 * (cond[:3] - uncond[:3]), atol=1e-5)
     assert torch.equal(out[:, 3:], plain[:, 3:])
+
+
+# Every attention layout x cosine x RoPE2D (RoPE2D is undefined for 'kv': its q and k grids differ).
+ATTENTION_VARIANTS = [(a, cos, rope) for a in ("full", "kv", "tokens") for cos in (False, True)
+                      for rope in (False, True) if not (rope and a == "kv")]
+
+
+def _attention_pair(attention: str, cosine: bool, rope: bool) -> tuple[DownsampledAttention, DownsampledAttention]:
+    """(fused, explicit) attention with identical random float64 weights; 16 channels, 2 heads (head_dim 8)."""
+    kw = {"num_heads": 2, "attention": attention, "downsampler": "dwconv_shortcut", "downsampler_kernel": 5,
+          "cosine": cosine, "rope": rope}
+    fused = _randomise(DownsampledAttention(16, fused=True, **kw), scale=0.5).double()
+    if cosine:  # one head below the clamp, one above it (log 100), so the clamp is exercised
+        with torch.no_grad():
+            fused.logit_scale.copy_(torch.tensor([2.0, LOGIT_SCALE_MAX + 0.5])[:, None, None])
+    explicit = DownsampledAttention(16, fused=False, **kw).double()
+    explicit.load_state_dict(fused.state_dict())  # strict: the switch adds or renames no keys
+    return fused, explicit
+
+
+@pytest.mark.parametrize("attention,cosine,rope", ATTENTION_VARIANTS)
+def test_fused_attention_equals_explicit_outputs_and_gradients(attention, cosine, rope):
+    fused, explicit = _attention_pair(attention, cosine, rope)
+    x = torch.randn(2, 16, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    grad_out = torch.randn(2, 16, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    results = []
+    for module in (fused, explicit):
+        inp = x.clone().requires_grad_(True)
+        out = module(inp)
+        out.backward(grad_out)
+        results.append((out, inp.grad, {k: p.grad for k, p in module.named_parameters()}))
+    (out_f, gx_f, gp_f), (out_e, gx_e, gp_e) = results
+    assert out_f.abs().max() > 1e-2  # a real comparison, not of zeros
+    assert (out_f - out_e).abs().max() < 1e-10
+    assert (gx_f - gx_e).abs().max() < 1e-10
+    assert gp_f.keys() == gp_e.keys()
+    for name in gp_f:
+        assert (gp_f[name] - gp_e[name]).abs().max() < 1e-10, name
+    if cosine:  # the clamped head gets no temperature gradient, the other does, on both paths
+        assert gp_f["logit_scale"][1].abs().max() == 0 and gp_f["logit_scale"][0].abs().max() > 0
+
+
+def test_fused_attention_switch_whole_model_and_keys():
+    model = _randomise(UShapedDiT(**TINY, class_dropout_prob=0.0)).double()
+    explicit = UShapedDiT(**TINY, class_dropout_prob=0.0, fused_attention=False).double()
+    explicit.load_state_dict(model.state_dict())  # same keys either way: official checkpoints still load
+    x, t, y = _inputs(2, 16, dtype=torch.float64)
+    fused_out = model(x, t, y)
+    assert (fused_out - explicit(x, t, y)).abs().max() < 1e-10
+    model.set_fused_attention(False)
+    assert all(not m.fused for m in model.modules() if isinstance(m, DownsampledAttention))
+    assert (model(x, t, y) - fused_out).abs().max() < 1e-10
+
+
+# U-DiT-S: two fvcore traces, ~17 s on 2 shared CPU cores
+@pytest.mark.parametrize("name", ["U-DiT-T", pytest.param("U-DiT-S", marks=pytest.mark.slow)])
+def test_fvcore_count_independent_of_attention_kernel(name):
+    model, _ = build_for_counting(name, input_size=32)
+    assert all(m.fused for m in model.modules() if isinstance(m, DownsampledAttention))  # default: SDPA
+    fused, uncounted = count_flops(model, input_size=32)
+    assert uncounted == {}
+    model.set_fused_attention(False)
+    explicit, _ = count_flops(model, input_size=32)
+    assert fused == explicit
+    assert fused / 1e9 == pytest.approx(UNET_MODELS[name].paper_gflops, rel=UNET_MODELS[name].extra["gflops_tolerance"])

@@ -111,6 +111,7 @@ class UShapedDiT(nn.Module):
         dec1_mult: int = 2,                # official dec1 runs at 2C (reduce_chan_level1: 2C -> 2C)
         output_conv: bool = True,          # 3x3 conv at dec1 width before the final layer (official)
         shared_label_drop: bool = False,   # official: each width's label embedder drops labels independently
+        fused_attention: bool = True,      # F.scaled_dot_product_attention; False = explicit q k^T (same numbers)
     ):
         super().__init__()
         if input_size % (LEVEL_STRIDE * 2):
@@ -124,7 +125,7 @@ class UShapedDiT(nn.Module):
         widths = (c, 2 * c, 4 * c, 2 * c, dec1_mult * c)
         block = partial(UDiTBlock, sublayers=sublayers, ffn=ffn, mlp_ratio=mlp_ratio, num_heads=num_heads,
                         attention=attention, downsampler=downsampler, downsampler_kernel=downsampler_kernel,
-                        cosine=cosine, rope=rope)
+                        cosine=cosine, rope=rope, fused=fused_attention)
 
         self.x_embedder = Stem(in_channels, c)
         for level, width in enumerate((c, 2 * c, 4 * c), start=1):
@@ -144,6 +145,12 @@ class UShapedDiT(nn.Module):
         self.output = nn.Conv2d(widths[4], widths[4], 3, padding=1) if output_conv else nn.Identity()
         self.final_layer = FinalLayer(widths[4], self.out_channels)
         self.initialize_weights()
+
+    def set_fused_attention(self, fused: bool) -> None:
+        """Switch every attention between SDPA (True) and explicit q k^T (False); weights are untouched."""
+        for m in self.modules():
+            if isinstance(m, DownsampledAttention):
+                m.fused = fused
 
     def blocks(self) -> list[UDiTBlock]:
         return [*self.encoder_level_1, *self.encoder_level_2, *self.latent, *self.decoder_level_2,

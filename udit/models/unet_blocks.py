@@ -107,10 +107,13 @@ class DownsampledAttention(nn.Module):
     'kv'     : queries stay at H*W tokens; keys and values are 2x2 average-pooled to H/2 x W/2 tokens
                (reconstruction: the paper gives no operator; projections stay at full resolution so the
                cost matches token downsampling, 0.91 vs 0.90 GFLOPs in T1).
-    Explicit q @ k^T (as the official code) so fvcore counts the attention matmuls."""
+    `fused=True` (default, as DiT) runs F.scaled_dot_product_attention (flash / memory-efficient
+    kernels on GPU); False spells out softmax(q k^T * scale) v as the official code does. Both give
+    the same numbers and the same fvcore count (udit.flops handles the SDPA op); no parameters
+    depend on the switch, so state-dict keys are the same either way."""
 
     def __init__(self, dim: int, *, num_heads: int, attention: str, downsampler: str, downsampler_kernel: int,
-                 cosine: bool, rope: bool):
+                 cosine: bool, rope: bool, fused: bool = True):
         super().__init__()
         if attention not in ATTENTIONS:
             raise ValueError(f"unknown attention {attention!r}; choose from {ATTENTIONS}")
@@ -120,7 +123,7 @@ class DownsampledAttention(nn.Module):
             raise ValueError(f"RoPE2D needs head_dim divisible by 4; width {dim} / {num_heads} heads = {dim // num_heads}")
         if rope and attention == "kv":
             raise ValueError("RoPE2D with key/value-only downsampling is not defined (q and k grids differ)")
-        self.attention, self.heads, self.rope = attention, num_heads, rope
+        self.attention, self.heads, self.rope, self.fused = attention, num_heads, rope, fused
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
         if attention != "full":
@@ -143,6 +146,25 @@ class DownsampledAttention(nn.Module):
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         return t.unflatten(-1, (self.heads, self.head_dim)).transpose(-3, -2)  # (N, P, n, C) -> (N, P, heads, n, d)
 
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T * scale) v for q (N, P, heads, n, d), k and v (N, P, heads, n_kv, d).
+        Cosine attention: q and k unit-normalised, scale = exp(logit_scale clamped at log 100) per head."""
+        scale = self.scale
+        if self.logit_scale is not None:  # cosine similarity with a clamped learnable temperature
+            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+            scale = self.logit_scale.clamp(max=LOGIT_SCALE_MAX).exp()        # (heads, 1, 1)
+        if not self.fused:
+            attn = (q @ k.transpose(-2, -1)) * scale                         # (N, P, heads, n, n_kv)
+            return attn.softmax(dim=-1) @ v                                   # (N, P, heads, n, d)
+        if self.logit_scale is not None:
+            # SDPA takes one float scale: fold the per-head temperature into q ((s q) k^T = s (q k^T)).
+            q, scale = q * scale, 1.0
+        groups = q.shape[:2]
+        # Flash / memory-efficient kernels want (batch, heads, L, d): fold the token groups into the batch.
+        out = F.scaled_dot_product_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1),
+                                             scale=scale)                     # (N*P, heads, n, d)
+        return out.unflatten(0, groups)                                       # (N, P, heads, n, d)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         f = DOWN_FACTOR
@@ -161,12 +183,7 @@ class DownsampledAttention(nn.Module):
         if self.rope:
             cos, sin = self._rope_tables(gh, gw, q)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if self.logit_scale is not None:  # cosine similarity with a clamped learnable temperature
-            attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
-            attn = attn * self.logit_scale.clamp(max=LOGIT_SCALE_MAX).exp()
-        else:
-            attn = (q @ k.transpose(-2, -1)) * self.scale                    # (N, P, heads, n, n_kv)
-        out = attn.softmax(dim=-1) @ v                                        # (N, P, heads, n, d)
+        out = self._attend(q, k, v)                                           # (N, P, heads, n, d)
         out = out.transpose(-3, -2).flatten(-2)                               # (N, P, n, C)
         if self.attention == "tokens":
             out = from_groups(out, f, h, w)                                   # (N, C, H, W)
