@@ -14,18 +14,16 @@ unpickling it; a file with no sidecar (job killed between the two writes) is acc
 only if torch.load reads it.
 """
 
-import hashlib
 import json
-import os
 import re
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from udit.io import atomic_torch_save, atomic_write_bytes, atomic_write_json, sha256_file
 from udit.train_state import capture_rng, restore_rng
 
 CKPT_DIR = "checkpoints"
@@ -33,81 +31,11 @@ LOG_NAME = "log.jsonl"  # one JSON object per logged step
 OPTIONS_NAME = "options.json"  # the resolved options of the run
 CKPT_PATTERN = re.compile(r"^ckpt-(\d{7,})\.pt$")
 SIDECAR_SUFFIX = ".sha256"
-HASH_CHUNK = 1 << 20  # bytes read at a time while hashing
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-FILE_MODE = 0o666 & ~_umask()  # mkstemp makes 0600 files; give outputs the usual permissions
 
 
 def ckpt_name(step: int) -> str:
     """Zero-padded like the official repos' 0400000.pt, so names sort by step."""
     return f"ckpt-{step:07d}.pt"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist the rename itself (POSIX: a directory entry is durable only after the dir is synced)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some filesystems do not allow opening directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via temp file + fsync + os.replace."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_torch_save(obj, path: Path) -> str:
-    """torch.save `obj` atomically; returns the SHA-256 of the bytes written."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        digest = sha256_file(Path(tmp))
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return digest
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -196,7 +124,7 @@ def load_checkpoint_state(path: Path, map_location="cpu") -> dict:
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_json(path, obj, sort_keys=True)
 
 
 def check_same_run(run_dir: Path, *, options: dict, identity_fields: tuple[str, ...]) -> None:

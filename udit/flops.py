@@ -25,7 +25,6 @@ import math
 import multiprocessing
 import os
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -34,6 +33,7 @@ from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
 from torch import nn
 
+from udit.io import atomic_write_text
 from udit.models import MODELS, get_spec
 from udit.paper import paper_numbers
 
@@ -226,18 +226,6 @@ def tolerance(name: str) -> float:
     return float(get_spec(name).extra.get("gflops_tolerance", DEFAULT_TOLERANCE))
 
 
-def _atomic_write(path: str, text: str) -> None:
-    folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def to_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
@@ -250,8 +238,8 @@ def write_table(rows: list[dict], *, out_dir: str) -> tuple[str, str]:
     """flops.csv and flops.json in out_dir, each replaced atomically."""
     os.makedirs(out_dir, exist_ok=True)
     csv_path, json_path = os.path.join(out_dir, "flops.csv"), os.path.join(out_dir, "flops.json")
-    _atomic_write(csv_path, to_csv(rows))
-    _atomic_write(json_path, json.dumps(rows, indent=1) + "\n")
+    atomic_write_text(csv_path, to_csv(rows))
+    atomic_write_text(json_path, json.dumps(rows, indent=1) + "\n")
     return csv_path, json_path
 
 

@@ -15,13 +15,10 @@ Resume: each batch is saved as a shard under OUT.parts/ (atomically); a re-run o
 command only computes the indices no shard holds yet, then assembles OUT in index order.
 """
 import argparse
-import hashlib
 import json
 import math
-import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +29,7 @@ from tqdm import tqdm
 
 from udit import distributed
 from udit.diffusion import DEFAULT_SAMPLING_STEPS, ClassifierFreeGuidance, create_diffusion
+from udit.io import atomic_open, atomic_savez, atomic_write_json, sha256_file
 from udit.paper import training_settings
 
 PARTS_SUFFIX = ".parts"          # OUT.npz -> OUT.npz.parts/ holds the finished shards
@@ -82,25 +80,10 @@ def sample_labels(*, seed: int, indices: list[int], num_classes: int, mode: str)
 #                             Files: atomic, shards                             #
 #################################################################################
 
-def _atomic_write(path: Path, write) -> None:
-    """write(file_object) into a temp file beside `path`, fsync, then os.replace into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_npz(path: Path, **arrays: np.ndarray) -> None:
     """Uncompressed npz (the ADM evaluator streams arr_0 out of the zip), written atomically."""
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}  # C order: fortran_order False
-    _atomic_write(Path(path), lambda f: np.savez(f, **arrays))
+    atomic_savez(path, **arrays)
 
 
 def finished_indices(parts: Path, *, delete_unreadable: bool = False) -> dict[int, Path]:
@@ -151,7 +134,8 @@ def image_grid(images: np.ndarray) -> np.ndarray:
 def write_png(path: Path, image: np.ndarray) -> None:
     from PIL import Image
 
-    _atomic_write(Path(path), lambda f: Image.fromarray(image).save(f, format="PNG"))
+    with atomic_open(path, "wb") as f:
+        Image.fromarray(image).save(f, format="PNG")
 
 
 #################################################################################
@@ -222,11 +206,7 @@ def checkpoint_sha256(path: Path) -> str:
     sidecar = path.with_name(path.name + ".sha256")
     if sidecar.is_file() and sidecar.read_text().strip():
         return sidecar.read_text().split()[0]
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def build_model(*, checkpoint, options: dict, in_channels: int, input_size: int, weights: str,
@@ -397,7 +377,7 @@ def _vae_fingerprint(vae) -> dict:
 
 
 def write_json(path: Path, obj) -> None:
-    _atomic_write(Path(path), lambda f: f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
+    atomic_write_json(path, obj, sort_keys=True)
 
 
 #################################################################################

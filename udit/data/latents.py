@@ -27,18 +27,18 @@ import sys
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from udit.data.imagenet import build_image_dataset
 from udit.data.vae import DEFAULT_VAE, LATENT_SCALE, VaeNotAvailableError, load_vae, vae_fingerprint
+from udit.io import atomic_write_bytes, atomic_write_json, sha256_file
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 FLIPS = (False, True)  # index 0: as cropped, 1: horizontally flipped (DiT's RandomHorizontalFlip)
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
-HASH_CHUNK = 1 << 20
 
 
 class CorruptCacheError(RuntimeError):
@@ -47,28 +47,6 @@ class CorruptCacheError(RuntimeError):
 
 def shard_name(index: int) -> str:
     return f"shard_{index:05d}.safetensors"
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _write_json_atomic(path: str, data: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _dataset_sha256(dataset) -> str:
@@ -210,9 +188,7 @@ def extract_latents(
             progress=bar,
         )
         path = os.path.join(out, shard_name(s))
-        save_file(tensors, f"{path}.tmp")
-        os.chmod(f"{path}.tmp", 0o666 & ~_umask())  # safetensors writes 0600; caches are shared
-        os.replace(f"{path}.tmp", path)
+        atomic_write_bytes(path, save(tensors))  # usual mode, not 0600: caches are shared
         shards[shard_name(s)] = {
             "file": shard_name(s),
             "start": start,
@@ -220,12 +196,12 @@ def extract_latents(
             "bytes": os.path.getsize(path),
             "sha256": sha256_file(path),
         }
-        _write_json_atomic(
+        atomic_write_json(
             manifest_path, {**settings, "shards": [shards[k] for k in sorted(shards)]}
         )
     bar.close()
     manifest = {**settings, "shards": [shards[shard_name(s)] for s in range(num_shards)]}
-    _write_json_atomic(manifest_path, manifest)
+    atomic_write_json(manifest_path, manifest)
     return manifest
 
 

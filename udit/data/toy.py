@@ -21,6 +21,8 @@ import time
 import numpy as np
 from PIL import Image, ImageDraw
 
+from udit.io import atomic_write_json
+
 MANIFEST = "toy_data.json"
 GENERATOR_VERSION = 1  # bump when the pictures change, so old folders are not silently mixed
 SUPERSAMPLE = 4  # draw at 4x and box-downsample: anti-aliased edges, like photos have
@@ -172,14 +174,6 @@ def make_image(*, class_index: int, image_index: int, size: int, seed: int) -> I
     return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="RGB")
 
 
-def _write_json_atomic(path: str, data: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def generate_toy_data(
     *, out: str, num_classes: int = 10, per_class: int = 300, size: int = 32, seed: int = 0
 ) -> dict:
@@ -209,7 +203,7 @@ def generate_toy_data(
                 f"use another --out or delete it"
             )
     else:
-        _write_json_atomic(manifest, settings)  # first, so a partial folder records what it is
+        atomic_write_json(manifest, settings, sort_keys=True)  # first, so a partial folder records what it is
     written = skipped = 0
     for c in range(num_classes):
         folder = os.path.join(out, class_folder(c))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from udit.io import atomic_write_json
 from udit.metrics import inception, provenance, scores
 from udit.metrics.npz import NpzImages
 from udit.metrics.reference import load_reference
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         num_workers=args.workers,
         progress=args.progress,
     )
-    provenance.atomic_write_json(args.out, result)
+    atomic_write_json(args.out, result)
     flag = "  [UNCALIBRATED: not the official Inception weights]" if result["uncalibrated"] else ""
     print(
         f"FID {result['fid']:.4f}  sFID {result['sfid']:.4f}  IS {result['is']:.3f}  "

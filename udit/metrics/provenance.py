@@ -12,47 +12,19 @@ Any other file makes a result
 """
 
 import datetime
-import hashlib
-import json
-import os
 import platform
-import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from udit.io import git_commit, sha256_file
+
 OFFICIAL_WEIGHTS_SHA256_PREFIX = "6726825d"  # from the file name; torch hub hash_prefix convention
-HASH_CHUNK = 1 << 20  # bytes read at a time while hashing
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def is_official_weights(sha256: str) -> bool:
     return sha256.startswith(OFFICIAL_WEIGHTS_SHA256_PREFIX)
-
-
-def git_commit() -> str | None:
-    """HEAD of the checkout this package runs from, or None (installed wheel, no git)."""
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 def versions() -> dict[str, str]:
@@ -91,39 +63,3 @@ def collect(*, device: torch.device, weights: Path, files: dict[str, Path]) -> d
         "git_commit": git_commit(),
         "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Temp file in the same directory + fsync + os.replace: a reader sees old or new, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: str | Path, obj: dict) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def atomic_savez(path: str | Path, **arrays) -> None:
-    """np.savez (uncompressed, so readers can memory-map it) written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

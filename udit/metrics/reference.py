@@ -23,6 +23,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from udit.data.imagenet import center_crop_arr  # ADM centre crop, shared with training data
+from udit.io import atomic_savez
 from udit.metrics import inception, provenance, scores
 from udit.metrics.npz import ArrayImages, NpzImages, npz_keys, open_npz_array
 
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     prov = provenance.collect(device=device, weights=weights, files={})
     arrays["provenance_json"] = np.array(json.dumps({"options": options, "provenance": prov}))
-    provenance.atomic_savez(args.out, **arrays)
+    atomic_savez(args.out, **arrays)
     official = (
         "official"
         if prov["inception_weights"]["official"]

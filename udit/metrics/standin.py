@@ -22,8 +22,6 @@ the same tensors.
 
 import argparse
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +29,7 @@ import torch
 from torch_fidelity import FeatureExtractorInceptionV3
 from torchvision.datasets import ImageFolder
 
+import udit.io
 from udit.data.imagenet import CenterCrop  # ADM centre crop, as build-reference and training
 from udit.metrics import provenance
 from udit.metrics.inception import POOL
@@ -132,20 +131,13 @@ def standin_state_dict(
 
 def atomic_torch_save(state_dict: dict, path: Path) -> None:
     """Temp file beside `path`, checked by torch-fidelity's own strict load, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state_dict, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, WEIGHTS_MODE)  # mkstemp makes it owner-only; other jobs read this file
+
+    def strict_load(tmp: Path) -> None:
         # the exact code path of --inception-weights: raises on any missing key or shape
-        FeatureExtractorInceptionV3("check", [POOL], feature_extractor_weights_path=tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        FeatureExtractorInceptionV3("check", [POOL], feature_extractor_weights_path=str(tmp))
+
+    # WEIGHTS_MODE: mkstemp makes it owner-only; other jobs read this file
+    udit.io.atomic_torch_save(state_dict, path, check=strict_load, file_mode=WEIGHTS_MODE)
 
 
 def make_standin_inception(

@@ -13,10 +13,7 @@ Anything not run yet is "pending"; numbers from a stand-in Inception get a red b
 
 import argparse
 import datetime
-import os
-import subprocess
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -24,9 +21,11 @@ import jinja2
 import pandas as pd
 
 from udit import experiments as ex
+from udit.io import atomic_write_bytes, git_commit
 from udit.report import figures, tables, tolerances
 
 TEMPLATE = "index.html.j2"
+REPORT_MODE = 0o644  # the report is meant to be shared, whatever the umask
 PACKAGES = [
     "torch",
     "torchvision",
@@ -49,17 +48,8 @@ FIGURES = {  # file stem -> caption (the page and workflow/captions/figure.rst)
 
 def atomic_write(path: Path, data: str | bytes) -> None:
     """Temp file beside the target + os.replace: a reader sees the old or the new file, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    data = data.encode() if isinstance(data, str) else data
+    atomic_write_bytes(path, data, file_mode=REPORT_MODE)
 
 
 def package_versions() -> dict[str, str]:
@@ -70,20 +60,6 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
-
-
-def git_commit() -> str | None:
-    try:
-        res = subprocess.run(
-            ["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return res.stdout.strip() or None
 
 
 def copy_grids(nodes: list[tables.Node], *, results: Path, out_dir: Path) -> list[dict]:
