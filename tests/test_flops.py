@@ -109,7 +109,7 @@ def test_cli_json_and_files(tmp_path, capsys):
     with open(tmp_path / "flops.csv", newline="") as f:
         table = list(csv.DictReader(f))
     assert list(table[0]) == COLUMNS and table[1]["model"] == "DiT-S/4"
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]  # atomic writes left no temp
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # atomic writes left no temp
 
 
 def test_cli_other_size_has_no_paper_number(tmp_path, capsys):
