@@ -6,15 +6,15 @@
 
 Both paths start from the same weights and see the same batch, timesteps, noise and label-drop
 coins; the first step's losses must agree to --loss-tol (1e-4, issue 3) or the script exits 1.
-  reference : eager fp32, attention as softmax(q k^T / sqrt(d)) v spelled out, AdamW with
+  reference : eager fp32, attention as softmax(q k^T * scale) v spelled out, AdamW with
               foreach=False (one small kernel per tensor), contiguous NCHW, no compile.
   harness   : udit.train.train_step with the switches `udit train` offers (fused AdamW,
-              --precision, --compile, --tf32) and F.scaled_dot_product_attention wherever the
-              model calls it (DiT; the U-shaped models spell q k^T out themselves, so fvcore
-              counts it: there both paths run the same attention).
-The reference attention is swapped in by `manual_attention()`, a context manager that rebinds
-torch.nn.functional.scaled_dot_product_attention for the reference step only (DiT's Attention
-looks it up at call time) and restores it on exit; nothing outside this script sees it.
+              --precision, --compile, --tf32) and the models' default attention:
+              F.scaled_dot_product_attention (DiT and the U-shaped family both default to it).
+The reference copy gets every attention `fused` switch turned off (DiT's Attention and the
+U-shaped DownsampledAttention: explicit q k^T, the official code's form); as a catch-all,
+`manual_attention()` also rebinds torch.nn.functional.scaled_dot_product_attention to an
+explicit version for the reference step only and restores it on exit.
 Images/s is the median over --iters timed steps after --warmup steps (compile happens there).
 The 1-minute load average is printed: on a shared CPU it bounds how much a ratio means.
 MFU (GPU): train FLOPs = 3 x forward (backward ~ 2 x forward) x 2 FLOPs per MAC, forward MACs
@@ -65,6 +65,17 @@ def manual_attention():
         F.scaled_dot_product_attention = saved
 
 
+def use_explicit_attention(model: torch.nn.Module) -> int:
+    """Turn off every attention `fused` switch in `model`; -> how many modules were switched."""
+    switched = 0
+    for m in model.modules():
+        # DiT Attention and the U-shaped DownsampledAttention carry one
+        if isinstance(getattr(m, "fused", None), bool):
+            m.fused = False
+            switched += 1
+    return switched
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -86,6 +97,11 @@ def run_path(*, harness: bool, model: torch.nn.Module, batch: dict, args) -> dic
     """Time one path on its own copy of `model`; -> {'loss': first-step loss, 'ips': [...]}."""
     device = batch["x"].device
     model = copy.deepcopy(model).train()
+    if not harness and use_explicit_attention(model) == 0:
+        raise RuntimeError(
+            f"{type(model).__name__} has no attention `fused` switch: the reference would not "
+            "run explicit attention"
+        )
     drops = LabelDropControl(model)  # same label-drop coins on both paths
     drops.masks = batch["drop"][:, None].expand(-1, len(drops)).to(device)
     kernel = args.adam if harness else "loop"
