@@ -29,6 +29,21 @@ TINY_VAE = "tiny"
 # activated venv (SLURM jobs inherit the environment, not the shell's aliases).
 UDIT = f"{shlex.quote(sys.executable)} -m udit.cli"
 TORCHRUN = f"{shlex.quote(sys.executable)} -m torch.distributed.run --standalone"
+
+
+def _thread_env(resources):
+    """Pin OpenMP/BLAS threads to the job's CPUs: with `--cores 2` two jobs share two cores, and
+    oversubscribed numpy eigensolvers (FID) and torch kernels ran several times slower."""
+    n = resources.cpus_per_task
+    return f"env OMP_NUM_THREADS={n} OPENBLAS_NUM_THREADS={n} MKL_NUM_THREADS={n}"
+
+
+def udit_cmd(wildcards, resources):
+    return f"{_thread_env(resources)} {UDIT}"
+
+
+def torchrun_cmd(wildcards, resources):
+    return f"{_thread_env(resources)} {TORCHRUN}"
 RESOURCE_FALLBACK = {"gpu": 0, "nodes": 1, "cpus_per_task": 1, "mem_mb": 2000, "runtime": 30}
 ATTEMPT_SCALED = ("runtime", "mem_mb")   # a retry after a time/memory kill asks for more
 STEP_WILDCARD = rf"\d{{{ex.STEP_DIGITS}}}|{ex.RELEASED_STEP}"

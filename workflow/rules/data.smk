@@ -10,7 +10,7 @@ rule make_toy_data:
     benchmark:
         f"{R}/benchmarks/make_toy_data/{{dataset}}.tsv"
     params:
-        udit=UDIT,
+        udit=udit_cmd,
         ds=dataset_params,
     resources:
         **resources_for("make_toy_data"),
@@ -29,7 +29,7 @@ rule make_tiny_vae:
     benchmark:
         f"{R}/benchmarks/make_tiny_vae.tsv"
     params:
-        udit=UDIT,
+        udit=udit_cmd,
     resources:
         **resources_for("make_tiny_vae"),
     conda:
@@ -49,7 +49,7 @@ rule extract_latents:
     benchmark:
         f"{R}/benchmarks/extract_latents/{{dataset}}.tsv"
     params:
-        udit=UDIT,
+        udit=udit_cmd,
         ds=dataset_params,
         images=dataset_images,
         out=subpath(output[0], parent=True),
@@ -73,7 +73,7 @@ rule make_standin_inception:
     benchmark:
         f"{R}/benchmarks/make_standin_inception.tsv"
     params:
-        udit=UDIT,
+        udit=udit_cmd,
         seed=INCEPTION.get("standin_seed", 0),
         images=images_dir(calibration_dataset()),
     resources:
@@ -96,7 +96,7 @@ rule build_reference:
     benchmark:
         f"{R}/benchmarks/build_reference/{{dataset}}.tsv"
     params:
-        udit=UDIT,
+        udit=udit_cmd,
         ds=dataset_params,
         images=dataset_images,
         weights=inception_weights(),

@@ -13,7 +13,7 @@ rule evaluate:
     benchmark:
         f"{R}/benchmarks/evaluate/{{experiment}}-{{step}}-cfg{{cfg}}.tsv"
     params:
-        udit=UDIT,
+        udit=udit_cmd,
         reference=eval_reference_path,
         weights=inception_weights(),
     resources:

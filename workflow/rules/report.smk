@@ -10,7 +10,7 @@ rule count_flops:
     benchmark:
         f"{R}/benchmarks/count_flops.tsv"
     params:
-        udit=UDIT,
+        udit=udit_cmd,
         out=subpath(output.json, parent=True),
     resources:
         **resources_for("count_flops"),
@@ -39,7 +39,7 @@ rule make_report:
     benchmark:
         f"{R}/benchmarks/make_report.tsv"
     params:
-        udit=UDIT,
+        udit=udit_cmd,
         config=report_config,
         results=results_dir,
     resources:

@@ -19,8 +19,8 @@ rule sample:
     benchmark:
         f"{R}/benchmarks/sample/{{experiment}}-{{step}}-cfg{{cfg}}.tsv"
     params:
-        udit=UDIT,
-        torchrun=TORCHRUN,
+        udit=udit_cmd,
+        torchrun=torchrun_cmd,
         args=sample_args,
     resources:
         **resources_for("sample"),

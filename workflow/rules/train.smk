@@ -18,8 +18,8 @@ rule train:
     benchmark:
         f"{R}/benchmarks/train/{{experiment}}-{{step}}.tsv"
     params:
-        udit=UDIT,
-        torchrun=TORCHRUN,
+        udit=udit_cmd,
+        torchrun=torchrun_cmd,
         args=train_args,
         start=train_start,
         run_dir=f"{R}/{{experiment}}/train",
