@@ -88,7 +88,8 @@ def test_paper_config_references_every_paper_row():
 
 
 def test_paper_dry_run_lists_every_node():
-    result = run_snakemake("-n", "--configfile", "config/paper.yaml")
+    # --forceall: the whole DAG, whatever a previous run left in results/
+    result = run_snakemake("-n", "--forceall", "--configfile", "config/paper.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout + result.stderr
     counts = job_counts(out)
@@ -105,7 +106,7 @@ def test_paper_dry_run_lists_every_node():
 
 @pytest.mark.slow
 def test_smoke_dry_run_and_slurm_profile_resolve():
-    result = run_snakemake("-n")                      # default configfile = smoke
+    result = run_snakemake("-n", "--forceall")        # default configfile = smoke; whole DAG
     assert result.returncode == 0, result.stderr[-3000:]
     counts = job_counts(result.stdout + result.stderr)
     for rule in ("make_toy_data", "make_tiny_vae", "extract_latents", "make_standin_inception",
