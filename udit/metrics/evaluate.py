@@ -140,12 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         "--samples", type=Path, required=True, help="npz with arr_0 uint8 (N, H, W, 3)"
     )
     parser.add_argument("--reference", type=Path, required=True, help="ADM-format reference npz")
-    parser.add_argument(
-        "--inception-weights",
-        type=Path,
-        default=None,
-        help=f"{inception.WEIGHTS_FILENAME} (default: $TORCH_HOME/hub/checkpoints/)",
-    )
+    inception.add_weights_argument(parser)
     parser.add_argument(
         "--out", type=Path, required=True, help="metrics JSON to write (atomically)"
     )
@@ -158,10 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--progress", action="store_true", help="print extraction progress")
     args = parser.parse_args(argv)
 
-    try:
-        weights = inception.resolve_weights(args.inception_weights)
-    except FileNotFoundError as err:
-        parser.error(str(err))  # exit 2 with the message, no traceback
+    weights = inception.weights_from_args(parser, args)
     result = evaluate(
         samples=args.samples,
         reference=args.reference,

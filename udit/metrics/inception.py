@@ -126,6 +126,24 @@ if EXTRACTOR_NAME not in FEATURE_EXTRACTORS_REGISTRY:
     register_feature_extractor(EXTRACTOR_NAME, InceptionV3ADM)
 
 
+def add_weights_argument(parser) -> None:
+    """--inception-weights: the one option of `udit build-reference` and `udit evaluate`."""
+    parser.add_argument(
+        "--inception-weights",
+        type=Path,
+        default=None,
+        help=f"{WEIGHTS_FILENAME} (default: $TORCH_HOME/hub/checkpoints/)",
+    )
+
+
+def weights_from_args(parser, args) -> Path:
+    """Resolve --inception-weights; a missing file exits 2 with the message, no traceback."""
+    try:
+        return resolve_weights(args.inception_weights)
+    except FileNotFoundError as err:
+        parser.error(str(err))
+
+
 def pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

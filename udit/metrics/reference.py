@@ -123,12 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "--images", type=Path, required=True, help="folder of real images (searched recursively)"
     )
     parser.add_argument("--out", type=Path, required=True, help="reference npz to write")
-    parser.add_argument(
-        "--inception-weights",
-        type=Path,
-        default=None,
-        help=f"{inception.WEIGHTS_FILENAME} (default: $TORCH_HOME/hub/checkpoints/)",
-    )
+    inception.add_weights_argument(parser)
     parser.add_argument(
         "--num-images", type=int, default=None, help="seeded random subset size (default: all)"
     )
@@ -141,10 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     args = parser.parse_args(argv)
 
-    try:
-        weights = inception.resolve_weights(args.inception_weights)
-    except FileNotFoundError as err:
-        parser.error(str(err))  # exit 2 with the message, no traceback
+    weights = inception.weights_from_args(parser, args)
     device = inception.pick_device(args.device)
     paths = list_images(args.images, num_images=args.num_images, seed=args.seed)
     images = load_cropped(paths, image_size=args.image_size, num_workers=args.workers)
