@@ -259,6 +259,43 @@ def test_frechet_distance_matches_scipy_sqrtm_on_correlated_features():
     assert abs(got - expected) <= 1e-6
 
 
+@pytest.mark.parametrize("n", [2, 16, 64])
+def test_frechet_distance_to_features_low_rank_path_equals_the_dense_formula(n):
+    """N <= D takes the N x N eigenvalue path; it must give the dense D x D value."""
+    sample = correlated_features(n, 64, seed=3, shift=0.2)
+    real = correlated_features(500, 64, seed=4, shift=0.0)
+    ref = scores.gaussian_stats(real)
+    # Dense reference value in the symmetric form tr sqrt(R^1/2 S R^1/2), keeping only the
+    # N - 1 eigenvalues S's rank allows: the D - N + 1 exact zeros come out of any dense solver
+    # as round-off (~1e-12 of the norm) whose square roots would add ~1e-8 relative error.
+    # (That is also the size of torch-fidelity's error here, hence its looser check below.)
+    stats = scores.gaussian_stats(sample)
+    w, v = np.linalg.eigh(ref["sigma"])
+    root = (v * np.sqrt(w)) @ v.T
+    eigenvalues = np.linalg.eigvalsh(root @ stats["sigma"] @ root)[::-1][: n - 1]
+    tr_covmean = np.sqrt(eigenvalues).sum()
+    diff = stats["mu"] - ref["mu"]
+    exact = diff @ diff + np.trace(stats["sigma"]) + np.trace(ref["sigma"]) - 2 * tr_covmean
+    got = scores.frechet_distance_to_features(sample, ref)
+    assert exact > 1.0
+    assert got == pytest.approx(exact, rel=1e-10)
+    assert got == pytest.approx(scores.frechet_distance(stats, ref), rel=1e-6)  # torch-fidelity
+    if n == 64:  # scipy sqrtm (ADM) agrees as well where sigma_1 sigma_2 is not too singular
+        assert got == pytest.approx(adm_frechet_distance(sample, real), rel=1e-6)
+
+
+def test_frechet_distance_to_features_dense_path_and_errors():
+    sample = correlated_features(100, 12, seed=5, shift=0.1)  # N > D: torch-fidelity's path
+    ref = scores.gaussian_stats(correlated_features(300, 12, seed=6, shift=0.0))
+    assert scores.frechet_distance_to_features(sample, ref) == pytest.approx(
+        scores.frechet_distance(scores.gaussian_stats(sample), ref), rel=1e-12
+    )
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        scores.frechet_distance_to_features(sample[:1], ref)
+    with pytest.raises(ValueError, match="differ in dimension"):
+        scores.frechet_distance_to_features(sample[:5, :6], ref)
+
+
 def adm_manifold_precision_recall(generated: np.ndarray, real: np.ndarray, *, k: int):
     """ADM ManifoldEstimator (nhood_sizes=(k,), no clamping), written independently in float64.
 

@@ -133,9 +133,12 @@ def build_train_data(
     flips use the per-sample coin, not the dataset's transform, so they do not depend on
     the rank or DataLoader worker (the latent cache stores both flips as separate items).
     """
-    from udit.data import LatentDataset, build_image_dataset, load_vae, sample_latent
+    # Imported per branch: a latent cache needs neither torchvision nor diffusers (~5 s).
+    from udit.data.latents import sample_latent
 
     if latents is not None:
+        from udit.data.latents import LatentDataset
+
         dataset = LatentDataset(latents)
         if dataset.image_size != image_size:
             raise ValueError(
@@ -151,6 +154,8 @@ def build_train_data(
 
         return dataset, "latents", shape, draw_latent
 
+    from udit.data.imagenet import build_image_dataset
+
     dataset = build_image_dataset(images, image_size, flip=False)
     _check_classes(dataset, source=images, num_classes=num_classes)
 
@@ -160,6 +165,8 @@ def build_train_data(
 
     if pixel:
         return dataset, "pixels", (3, image_size, image_size), flip
+
+    from udit.data.vae import load_vae
 
     autoencoder = load_vae(vae, device=device)
     factor = 2 ** (len(autoencoder.config.block_out_channels) - 1)  # encoder downsampling

@@ -31,7 +31,6 @@ from safetensors.torch import save
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from udit.data.imagenet import build_image_dataset
 from udit.data.vae import DEFAULT_VAE, LATENT_SCALE, VaeNotAvailableError, load_vae, vae_fingerprint
 from udit.io import atomic_write_bytes, atomic_write_json, sha256_file
 
@@ -128,6 +127,8 @@ def extract_latents(
         raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    from udit.data.imagenet import build_image_dataset  # torchvision: extraction only
+
     dataset = build_image_dataset(images, image_size, flip=False)  # flips are both encoded below
     model = load_vae(vae, device=device)
     factor = 2 ** (len(model.config.block_out_channels) - 1)  # encoder downsampling

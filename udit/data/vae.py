@@ -18,10 +18,14 @@ import sys
 import warnings
 from urllib.parse import urlparse
 
+from typing import TYPE_CHECKING
+
 import torch
-from diffusers import AutoencoderKL
 
 from udit.paper import training_settings
+
+if TYPE_CHECKING:  # diffusers takes ~4 s to import: only the functions that build a VAE do
+    from diffusers import AutoencoderKL
 
 # Latent scale 0.18215 (DiT train.py: `vae.encode(x).latent_dist.sample().mul_(0.18215)`);
 # read from paper_numbers.yaml `training_settings.latent_scale`.
@@ -77,12 +81,14 @@ def load_vae(
     *,
     device: str | torch.device = "cpu",  # where the VAE runs
     dtype: torch.dtype = torch.float32,  # DiT encodes in float32
-) -> AutoencoderKL:
+) -> "AutoencoderKL":
     """Load an AutoencoderKL from a local directory or a hub id; eval mode, no grad.
 
     A hub id that is not in the local cache is downloaded only if the hub answers; offline,
     this raises VaeNotAvailableError at once with instructions.
     """
+    from diffusers import AutoencoderKL
+
     looks_like_path = (
         name_or_path.startswith((".", os.path.sep, "~")) or name_or_path.count("/") > 1
     )
@@ -131,6 +137,8 @@ def tiny_vae_config(*, latent_channels: int = 4, sample_size: int = 32) -> dict:
 
 def save_tiny_vae(*, out_dir: str, seed: int = 0, **config_overrides) -> str:
     """Random-init a tiny AutoencoderKL (seeded) and save_pretrained it for load_vae(out_dir)."""
+    from diffusers import AutoencoderKL
+
     config = {**tiny_vae_config(), **config_overrides}
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
@@ -142,7 +150,7 @@ def save_tiny_vae(*, out_dir: str, seed: int = 0, **config_overrides) -> str:
     return out_dir
 
 
-def vae_fingerprint(vae: AutoencoderKL) -> dict:
+def vae_fingerprint(vae: "AutoencoderKL") -> dict:
     """SHA-256 of the config and of the weights: two caches match only if both agree."""
     config = {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
     config_hash = hashlib.sha256(

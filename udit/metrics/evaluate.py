@@ -76,12 +76,11 @@ def evaluate(
         num_workers=num_workers,
     )
 
-    fid = scores.frechet_distance(
-        scores.gaussian_stats(feats[inception.POOL]), {"mu": ref["mu"], "sigma": ref["sigma"]}
+    fid = scores.frechet_distance_to_features(
+        feats[inception.POOL], {"mu": ref["mu"], "sigma": ref["sigma"]}
     )
-    sfid = scores.frechet_distance(
-        scores.gaussian_stats(feats[inception.SPATIAL]),
-        {"mu": ref["mu_s"], "sigma": ref["sigma_s"]},
+    sfid = scores.frechet_distance_to_features(
+        feats[inception.SPATIAL], {"mu": ref["mu_s"], "sigma": ref["sigma_s"]}
     )
     is_adm = scores.inception_score_adm(feats[inception.LOGITS])
     is_tf = scores.inception_score_torch_fidelity(feats[inception.LOGITS])

@@ -76,13 +76,14 @@ rule make_standin_inception:
         udit=udit_cmd,
         seed=INCEPTION.get("standin_seed", 0),
         images=images_dir(calibration_dataset()),
+        size=DATASETS[calibration_dataset()]["image_size"],
     resources:
         **resources_for("make_standin_inception"),
     conda:
         "../../environment.yml"
     shell:
         "{params.udit} make-standin-inception --out {output} --seed {params.seed}"
-        " --calibration-images {params.images} > {log} 2>&1"
+        " --calibration-images {params.images} --image-size {params.size} > {log} 2>&1"
 
 
 rule build_reference:
