@@ -103,11 +103,11 @@ def smoke_results(root: Path) -> Path:
         ],
     )
     done = {
-        ("dit-s-2", "0000016-cfg1.0"): 300.0,
-        ("u-dit-s", "0000016-cfg1.0"): 250.0,
-        ("u-dit-b", "0000008-cfg1.0"): 280.0,
-        ("u-dit-b", "0000016-cfg1.0"): 240.0,
-        ("u-dit-t", "0000016-cfg1.0"): 310.0,
+        ("dit-s-2", "0000008-cfg1.0"): 300.0,
+        ("u-dit-s", "0000008-cfg1.0"): 250.0,
+        ("u-dit-b", "0000004-cfg1.0"): 280.0,
+        ("u-dit-b", "0000008-cfg1.0"): 240.0,
+        ("u-dit-t", "0000008-cfg1.0"): 310.0,
     }
     for (eid, tag), fid in done.items():
         write_json(
@@ -117,7 +117,7 @@ def smoke_results(root: Path) -> Path:
             ),
         )
         write_grid(results / eid / "samples" / f"{tag}.png")
-    torn = results / "u-dit-l" / "metrics" / "0000016-cfg1.0.json"  # evaluate killed mid-write
+    torn = results / "u-dit-l" / "metrics" / "0000008-cfg1.0.json"  # evaluate killed mid-write
     torn.parent.mkdir(parents=True)
     torn.write_text('{"fid": 1')
     log = results / "u-dit-b" / "train" / "log.jsonl"
@@ -152,17 +152,17 @@ def test_partial_results_show_pending_not_zero(smoke_report):
     out, _, summary = smoke_report
     t2 = pd.read_csv(out / "tables" / "main_400k_T2.csv", header=[0, 1], keep_default_na=False)
     t2 = t2.set_index(t2.columns[1])  # ('', 'run')
-    assert t2.loc["dit-b-2/0000016-cfg1.0", ("FID", "reproduced")].iloc[0] == "pending"  # not run
+    assert t2.loc["dit-b-2/0000008-cfg1.0", ("FID", "reproduced")].iloc[0] == "pending"  # not run
     assert (
-        t2.loc["dit-b-2/0000016-cfg1.0", ("GFLOPs", "reproduced")].iloc[0] == "pending"
+        t2.loc["dit-b-2/0000008-cfg1.0", ("GFLOPs", "reproduced")].iloc[0] == "pending"
     )  # not in flops.json
-    assert t2.loc["u-dit-s/0000016-cfg1.0", ("FID", "reproduced")] == "250.00 (uncalibrated)"
-    assert t2.loc["u-dit-s/0000016-cfg1.0", ("GFLOPs", "reproduced")] == "6.05"
-    assert t2.loc["u-dit-l/0000016-cfg1.0", ("FID", "reproduced")] == "pending"  # unreadable JSON
+    assert t2.loc["u-dit-s/0000008-cfg1.0", ("FID", "reproduced")] == "250.00 (uncalibrated)"
+    assert t2.loc["u-dit-s/0000008-cfg1.0", ("GFLOPs", "reproduced")] == "6.05"
+    assert t2.loc["u-dit-l/0000008-cfg1.0", ("FID", "reproduced")] == "pending"  # unreadable JSON
     records = pd.read_csv(out / "tables" / "records.csv")
     pend = records[(records["status"] == "pending")]
     assert pend["reproduced"].isna().all()  # pending is never a number, let alone 0
-    torn = records[(records["node"] == "u-dit-l/0000016-cfg1.0") & (records["metric"] == "fid")]
+    torn = records[(records["node"] == "u-dit-l/0000008-cfg1.0") & (records["metric"] == "fid")]
     assert torn["note"].str.startswith("unreadable metrics file").all()
     assert summary["pending"] == len(pend) > 0
     html = (out / "index.html").read_text()
@@ -171,11 +171,11 @@ def test_partial_results_show_pending_not_zero(smoke_report):
         assert (out / "figures" / f"{name}.png").stat().st_size > 0
         assert (out / "figures" / f"{name}.svg").read_text().lstrip().startswith("<?xml")
     assert sorted(p.name for p in (out / "samples").iterdir()) == [
-        "dit-s-2-0000016-cfg1.0.png",
+        "dit-s-2-0000008-cfg1.0.png",
+        "u-dit-b-0000004-cfg1.0.png",
         "u-dit-b-0000008-cfg1.0.png",
-        "u-dit-b-0000016-cfg1.0.png",
-        "u-dit-s-0000016-cfg1.0.png",
-        "u-dit-t-0000016-cfg1.0.png",
+        "u-dit-s-0000008-cfg1.0.png",
+        "u-dit-t-0000008-cfg1.0.png",
     ]
 
 
@@ -183,7 +183,7 @@ def test_uncalibrated_numbers_banner_and_never_counted(smoke_report):
     out, _, summary = smoke_report
     html = (out / "index.html").read_text()
     assert 'id="uncalibrated-banner"' in html
-    for node in ["dit-s-2/0000016-cfg1.0", "u-dit-b/0000008-cfg1.0"]:
+    for node in ["dit-s-2/0000008-cfg1.0", "u-dit-b/0000004-cfg1.0"]:
         assert f"<li><code>{node}</code></li>" in html
     records = pd.read_csv(out / "tables" / "records.csv")
     inception = records[records["metric"] != "gflops"]
@@ -199,7 +199,7 @@ def calibrated_results(root: Path, *, one_uncalibrated: bool) -> Path:
     write_json(results / "flops" / "flops.json", [flops_row("U-DiT-S", 6.05)])  # paper 6.04: +0.17%
     paper = ex.paper_row(table="main_400k_T2", row="U-DiT-S")
     write_json(
-        results / "u-dit-s" / "metrics" / "0000016-cfg1.0.json",
+        results / "u-dit-s" / "metrics" / "0000008-cfg1.0.json",
         metrics_json(
             fid=paper["fid"] * 1.04,  # within 5%             -> reproduced
             sfid=paper["sfid"] * 1.2,  # outside 10% / 0.5     -> disagrees
@@ -211,7 +211,7 @@ def calibrated_results(root: Path, *, one_uncalibrated: bool) -> Path:
     )
     if one_uncalibrated:
         write_json(
-            results / "dit-s-2" / "metrics" / "0000016-cfg1.0.json",
+            results / "dit-s-2" / "metrics" / "0000008-cfg1.0.json",
             metrics_json(
                 fid=70.0, sfid=12.0, is_=20.0, precision=0.37, recall=0.56, uncalibrated=True
             ),
@@ -244,7 +244,7 @@ def test_banner_appears_with_one_uncalibrated_node(tmp_path):
             "</div>", html.index("uncalibrated-banner")
         )
     ]
-    assert "dit-s-2/0000016-cfg1.0" in banner and "u-dit-s" not in banner
+    assert "dit-s-2/0000008-cfg1.0" in banner and "u-dit-s" not in banner
 
 
 def test_tolerance_bands():

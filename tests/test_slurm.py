@@ -73,7 +73,7 @@ def test_smoke_part_runs_through_sbatch(tmp_path):
     config.write_text(yaml.safe_dump(raw))
     results = tmp_path / "results"
     targets = [f"{results}/data/toy32/latents/manifest.json",
-               f"{results}/toy-dit-s-4/train/checkpoints/ckpt-0000016.pt"]
+               f"{results}/toy-dit-s-4/train/checkpoints/ckpt-0000008.pt"]
     # --profile slurm as a user writes it, from the repository root (./slurm/)
     run = snakemake("--profile", "slurm", "--configfile", str(config), "--directory", str(tmp_path),
                     "--snakefile", str(ROOT / "Snakefile"), *FAST_STATUS, *targets)

@@ -17,7 +17,8 @@ rule count_flops:
     conda:
         "../../environment.yml"
     shell:
-        "{params.udit} flops --out-dir {params.out} > {log} 2>&1"
+        # one tracing process per CPU the job was given (its default of 2 oversubscribed --cores 2)
+        "{params.udit} flops --out-dir {params.out} --jobs {resources.cpus_per_task} > {log} 2>&1"
 
 
 rule make_report:

@@ -21,6 +21,7 @@ rule train:
         udit=udit_cmd,
         torchrun=torchrun_cmd,
         args=train_args,
+        workers=loader_workers,
         start=train_start,
         run_dir=f"{R}/{{experiment}}/train",
     resources:
@@ -43,9 +44,9 @@ rule train:
         gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
         if [ "$gpus" -gt {resources.gpu} ]; then gpus={resources.gpu}; fi
         if [ "$gpus" -gt 0 ]; then
-            {params.torchrun} --nproc_per_node=$gpus -m udit.cli train {params.args} > {log} 2>&1
+            {params.torchrun} --nproc_per_node=$gpus -m udit.cli train {params.args} --num-workers {params.workers} > {log} 2>&1
         else
-            {params.udit} train {params.args} > {log} 2>&1
+            {params.udit} train {params.args} --num-workers {params.workers} > {log} 2>&1
         fi
         rm -f "$marker"
         """
