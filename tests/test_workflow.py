@@ -21,8 +21,8 @@ TABLES_FULLY_COVERED = ["toy_T1", "downsampler_T7", "ablation_T9", "main_400k_T2
 PAPER_JOB_COUNTS = {"train": 33, "sample": 37, "evaluate": 37, "extract_latents": 2, "count_flops": 1}
 
 
-def run_snakemake(*args, cwd=ROOT):
-    return subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+def run_snakemake(*args, cwd=ROOT, timeout=120):
+    return subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -74,6 +74,15 @@ def test_bad_value_and_bad_paper_reference_are_named(tmp_path):
         ex.resolve_experiments(raw)
 
 
+def test_multi_node_jobs_are_refused_by_the_schema():
+    """train/sample launch single-node torchrun; nodes > 1 must stop at validation, not run
+    silently on one node."""
+    raw = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    raw["resources"]["train"]["XL"]["nodes"] = 2
+    with pytest.raises(ex.ConfigError, match=r"resources/train/XL/nodes"):
+        ex.validate_config(raw)
+
+
 def test_paper_config_references_every_paper_row():
     experiments = ex.resolve_experiments(ex.load_config(ROOT / "config" / "paper.yaml"))
     referenced = {(r.table, r.row, r.key) for e in experiments.values() for ev in e.evaluations for r in ev.paper}
@@ -117,6 +126,27 @@ def test_smoke_dry_run_and_slurm_profile_resolve():
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.slow
+def test_forcerun_of_one_ablation_node_touches_no_other_experiment(tmp_path):
+    """The README's re-run command, for real: two smoke experiments run end to end into a
+    scratch results folder, then `--forcerun train` on one metrics file plans that
+    experiment's train, sample and evaluate nodes and nothing of the other one."""
+    results = tmp_path / "results"
+    config = ["--config", f"results={results}"]
+    cosine, dit = (f"{results}/{e}/metrics/0000008-cfg1.0.json" for e in ("ablation-cosine", "toy-dit-s-4"))
+    ran = run_snakemake(cosine, dit, "--cores", "2", *config, timeout=900)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert Path(cosine).is_file() and Path(dit).is_file()
+    plan = run_snakemake(cosine, "-n", "--forcerun", "train", *config)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    out = plan.stdout + plan.stderr
+    assert job_counts(out) == {"train": 1, "sample": 1, "evaluate": 1}
+    assert "ablation-cosine/train/checkpoints/ckpt-0000008.pt" in out
+    assert "toy-dit-s-4" not in out
+    idle = run_snakemake(dit, "-n", *config)  # the other experiment is still complete
+    assert "Nothing to be done" in idle.stdout + idle.stderr
+
+
 def test_lint_is_clean():
     result = run_snakemake("--lint")
     assert result.returncode == 0
@@ -147,7 +177,7 @@ def test_plan_prints_nodes_and_total(tmp_path):
     report = json.loads(result.stdout)
     nodes = report["nodes"]
     assert [(n["experiment"], n["to_step"]) for n in nodes] == [
-        ("toy-dit-s-4", 16), ("u-dit-b", 8), ("u-dit-b", 16), ("u-dit-b", 24), ("u-dit-b", 32), ("u-dit-b", 40)]
+        ("toy-dit-s-4", 8), ("u-dit-b", 4), ("u-dit-b", 8), ("u-dit-b", 12), ("u-dit-b", 16), ("u-dit-b", 20)]
     for n in nodes:
         assert n["gflops"] > 0 and n["images"] == (n["to_step"] - n["from_step"]) * 8
         assert n["train_pflops"] == pytest.approx(n["gflops"] * 1e9 * 3 * n["images"] / 1e15, rel=1e-3)
