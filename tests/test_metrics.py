@@ -404,7 +404,7 @@ def test_evaluate_shifted_samples(tmp_path, weights, images_a, reference_npz):
     result = json.loads(out.read_text())
     for key in ("fid", "sfid", "is", "precision", "recall", "kid", "protocol", "provenance"):
         assert key in result
-    assert result["uncalibrated"] is True  # random weights are not pt_inception-2015-12-05
+    assert result["uncalibrated"] is True  # random weights are not the official 6726825d file
     assert result["fid"] > 1.0 and result["sfid"] > 1.0
     protocol = result["protocol"]
     assert protocol["N"] == N_IMAGES and protocol["k"] == 3 and protocol["splits"] == 1

@@ -53,7 +53,7 @@ def metrics_json(*, fid, sfid, is_, precision, recall, uncalibrated, n=16) -> di
             "versions": {"python": "3.11", "torch": "2.x", "torch_fidelity": "0.4.0"},
             "device": "cpu",
             "inception_weights": {
-                "file": "standin.pth" if uncalibrated else "pt_inception-2015-12-05-6726825d.pth",
+                "file": "standin.pth" if uncalibrated else "weights-inception-2015-12-05-6726825d.pth",
                 "sha256": SHA_STANDIN if uncalibrated else SHA_OFFICIAL,
                 "official": not uncalibrated,
             },
@@ -108,6 +108,7 @@ def smoke_results(root: Path) -> Path:
         ("u-dit-b", "0000004-cfg1.0"): 280.0,
         ("u-dit-b", "0000008-cfg1.0"): 240.0,
         ("u-dit-t", "0000008-cfg1.0"): 310.0,
+        ("downsampler-dense-conv", "0000008-cfg1.0"): 333.0,  # no paper row references it
     }
     for (eid, tag), fid in done.items():
         write_json(
@@ -172,6 +173,7 @@ def test_partial_results_show_pending_not_zero(smoke_report):
         assert (out / "figures" / f"{name}.svg").read_text().lstrip().startswith("<?xml")
     assert sorted(p.name for p in (out / "samples").iterdir()) == [
         "dit-s-2-0000008-cfg1.0.png",
+        "downsampler-dense-conv-0000008-cfg1.0.png",
         "u-dit-b-0000004-cfg1.0.png",
         "u-dit-b-0000008-cfg1.0.png",
         "u-dit-s-0000008-cfg1.0.png",
@@ -185,6 +187,10 @@ def test_uncalibrated_numbers_banner_and_never_counted(smoke_report):
     assert 'id="uncalibrated-banner"' in html
     for node in ["dit-s-2/0000008-cfg1.0", "u-dit-b/0000004-cfg1.0"]:
         assert f"<li><code>{node}</code></li>" in html
+    # a run no paper row references is still listed, with its scores and provenance
+    assert "<li><code>downsampler-dense-conv/0000008-cfg1.0</code></li>" in html
+    assert 'id="no-paper-number-table"' in html and "333.000 (uncalibrated)" in html
+    assert 'id="prov-downsampler-dense-conv-0000008-cfg1.0"' in html
     records = pd.read_csv(out / "tables" / "records.csv")
     inception = records[records["metric"] != "gflops"]
     assert not (
@@ -330,7 +336,7 @@ def test_page_renders_in_headless_chromium(smoke_report, tmp_path):
     shown = len(re.findall(r'<h3 id="[^"]+">Table \d+', dom.stdout))
     assert attrs["done"] == "1", attrs  # the load handler ran
     assert attrs["broken"] == "0", attrs  # every <img> decoded
-    assert int(attrs["images"]) == 4 + 5  # 4 figures + 5 sample grids
+    assert int(attrs["images"]) == 4 + 6  # 4 figures + 6 sample grids
     assert int(attrs["tables"]) == shown == 8  # T1 T9 T7 T2 T4 T5 T10 T6 (smoke runs them all)
     assert "{{" not in dom.stdout and "{%" not in dom.stdout
     assert 'id="uncalibrated-banner"' in dom.stdout

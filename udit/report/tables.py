@@ -176,7 +176,8 @@ def collect_records(
     *, experiments: dict, released: dict, results: Path
 ) -> tuple[pd.DataFrame, list[dict]]:
     """Long table: one record per (paper table, paper row, node, metric); plus one provenance
-    dict per node that has metrics. Paper rows no config node covers appear with node None."""
+    dict per node that has metrics (with `scores` when no paper row references the node).
+    Paper rows no config node covers appear with node None."""
     results = Path(results)
     flops = read_flops(results / "flops" / "flops.json")
     nodes = config_nodes(experiments=experiments, released=released, results=results)
@@ -200,6 +201,18 @@ def collect_records(
                     results=results,
                     provenance=provenance,
                 )
+    # Nodes no paper row references (T7's dense-conv downsampler: its caption gives only
+    # GFLOPs) still get provenance, their scores and their place in the uncalibrated banner.
+    for node in nodes:
+        if node.evaluation.paper:
+            continue  # handled above, with its paper rows
+        path = node.metrics_path(results)
+        metrics, _ = read_metrics(path)
+        if metrics is not None:
+            name = f"{node.experiment}/{node.tag}"
+            prov = provenance_of(metrics, node, path.relative_to(results))
+            scores = {m: metrics.get(m) for m in ("fid", "sfid", "is", "precision", "recall")}
+            provenance[name] = {**prov, "node": name, "title": node.title, "scores": scores}
     return pd.DataFrame.from_records(records), list(provenance.values())
 
 

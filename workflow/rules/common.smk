@@ -144,7 +144,7 @@ def missing_external():
     wanted += [(spec["reference"], f"reference batch of dataset {name}") for name, spec in DATASETS.items()
                if spec.get("reference")]
     if not STANDIN:
-        wanted.append((INCEPTION["weights"], "Inception weights (torch-fidelity pt_inception-2015-12-05)"))
+        wanted.append((INCEPTION["weights"], "Inception weights (torch-fidelity weights-inception-2015-12-05-6726825d.pth)"))
     return [(path, what) for path, what in wanted if not Path(path).exists()]
 
 
