@@ -85,6 +85,10 @@ class Node:
     def tag(self) -> str:
         return f"{self.step_tag}-cfg{ex.cfg_tag(self.cfg)}"
 
+    @property
+    def name(self) -> str:  # 'u-dit-b/0400000-cfg1.0': the report's key for this node
+        return f"{self.experiment}/{self.tag}"
+
     def metrics_path(self, results: Path) -> Path:
         return Path(results) / self.experiment / "metrics" / f"{self.tag}.json"
 
@@ -156,6 +160,8 @@ def provenance_of(metrics: dict | None, node: Node, path: Path) -> dict:
     prov = (metrics or {}).get("provenance", {})
     weights = prov.get("inception_weights", {})
     return {
+        "node": node.name,
+        "title": node.title,
         "experiment": node.experiment,
         "step": node.step_tag,
         "cfg": node.cfg,
@@ -209,10 +215,9 @@ def collect_records(
         path = node.metrics_path(results)
         metrics, _ = read_metrics(path)
         if metrics is not None:
-            name = f"{node.experiment}/{node.tag}"
-            prov = provenance_of(metrics, node, path.relative_to(results))
             scores = {m: metrics.get(m) for m in ("fid", "sfid", "is", "precision", "recall")}
-            provenance[name] = {**prov, "node": name, "title": node.title, "scores": scores}
+            provenance[node.name] = {**provenance_of(metrics, node, path.relative_to(results)),
+                                     "scores": scores}
     return pd.DataFrame.from_records(records), list(provenance.values())
 
 
@@ -254,14 +259,14 @@ def _row_records(
         metrics, why = read_metrics(path)
         base.update(
             experiment=node.experiment,
-            node=f"{node.experiment}/{node.tag}",
+            node=node.name,
             step=node.step_tag,
             cfg=node.cfg,
             note=why,
         )
         if metrics is not None:
             prov = provenance_of(metrics, node, path.relative_to(results))
-            provenance.setdefault(base["node"], {**prov, "node": base["node"], "title": node.title})
+            provenance.setdefault(node.name, prov)
             base["uncalibrated"] = prov["uncalibrated"]
     out = []
     for metric in METRICS:

@@ -31,11 +31,16 @@ UDIT = f"{shlex.quote(sys.executable)} -m udit.cli"
 TORCHRUN = f"{shlex.quote(sys.executable)} -m torch.distributed.run --standalone"
 
 
+def cpus_per_rank(resources):
+    """The job's CPUs shared by its torchrun ranks (one per GPU; one rank on CPU)."""
+    return int(resources.cpus_per_task) // max(int(resources.gpu), 1)
+
+
 def _thread_env(resources):
     """Pin OpenMP/BLAS threads to the job's CPUs: with `--cores 2` two jobs share two cores, and
     oversubscribed numpy eigensolvers (FID) and torch kernels ran several times slower. A
     multi-GPU job splits its CPUs between its torchrun ranks (one process per GPU)."""
-    n = max(int(resources.cpus_per_task) // max(int(resources.gpu), 1), 1)
+    n = max(cpus_per_rank(resources), 1)
     return f"env OMP_NUM_THREADS={n} OPENBLAS_NUM_THREADS={n} MKL_NUM_THREADS={n}"
 
 
@@ -226,8 +231,7 @@ def train_args(wildcards):
 def loader_workers(wildcards, resources):
     """DataLoader workers per rank: the job's CPUs shared by its ranks, one CPU kept for the
     rank itself (1 CPU on the smoke run -> 0 workers: forked workers only competed for it)."""
-    ranks = max(int(resources.gpu), 1)
-    return max(int(resources.cpus_per_task) // ranks - 1, 0)
+    return max(cpus_per_rank(resources) - 1, 0)
 
 
 def train_start(wildcards):
