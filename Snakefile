@@ -9,7 +9,10 @@
 #
 # This file only wires; experiments are data (config/*.yaml, checked against
 # workflow/schemas/config.schema.yaml) resolved by udit.experiments.
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
+
+from udit.experiments import ConfigError, load_yaml
 
 min_version("9.0")
 
@@ -17,9 +20,12 @@ min_version("9.0")
 # The default configfile only when none is given: Snakemake would otherwise deep-merge a
 # --configfile into it (smoke keys leaking into the paper run).
 if not workflow.overwrite_configfiles:
+    try:  # Snakemake's own YAML error names neither the file nor the line
+        load_yaml("config/smoke.yaml")
+    except ConfigError as err:
+        raise WorkflowError(f"invalid config: {err}") from None
 
     configfile: "config/smoke.yaml"
-
 
 
 include: "workflow/rules/common.smk"
@@ -30,6 +36,12 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# Reference batches, Inception weights, VAE and ImageNet the jobs about to run read: checked
+# here, after the DAG is built and before any job (none of it in a dry run).
+onstart:
+    check_external_inputs(workflow.dag)
+
+
 wildcard_constraints:
     experiment=r"[a-z0-9][a-z0-9-]*",
     dataset=r"[a-z0-9][a-z0-9-]*",
@@ -38,7 +50,7 @@ wildcard_constraints:
 
 
 rule all:
+    default_target: True
     input:
         "report/index.html",
-    default_target: True
     localrule: True

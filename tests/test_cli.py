@@ -1,4 +1,5 @@
 """`udit` dispatches every registered command to an importable module's main()."""
+
 import importlib
 import subprocess
 import sys
@@ -28,5 +29,7 @@ def test_command_module_has_main(name):
 
 def test_console_script_installed():
     # The `udit` entry point is what the README and the DAG call.
-    proc = subprocess.run([sys.executable, "-m", "udit.cli", "--help"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "udit.cli", "--help"], capture_output=True, text=True, check=False
+    )
     assert proc.returncode == 0 and "flops" in proc.stdout

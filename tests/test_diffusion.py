@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 from diffusers import DDPMScheduler
+from torch import nn
 
 from udit.diffusion import (
     ClassifierFreeGuidance,
@@ -263,7 +263,7 @@ def test_respacing_250_recomputes_betas_and_maps_timesteps():
         return torch.zeros(x.shape[0], 2 * C, *x.shape[2:])
 
     d.p_sample_loop(
-        recording_model, (2, C, H, H), model_kwargs=dict(y=torch.zeros(2, dtype=torch.long))
+        recording_model, (2, C, H, H), model_kwargs={"y": torch.zeros(2, dtype=torch.long)}
     )
     assert seen == [[k, k] for k in reversed(kept)]  # the model sees original steps
     seen.clear()
@@ -271,7 +271,7 @@ def test_respacing_250_recomputes_betas_and_maps_timesteps():
         recording_model,
         torch.zeros(2, C, H, H),
         torch.tensor([1, 249]),
-        model_kwargs=dict(y=torch.zeros(2, dtype=torch.long)),
+        model_kwargs={"y": torch.zeros(2, dtype=torch.long)},
     )
     assert seen == [[kept[1], kept[249]]]
 
@@ -357,7 +357,7 @@ def test_cfg_scale_one_runs_a_single_batch_and_sampler_accepts_the_wrapper():
     z = create_diffusion("5").p_sample_loop(
         ClassifierFreeGuidance(net, cfg_scale=1.5),
         (3, C, H, H),
-        model_kwargs=dict(y=y),
+        model_kwargs={"y": y},
         generator=torch.Generator().manual_seed(0),
     )
     assert z.shape == (3, C, H, H) and torch.isfinite(z).all()
@@ -371,10 +371,10 @@ def test_ddim_eta0_is_deterministic_and_matches_formula():
     d, net = create_diffusion("ddim20"), TinyDenoiser()
     z, y = torch.randn(2, C, H, H), torch.tensor([1, 3])
     a = d.ddim_sample_loop(
-        net, z.shape, z, model_kwargs=dict(y=y), generator=torch.Generator().manual_seed(1)
+        net, z.shape, z, model_kwargs={"y": y}, generator=torch.Generator().manual_seed(1)
     )
     b = d.ddim_sample_loop(
-        net, z.shape, z, model_kwargs=dict(y=y), generator=torch.Generator().manual_seed(2)
+        net, z.shape, z, model_kwargs={"y": y}, generator=torch.Generator().manual_seed(2)
     )
     assert torch.equal(a, b)
     # One step in float64: x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev) eps.
@@ -398,7 +398,7 @@ def test_sample_depends_only_on_its_own_generator():
         return d.p_sample_loop(
             net,
             (len(seeds), C, H, H),
-            model_kwargs=dict(y=torch.tensor(labels)),
+            model_kwargs={"y": torch.tensor(labels)},
             generator=[torch.Generator().manual_seed(s) for s in seeds],
         )
 
@@ -410,6 +410,6 @@ def test_sample_depends_only_on_its_own_generator():
         d.p_sample_loop(
             net,
             (2, C, H, H),
-            model_kwargs=dict(y=torch.tensor([0, 1])),
+            model_kwargs={"y": torch.tensor([0, 1])},
             generator=[torch.Generator()],
         )

@@ -1,27 +1,30 @@
 """DiT baselines: shapes, the official state-dict layout, initialisation, guidance."""
+
 import math
 
 import pytest
 import torch
 
-from udit.models.dit import DIT_CONFIGS, DIT_MODELS, DiT, sincos_pos_embed_2d
+from udit.diffusion import ClassifierFreeGuidance
+from udit.models.dit import DIT_CONFIGS, DIT_MODELS, sincos_pos_embed_2d
 from udit.paper import paper_numbers
 
-# Parameter counts of the official models at latent 32 (architecture-facts.md, DiT section).
+# Parameter counts of the official models at latent 32 (DiT paper / official models.py).
 OFFICIAL_PARAMS_M = {"DiT-S/2": 32.96, "DiT-B/2": 130.51, "DiT-L/2": 458.10, "DiT-XL/2": 675.13}
-
-
-def tiny_dit(**overrides) -> DiT:
-    kwargs = {"input_size": 8, "patch_size": 2, "in_channels": 4, "hidden_size": 32, "depth": 2,
-              "num_heads": 4, "num_classes": 10}
-    return DiT(**{**kwargs, **overrides})
 
 
 def official_keys(depth: int) -> list[str]:
     """Key order of facebookresearch/DiT models.py (timm PatchEmbed/Attention/Mlp inside)."""
-    keys = ["pos_embed", "x_embedder.proj.weight", "x_embedder.proj.bias",
-            "t_embedder.mlp.0.weight", "t_embedder.mlp.0.bias", "t_embedder.mlp.2.weight",
-            "t_embedder.mlp.2.bias", "y_embedder.embedding_table.weight"]
+    keys = [
+        "pos_embed",
+        "x_embedder.proj.weight",
+        "x_embedder.proj.bias",
+        "t_embedder.mlp.0.weight",
+        "t_embedder.mlp.0.bias",
+        "t_embedder.mlp.2.weight",
+        "t_embedder.mlp.2.bias",
+        "y_embedder.embedding_table.weight",
+    ]
     for i in range(depth):
         for layer in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "adaLN_modulation.1"):
             keys += [f"blocks.{i}.{layer}.weight", f"blocks.{i}.{layer}.bias"]
@@ -31,8 +34,18 @@ def official_keys(depth: int) -> list[str]:
 
 
 def test_registry_names_and_paper_gflops():
-    assert list(DIT_MODELS) == ["DiT-S/8", "DiT-S/4", "DiT-S/2", "DiT-B/8", "DiT-B/4", "DiT-B/2",
-                                "DiT-L/4", "DiT-L/2", "DiT-XL/4", "DiT-XL/2"]
+    assert list(DIT_MODELS) == [
+        "DiT-S/8",
+        "DiT-S/4",
+        "DiT-S/2",
+        "DiT-B/8",
+        "DiT-B/4",
+        "DiT-B/2",
+        "DiT-L/4",
+        "DiT-L/2",
+        "DiT-XL/4",
+        "DiT-XL/2",
+    ]
     table = paper_numbers()["dit_gflops"]
     for name, spec in DIT_MODELS.items():
         assert spec.paper_gflops == table[name] and spec.paper_gflops > 0
@@ -60,12 +73,14 @@ def test_full_size_param_counts_match_official():
         assert model.num_params(deployed=True) / 1e6 == pytest.approx(expected, abs=0.005)
 
 
-def test_no_learned_sigma_halves_output_channels():
+def test_no_learned_sigma_halves_output_channels(tiny_dit):
     model = tiny_dit(learn_sigma=False)
-    assert model(torch.randn(1, 4, 8, 8), torch.zeros(1), torch.zeros(1, dtype=torch.long)).shape == (1, 4, 8, 8)
+    assert model(
+        torch.randn(1, 4, 8, 8), torch.zeros(1), torch.zeros(1, dtype=torch.long)
+    ).shape == (1, 4, 8, 8)
 
 
-def test_state_dict_layout_is_official():
+def test_state_dict_layout_is_official(tiny_dit):
     model = tiny_dit(depth=2)
     assert list(model.state_dict()) == official_keys(2)
     assert isinstance(model.pos_embed, torch.nn.Parameter) and not model.pos_embed.requires_grad
@@ -83,18 +98,23 @@ def test_sincos_pos_embed_layout():
     # Token 1 is (row 0, col 1): the first half encodes the column, the second the row (as DiT/MAE).
     omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
     assert torch.allclose(emb[1, :quarter].double(), torch.sin(omega), atol=1e-6)
-    assert torch.equal(emb[1, dim // 2:], emb[0, dim // 2:])
+    assert torch.equal(emb[1, dim // 2 :], emb[0, dim // 2 :])
     # Token `grid` is (row 1, col 0): first half as token 0, second half moves.
-    assert torch.equal(emb[grid, :dim // 2], emb[0, :dim // 2])
-    assert torch.allclose(emb[grid, dim // 2:dim // 2 + quarter].double(), torch.sin(omega), atol=1e-6)
+    assert torch.equal(emb[grid, : dim // 2], emb[0, : dim // 2])
+    assert torch.allclose(
+        emb[grid, dim // 2 : dim // 2 + quarter].double(), torch.sin(omega), atol=1e-6
+    )
     with pytest.raises(ValueError, match="divisible by 4"):
         sincos_pos_embed_2d(18, 4)
 
 
-def test_initialisation_is_adaln_zero():
+def test_initialisation_is_adaln_zero(tiny_dit):
     model = tiny_dit()
     for block in model.blocks:
-        assert not block.adaLN_modulation[-1].weight.any() and not block.adaLN_modulation[-1].bias.any()
+        assert (
+            not block.adaLN_modulation[-1].weight.any()
+            and not block.adaLN_modulation[-1].bias.any()
+        )
     assert not model.final_layer.linear.weight.any()
     assert torch.equal(model.pos_embed[0], sincos_pos_embed_2d(32, 4))
     std = model.y_embedder.embedding_table.weight.std().item()
@@ -106,16 +126,8 @@ def test_initialisation_is_adaln_zero():
     assert not out.any()  # adaLN-Zero + zero final layer: the untrained model predicts 0
 
 
-def _randomise(model: DiT, seed: int = 0) -> DiT:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(0.1 * torch.randn(p.shape, generator=gen))
-    return model.eval()
-
-
-def test_sdpa_and_explicit_attention_agree():
-    model = _randomise(tiny_dit())
+def test_sdpa_and_explicit_attention_agree(tiny_dit):
+    model = tiny_dit(seed=0, std=0.1).eval()
     x, t, y = torch.randn(3, 4, 8, 8), torch.tensor([0.0, 10.0, 900.0]), torch.tensor([0, 4, 9])
     fused = model(x, t, y)
     for block in model.blocks:
@@ -124,25 +136,25 @@ def test_sdpa_and_explicit_attention_agree():
     assert fused.abs().mean() > 1e-2  # not the trivial zero output
 
 
-@pytest.mark.parametrize("cfg_channels", [3, None])
-def test_forward_with_cfg_matches_separate_passes(cfg_channels):
-    model = _randomise(tiny_dit())
-    x = torch.randn(2, 4, 8, 8)
-    t = torch.tensor([50.0, 50.0])
-    y = torch.tensor([7, 10])  # [cond | null]
+@pytest.mark.parametrize("channels", [3, "all"])
+def test_guidance_matches_separate_passes(channels, tiny_dit):
+    model = tiny_dit(seed=0, std=0.1).eval()
+    x = torch.randn(1, 4, 8, 8)
+    t = torch.tensor([50.0])
+    y = torch.tensor([7])
     scale = 4.0
-    out = model.forward_with_cfg(torch.cat([x[:1], x[:1]]), t, y, scale, cfg_channels=cfg_channels)
-    cond = model(x[:1], t[:1], y[:1])
-    uncond = model(x[:1], t[:1], y[1:])
-    k = 4 if cfg_channels is None else cfg_channels
+    out = ClassifierFreeGuidance(model, cfg_scale=scale, guidance_channels=channels)(x, t, y)
+    cond = model(x, t, y)
+    uncond = model(x, t, torch.tensor([10]))  # the null label = num_classes
+    k = 4 if channels == "all" else channels
     guided = uncond[:, :k] + scale * (cond[:, :k] - uncond[:, :k])
-    assert out.shape == (2, 8, 8, 8)
-    assert torch.allclose(out[0, :k], guided[0], atol=1e-5) and torch.allclose(out[1, :k], guided[0], atol=1e-5)
-    assert torch.allclose(out[0, k:], cond[0, k:], atol=1e-5)     # unguided channels pass through
-    assert torch.allclose(out[1, k:], uncond[0, k:], atol=1e-5)
+    assert out.shape == (1, 8, 8, 8)
+    assert torch.allclose(out[:, :k], guided, atol=1e-5)
+    assert torch.allclose(out[:, k:], cond[:, k:], atol=1e-5)  # unguided channels: conditional
+    assert not torch.allclose(cond[:, :k], guided, atol=1e-3)  # guidance changed something
 
 
-def test_bad_input_is_named():
+def test_bad_input_is_named(tiny_dit):
     model = tiny_dit()
     with pytest.raises(ValueError, match=r"expected latents \(N, 4, 8, 8\)"):
         model(torch.randn(1, 4, 16, 16), torch.zeros(1), torch.zeros(1, dtype=torch.long))

@@ -1,4 +1,5 @@
-"""udit.io: atomic writes leave old-or-new, never half, with shared permissions; hashes match hashlib."""
+"""udit.io: atomic writes leave old-or-new, never half, with shared permissions; hashes match
+hashlib."""
 
 import hashlib
 import json

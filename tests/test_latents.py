@@ -9,7 +9,6 @@ import torch
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch.utils.data import DataLoader
 
-from udit.data import LATENT_SCALE, build_train_dataset
 from udit.data import latents as latents_module
 from udit.data.imagenet import build_image_dataset
 from udit.data.latents import CorruptCacheError, LatentDataset, sample_latent, sha256_file
@@ -21,8 +20,13 @@ from udit.data.vae import (
     tiny_vae_config,
     vae_fingerprint,
 )
+from udit.training.data import build_train_data
+from udit.training.loop import TrainOptions
 
 SIZE, CLASSES, PER_CLASS, SHARD = 32, 3, 5, 4  # 15 images -> shards of 4, 4, 4, 3
+# The SD-VAE latent scale as a literal (DiT train.py `.mul_(0.18215)`), not udit's constant:
+# a wrong constant must fail here instead of appearing on both sides.
+SD_VAE_SCALE = 0.18215
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -146,8 +150,8 @@ def test_sample_latent_matches_diffusers_sample(setup):
     online = DiagonalGaussianDistribution(moments).sample(
         generator=torch.Generator().manual_seed(7)
     )
-    torch.testing.assert_close(sample_latent(moments, noise), online * LATENT_SCALE)
-    torch.testing.assert_close(sample_latent(moments[0], noise[0]), online[0] * LATENT_SCALE)
+    torch.testing.assert_close(sample_latent(moments, noise), online * SD_VAE_SCALE)
+    torch.testing.assert_close(sample_latent(moments[0], noise[0]), online[0] * SD_VAE_SCALE)
     with pytest.raises(ValueError, match="noise shape"):
         sample_latent(moments, noise[:, :3])
     batch, labels = next(iter(DataLoader(dataset, batch_size=5, shuffle=True, num_workers=1)))
@@ -196,19 +200,31 @@ def test_corrupt_shard_detected_and_repaired(setup, tmp_path):
     assert len(LatentDataset(str(cache))) == 2 * CLASSES * PER_CLASS
 
 
-def test_other_settings_refused_and_build_train_dataset(setup, capsys):
+def test_other_settings_refused_and_build_train_data(setup, capsys):
     args = list(setup["args"])
     args[args.index("--shard-size") + 1] = "5"
     assert latents_module.main(args) == 2 and "shard_size" in capsys.readouterr().err
     args[args.index("--image-size") + 1] = "30"
     assert latents_module.main(args) == 2 and "not divisible" in capsys.readouterr().err
-    dataset, kind = build_train_dataset(latents=str(setup["cache"]), image_size=SIZE)
+    source = {
+        "pixel": False,
+        "vae": "unused",
+        "num_classes": CLASSES,
+        "device": torch.device("cpu"),
+    }
+    dataset, kind, shape, _ = build_train_data(
+        latents=str(setup["cache"]), images=None, image_size=SIZE, **source
+    )
     assert kind == "latents" and len(dataset) == 30
-    dataset, kind = build_train_dataset(images=str(setup["images"]), image_size=SIZE)
-    assert kind == "images" and len(dataset) == 15 and dataset[0][0].shape == (3, SIZE, SIZE)
-    with pytest.raises(ValueError, match="image_size 32"):
-        build_train_dataset(latents=str(setup["cache"]), image_size=64)
+    assert shape == (dataset.latent_channels, dataset.latent_size, dataset.latent_size)
+    dataset, kind, shape, _ = build_train_data(
+        latents=None, images=str(setup["images"]), image_size=SIZE, **{**source, "pixel": True}
+    )
+    assert kind == "pixels" and len(dataset) == 15 and dataset[0][0].shape == (3, SIZE, SIZE)
+    with pytest.raises(ValueError, match="extracted at 32 px"):
+        build_train_data(latents=str(setup["cache"]), images=None, image_size=64, **source)
+    both = TrainOptions(model="DiT-S/2", run_dir="unused", total_steps=1, images="a", latents="b")
     with pytest.raises(ValueError, match="exactly one"):
-        build_train_dataset(images=str(setup["images"]), latents=str(setup["cache"]))
+        both.validate()
     with pytest.raises(FileNotFoundError, match="extract-latents"):
         LatentDataset(str(setup["images"]))

@@ -6,7 +6,9 @@ on one batch of images) is generated once per session (~96 MB, tmp dir only) and
 through the real weights-path code; metrics on its features are meaningful for plumbing,
 not for quality.
 Every Inception forward costs ~6 GFLOPs on CPU, so the image sets are tiny and every test
-that runs Inception is marked slow; the rest check the metric code on synthetic features.
+that runs Inception is marked slow; the rest check the metric code on synthetic features,
+including `udit evaluate`'s wiring (which feature feeds which metric) with a linear stand-in
+for the Inception pass.
 """
 
 import json
@@ -214,31 +216,63 @@ def test_frechet_distance_closed_form_for_diagonal_gaussians():
     assert got == pytest.approx(expected, rel=1e-9)
 
 
+def adm_inception_score(logits: np.ndarray, *, split_size: int = 5000) -> float:
+    """ADM compute_inception_score, written independently: softmax, consecutive splits, no
+    shuffle, exp(mean KL(p(y|x) || p(y))) per split, mean over splits."""
+    z = np.asarray(logits, np.float64)
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    per_split = []
+    for start in range(0, len(p), split_size):
+        part = p[start : start + split_size]
+        kl = part * (np.log(part) - np.log(part.mean(0, keepdims=True)))
+        per_split.append(np.exp(kl.sum(1).mean()))
+    return float(np.mean(per_split))
+
+
 def test_inception_score_matches_adm_formula_with_remainder_split():
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 3, (12000, 10)).astype(np.float32)
-    p = np.exp(logits - logits.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
-    per_split = []
-    for start in range(0, len(p), 5000):  # ADM: 5000, 5000, 2000, no shuffle
-        part = p[start : start + 5000]
-        kl = part * (np.log(part) - np.log(part.mean(0, keepdims=True)))
-        per_split.append(np.exp(kl.sum(1).mean()))
     out = scores.inception_score_adm(logits)
-    assert out["splits"] == 3
-    assert out["mean"] == pytest.approx(np.mean(per_split), rel=1e-5)
+    assert out["splits"] == 3  # ADM: 5000, 5000, 2000, no shuffle
+    assert out["mean"] == pytest.approx(adm_inception_score(logits), rel=1e-5)
+    # the remainder split counts: its score differs from the full splits' mean
+    assert adm_inception_score(logits) != pytest.approx(adm_inception_score(logits[:10000]))
     assert scores.inception_score_adm(logits[:4000])["splits"] == 1  # fewer than 5000: one split
 
 
-def adm_frechet_distance(features_1: np.ndarray, features_2: np.ndarray) -> float:
-    """ADM evaluator.py FIDStatistics.frechet_distance, written independently: np.cov + scipy sqrtm."""
-    mu1, mu2 = features_1.mean(0), features_2.mean(0)
-    sigma1, sigma2 = np.cov(features_1, rowvar=False), np.cov(features_2, rowvar=False)
-    covmean = scipy.linalg.sqrtm(
-        sigma1 @ sigma2
-    ).real  # principal root; imaginary part is round-off
+def adm_frechet_from_stats(mu1, sigma1, mu2, sigma2) -> float:
+    """ADM evaluator.py FIDStatistics.frechet_distance, written independently (scipy sqrtm)."""
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2).real  # principal root; imaginary is round-off
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def adm_frechet_distance(features_1: np.ndarray, features_2: np.ndarray) -> float:
+    """ADM's Frechet distance between two feature sets: np.cov + scipy sqrtm."""
+    return adm_frechet_from_stats(
+        features_1.mean(0),
+        np.cov(features_1, rowvar=False),
+        features_2.mean(0),
+        np.cov(features_2, rowvar=False),
+    )
+
+
+def frechet_low_rank(features: np.ndarray, mu_ref: np.ndarray, sigma_ref: np.ndarray) -> float:
+    """Frechet distance of N <= D features to (mu_ref, sigma_ref), in the symmetric form
+    tr sqrt(R^1/2 S R^1/2) with R^1/2 from eigh, keeping only the N - 1 eigenvalues S's rank
+    allows: the D - N + 1 exact zeros come out of any dense solver as round-off (~1e-12 of the
+    norm) whose square roots would add ~1e-8 relative error (so would scipy's sqrtm here)."""
+    x = np.asarray(features, np.float64)
+    mu, sigma = x.mean(0), np.cov(x, rowvar=False)
+    w, v = np.linalg.eigh(sigma_ref)
+    w = np.where(w > 1e-12 * w.max(), w, 0.0)  # a low-rank reference: round-off -> exact 0
+    root = (v * np.sqrt(w)) @ v.T
+    eigenvalues = np.linalg.eigvalsh(root @ sigma @ root)[::-1][: len(x) - 1]
+    diff = mu - mu_ref
+    return float(
+        diff @ diff + np.trace(sigma) + np.trace(sigma_ref) - 2 * np.sqrt(eigenvalues).sum()
+    )
 
 
 def correlated_features(n: int, dim: int, *, seed: int, shift: float) -> np.ndarray:
@@ -265,20 +299,15 @@ def test_frechet_distance_to_features_low_rank_path_equals_the_dense_formula(n):
     sample = correlated_features(n, 64, seed=3, shift=0.2)
     real = correlated_features(500, 64, seed=4, shift=0.0)
     ref = scores.gaussian_stats(real)
-    # Dense reference value in the symmetric form tr sqrt(R^1/2 S R^1/2), keeping only the
-    # N - 1 eigenvalues S's rank allows: the D - N + 1 exact zeros come out of any dense solver
-    # as round-off (~1e-12 of the norm) whose square roots would add ~1e-8 relative error.
-    # (That is also the size of torch-fidelity's error here, hence its looser check below.)
     stats = scores.gaussian_stats(sample)
-    w, v = np.linalg.eigh(ref["sigma"])
-    root = (v * np.sqrt(w)) @ v.T
-    eigenvalues = np.linalg.eigvalsh(root @ stats["sigma"] @ root)[::-1][: n - 1]
-    tr_covmean = np.sqrt(eigenvalues).sum()
-    diff = stats["mu"] - ref["mu"]
-    exact = diff @ diff + np.trace(stats["sigma"]) + np.trace(ref["sigma"]) - 2 * tr_covmean
+    exact = frechet_low_rank(sample, ref["mu"], ref["sigma"])
     got = scores.frechet_distance_to_features(sample, ref)
     assert exact > 1.0
     assert got == pytest.approx(exact, rel=1e-10)
+    if n > 2:  # the wiring tests' N <= D formula (2 samples: a 1 x 1 product, nothing to test)
+        assert frechet_in_sample_span(sample, ref["mu"], ref["sigma"]) == pytest.approx(
+            exact, rel=1e-9
+        )
     assert got == pytest.approx(scores.frechet_distance(stats, ref), rel=1e-6)  # torch-fidelity
     if n == 64:  # scipy sqrtm (ADM) agrees as well where sigma_1 sigma_2 is not too singular
         assert got == pytest.approx(adm_frechet_distance(sample, real), rel=1e-6)
@@ -286,10 +315,13 @@ def test_frechet_distance_to_features_low_rank_path_equals_the_dense_formula(n):
 
 def test_frechet_distance_to_features_dense_path_and_errors():
     sample = correlated_features(100, 12, seed=5, shift=0.1)  # N > D: torch-fidelity's path
-    ref = scores.gaussian_stats(correlated_features(300, 12, seed=6, shift=0.0))
-    assert scores.frechet_distance_to_features(sample, ref) == pytest.approx(
-        scores.frechet_distance(scores.gaussian_stats(sample), ref), rel=1e-12
+    real = correlated_features(300, 12, seed=6, shift=0.0)
+    ref = {"mu": real.mean(0), "sigma": np.cov(real, rowvar=False)}  # as a reference npz holds
+    expected = adm_frechet_from_stats(
+        sample.mean(0), np.cov(sample, rowvar=False), ref["mu"], ref["sigma"]
     )
+    assert expected > 1.0  # a non-trivial distance
+    assert scores.frechet_distance_to_features(sample, ref) == pytest.approx(expected, rel=1e-9)
     with pytest.raises(ValueError, match="at least 2 samples"):
         scores.frechet_distance_to_features(sample[:1], ref)
     with pytest.raises(ValueError, match="differ in dimension"):
@@ -366,6 +398,148 @@ def test_npz_members_are_memory_mapped_when_stored(tmp_path):
         NpzImages(write_npz(tmp_path / "n.npz", arr_0=images.transpose(0, 3, 1, 2)))
 
 
+def kid_poly_unbiased(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased MMD^2 (Binkowski et al. 2018) with KID's kernel k(a, b) = (a.b / D + 1)^3,
+    for two sets of equal size m, in float64."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    m, dim = x.shape
+    kxx, kyy, kxy = ((a @ b.T / dim + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+    within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+    return float(within - 2 * kxy.sum() / (m * m))
+
+
+def kid_over_subsets(sample, reference, *, subsets: int, subset_size: int, seed: int):
+    """Mean and std of kid_poly_unbiased over the random subsets the metrics JSON records:
+    one np.random.RandomState(seed); per subset, sample indices then reference indices, each
+    without replacement (torch-fidelity's draw order)."""
+    rng = np.random.RandomState(seed)
+    mmds = []
+    for _ in range(subsets):
+        i = rng.choice(len(sample), subset_size, replace=False)
+        j = rng.choice(len(reference), subset_size, replace=False)
+        mmds.append(kid_poly_unbiased(sample[i], reference[j]))
+    return float(np.mean(mmds)), float(np.std(mmds))
+
+
+def shuffled_split_inception_score(logits: np.ndarray, *, splits: int, seed: int) -> float:
+    """torch-fidelity's default IS (the JSON's is_torch_fidelity): a RandomState(seed)
+    permutation, then splits [i N // splits, (i + 1) N // splits)."""
+    z = np.asarray(logits, np.float64)[np.random.RandomState(seed).permutation(len(logits))]
+    n = len(z)
+    chunks = [z[i * n // splits : (i + 1) * n // splits] for i in range(splits)]
+    return float(np.mean([adm_inception_score(c, split_size=len(c)) for c in chunks]))
+
+
+def frechet_in_sample_span(features: np.ndarray, mu_ref, sigma_ref) -> float:
+    """ADM's sqrtm formula for N <= D, restricted to where the sample covariance lives: with
+    A = centred features / sqrt(N - 1) = U diag(s) V^T (thin SVD, the N - 1 non-zero s),
+    S = A^T A = V s^2 V^T and tr sqrt(S R) = tr sqrtm(s^2 V^T R V), a full-rank (N-1)-square
+    product (one D x D eigh took ~14 s at D = 2048 on the shared 2-core CPU)."""
+    x = np.asarray(features, np.float64)
+    mu = x.mean(0)
+    a = (x - mu) / np.sqrt(len(x) - 1)
+    _, s, vt = np.linalg.svd(a, full_matrices=False)
+    keep = s > 1e-10 * s[0]  # centring leaves one exact 0
+    s, vt = s[keep], vt[keep]
+    covmean = scipy.linalg.sqrtm(np.diag(s**2) @ (vt @ sigma_ref @ vt.T)).real
+    diff = mu - mu_ref
+    return float(diff @ diff + np.sum(s**2) + np.trace(sigma_ref) - 2 * np.trace(covmean))
+
+
+def own_frechet(features: np.ndarray, mu_ref: np.ndarray, sigma_ref: np.ndarray) -> float:
+    """ADM's sqrtm formula; in the sample covariance's span when that is not full rank."""
+    x = np.asarray(features, np.float64)
+    if len(x) > x.shape[1]:
+        return adm_frechet_from_stats(x.mean(0), np.cov(x, rowvar=False), mu_ref, sigma_ref)
+    return frechet_in_sample_span(x, mu_ref, sigma_ref)
+
+
+def own_metrics(feats: dict, ref_pool: np.ndarray, ref_npz: Path, protocol: dict) -> dict:
+    """Every metric of the JSON from the test's own formulas: sample features `feats`, the
+    reference images' pool_3 `ref_pool`, and mu/sigma/mu_s/sigma_s as stored in `ref_npz`."""
+    pool = np.asarray(feats[inception.POOL], np.float64)
+    ref_pool = np.asarray(ref_pool, np.float64)
+    with np.load(ref_npz) as ref:
+        fid = own_frechet(pool, ref["mu"], ref["sigma"])
+        sfid = own_frechet(feats[inception.SPATIAL], ref["mu_s"], ref["sigma_s"])
+    precision, recall, gap = adm_manifold_precision_recall(pool, ref_pool, k=3)
+    kid, kid_std = kid_over_subsets(
+        pool,
+        ref_pool,
+        subsets=protocol["kid_subsets"],
+        subset_size=protocol["kid_subset_size"],
+        seed=protocol["seeds"]["kid_subsets"],
+    )
+    tf_is = shuffled_split_inception_score(
+        feats[inception.LOGITS], splits=10, seed=protocol["seeds"]["is_torch_fidelity_shuffle"]
+    )
+    return {
+        "fid": fid,
+        "sfid": sfid,
+        "is": adm_inception_score(feats[inception.LOGITS]),
+        "is_torch_fidelity": tf_is,
+        "precision": precision,
+        "recall": recall,
+        "kid": kid,
+        "kid_std": kid_std,
+        "prc_gap": gap,
+    }
+
+
+# Relative agreement required between the JSON and own_metrics: both work in float64 on the
+# same float32 features (measured ~1e-14); only KID's kernels are float32 in torch-fidelity.
+OWN_FORMULA_RTOL = {"fid": 1e-9, "sfid": 1e-9, "is": 1e-9}
+
+
+def assert_json_equals_own_metrics(result: dict, own: dict) -> None:
+    assert result["protocol"]["k"] == 3 and result["protocol"]["shuffle"] is False
+    for key, rtol in OWN_FORMULA_RTOL.items():
+        assert result[key] == pytest.approx(own[key], rel=rtol), key
+    assert result["is_torch_fidelity"]["mean"] == pytest.approx(own["is_torch_fidelity"], rel=1e-9)
+    # float32 distances decide every k-NN comparison as float64 does: exact fractions
+    assert own["prc_gap"] > 1e-4
+    assert (result["precision"], result["recall"]) == (own["precision"], own["recall"])
+    assert own["precision"] - own["recall"] > 0.5  # so a swap of the two cannot pass
+    # torch-fidelity's kernel sums are float32 (measured 2e-5 relative at D = 2048): allow 1e-4
+    assert result["kid"] == pytest.approx(own["kid"], rel=1e-4), "kid"
+    # (where N = N_ref = subset size every subset is the same set: std is round-off only)
+    assert abs(result["kid_std"] - own["kid_std"]) <= 1e-4 * abs(own["kid"]), "kid_std"
+
+
+def collapsed_copies(images: np.ndarray, *, sources: int, copies: int, seed: int) -> np.ndarray:
+    """Low diversity: `copies` noisy versions of each of the first `sources` images, so the
+    samples sit inside the reference manifold (high precision) but cover little of it."""
+    rng = np.random.default_rng(seed)
+    picked = np.repeat(images[:sources], copies, axis=0).astype(np.float64)
+    return np.clip(picked + rng.normal(0, 6.0, picked.shape), 0, 255).round().astype(np.uint8)
+
+
+def run_evaluate(tmp_path: Path, *, samples: np.ndarray, reference_npz: Path, weights: Path):
+    """`udit evaluate` through its CLI entry point; returns the JSON it wrote, samples path."""
+    samples_npz = write_npz(tmp_path / "samples.npz", arr_0=samples)
+    out = tmp_path / "metrics.json"
+    argv = ["--samples", str(samples_npz), "--reference", str(reference_npz)]
+    argv += ["--inception-weights", str(weights), "--out", str(out), "--device", "cpu"]
+    assert evaluate.main(argv) == 0
+    return json.loads(out.read_text()), samples_npz
+
+
+FAKE_DIMS = {inception.POOL: 32, inception.LOGITS: 10, inception.SPATIAL: 32}
+
+
+def fake_extract_features(dataset, *, extractor, batch_size=64, num_workers=0, progress=False):
+    """Stand-in for the Inception pass (no CPU cost): a fixed random linear map of the pixels
+    per feature. pool_3 and the spatial feature have the same width, so feeding one where the
+    other belongs gives a wrong value rather than a shape error."""
+    pixels = np.stack([dataset[i].numpy().ravel() for i in range(len(dataset))]) / 255.0
+    out = {}
+    for seed, (name, dim) in enumerate(FAKE_DIMS.items()):
+        proj = np.random.default_rng(seed).normal(size=(pixels.shape[1], dim))
+        scale = 3.0 if name == inception.LOGITS else 1.0  # peaked softmax: IS well above 1
+        out[name] = (pixels @ proj * scale / np.sqrt(pixels.shape[1])).astype(np.float32)
+    return out
+
+
 # ---------------------------------------------------------------------------------------
 # reference and evaluate, end to end
 # ---------------------------------------------------------------------------------------
@@ -434,3 +608,67 @@ def test_evaluate_accepts_official_reference_format(tmp_path, weights, images_a,
     assert abs(result["fid"]) < 1e-4 * trace  # same images: ~0 up to eigenvalue round-off
     assert abs(result["sfid"]) < 1e-4 * np.trace(open_npz_array(official, "sigma_s"))
     assert result["precision"] == 1.0 and result["recall"] == 1.0
+
+
+def test_evaluate_wiring_against_own_formulas_fast(tmp_path, monkeypatch):
+    """Which feature feeds which metric, in which order: `udit evaluate` on stand-in features
+    (a linear map instead of Inception), every JSON value against the test's own formulas."""
+    monkeypatch.setattr(inception, "load_extractor", lambda **kwargs: "stand-in extractor")
+    monkeypatch.setattr(inception, "extract_features", fake_extract_features)
+    weights = tmp_path / "fake.pth"
+    weights.write_bytes(b"not an inception")
+    ref_images = np.random.default_rng(0).integers(0, 256, (60, 6, 6, 3), dtype=np.uint8)
+    ref_npz = write_npz(
+        tmp_path / "ref.npz",
+        **reference.build_reference(images=ref_images, weights=weights, device="cpu"),
+    )
+    samples = collapsed_copies(ref_images, sources=4, copies=10, seed=1)  # N = 40 < N_ref = 60
+    result, samples_npz = run_evaluate(
+        tmp_path, samples=samples, reference_npz=ref_npz, weights=weights
+    )
+
+    protocol = result["protocol"]
+    assert (protocol["N"], protocol["N_reference"], protocol["kid_subset_size"]) == (40, 60, 40)
+    assert protocol["kid_subsets"] >= 10  # subsets of the reference really are random draws
+    feats = inception.extract_features(NpzImages(samples_npz), extractor=None)
+    ref_pool = inception.extract_features(ArrayImages(ref_images), extractor=None)[inception.POOL]
+    own = own_metrics(feats, ref_pool, ref_npz, protocol)
+    assert own["fid"] > 1.0 and own["sfid"] > 1.0 and own["is"] > 1.05 and own["kid"] > 0.01
+    assert_json_equals_own_metrics(result, own)
+
+    # each wiring mistake would change a value by far more than the tolerances above
+    pool = feats[inception.POOL].astype(np.float64)
+    assert abs(adm_inception_score(pool) / own["is"] - 1) > 0.05  # IS from pool_3
+    with np.load(ref_npz) as ref:
+        sfid_on_pool = own_frechet(pool, ref["mu_s"], ref["sigma_s"])
+    assert abs(sfid_on_pool / own["sfid"] - 1) > 0.05
+    kid_swapped, _ = kid_over_subsets(
+        ref_pool.astype(np.float64),
+        pool,
+        subsets=protocol["kid_subsets"],
+        subset_size=protocol["kid_subset_size"],
+        seed=protocol["seeds"]["kid_subsets"],
+    )
+    assert abs(kid_swapped / own["kid"] - 1) > 1e-2  # reference and samples swapped
+
+
+@pytest.mark.slow  # Inception on CPU: session fixtures + two passes over 12 images
+def test_evaluate_metrics_equal_own_formulas_on_inception_features(
+    tmp_path, weights, images_a, reference_npz
+):
+    """The same check through the real extractor (random-weight Inception), N = 10 <= D.
+    N < N_ref = 12, so KID's reference subsets are random draws and swapping the two sets
+    changes the value."""
+    samples = collapsed_copies(images_a, sources=2, copies=5, seed=7)
+    result, samples_npz = run_evaluate(
+        tmp_path, samples=samples, reference_npz=reference_npz, weights=weights
+    )
+    extractor = inception.load_extractor(weights=weights)
+    feats = inception.extract_features(NpzImages(samples_npz), extractor=extractor)
+    # the reference's pool_3 as `udit build-reference` stored it (same extractor; equal to a
+    # fresh pass, see test_feature_shapes_layout_and_batch_independence): one pass less
+    ref_pool = open_npz_array(reference_npz, "pool_3")
+    assert result["protocol"]["kid_subset_size"] == 10
+    own = own_metrics(feats, ref_pool, reference_npz, result["protocol"])
+    assert own["fid"] > 1.0 and own["sfid"] > 1.0 and own["is"] > 1.0 + 1e-3
+    assert_json_equals_own_metrics(result, own)

@@ -1,9 +1,10 @@
 """The cluster environment (environment.yml) and the package (pyproject.toml) list the same
 requirements, and constraints.txt pins every one of them."""
+
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 
@@ -42,4 +43,6 @@ def test_constraints_pin_every_requirement():
     for name, spec in _pyproject_requirements().items():
         assert name in pins, f"constraints.txt does not pin {name}"
         pinned = next(iter(pins[name].specifier)).version
-        assert Requirement(f"{name}{spec}").specifier.contains(pinned), f"{name}: pin {pinned} violates {spec}"
+        assert Requirement(f"{name}{spec}").specifier.contains(pinned), (
+            f"{name}: pin {pinned} violates {spec}"
+        )

@@ -4,6 +4,7 @@ A tiny pixel-space DiT (8x8 RGB, 4 classes) with perturbed weights (the final la
 zero-initialised, which would make every sample pure noise-free output) is sampled for a few
 respaced steps on CPU.
 """
+
 import json
 import os
 import signal
@@ -19,23 +20,18 @@ import torch
 
 from udit.models import create_model
 from udit.sample import generate, main
+from udit.stop import EXIT_STOPPED
 
-IMAGE = 8                       # pixels
+IMAGE = 8  # pixels
 CLASSES = 4
-STEPS = 4                       # respaced sampling steps: enough to exercise the chain
+STEPS = 4  # respaced sampling steps: enough to exercise the chain
 TINY = {"depth": 1, "hidden_size": 32, "num_heads": 2, "patch_size": 2}
-PERTURB = 0.05                  # std of the noise added to every weight
+PERTURB = 0.05  # std of the noise added to every weight
 REPO = Path(__file__).resolve().parents[1]
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """2 shared cores: intra-op threads only add contention for models this small."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _tiny_model(seed: int) -> torch.nn.Module:
@@ -49,10 +45,17 @@ def _tiny_model(seed: int) -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
-    """A training-style checkpoint (ema != model weights) and the EMA weights as a raw state dict."""
+    """A training-style checkpoint (ema != model weights) and the EMA weights as a raw state
+    dict."""
     root = tmp_path_factory.mktemp("ckpt")
     ema, raw = _tiny_model(0).state_dict(), _tiny_model(1).state_dict()
-    args = {"model": "DiT-S/2", "model_kw": TINY, "pixel": True, "num_classes": CLASSES, "image_size": IMAGE}
+    args = {
+        "model": "DiT-S/2",
+        "model_kw": TINY,
+        "pixel": True,
+        "num_classes": CLASSES,
+        "image_size": IMAGE,
+    }
     torch.save({"model": raw, "ema": ema, "step": 10, "args": args}, root / "train.pt")
     torch.save(ema, root / "released.pt")
     return root
@@ -89,21 +92,27 @@ def test_npz_layout_is_what_the_adm_evaluator_reads(ckpts, tmp_path):
     assert images.std() > 1.0, "samples are constant: the checkpoint did not reach the model"
     # Grid of 5 samples: 3 columns x 2 rows; shards are removed once the npz is assembled.
     from PIL import Image
+
     assert Image.open(out.with_suffix(".png")).size == (3 * IMAGE, 2 * IMAGE)
     assert not (tmp_path / "s.npz.parts").exists()
     summary = json.loads((tmp_path / "s.npz.json").read_text())
     assert summary["num_samples"] == 5 and summary["config"]["model"] == "DiT-S/2"
+    assert summary["config"]["precision"] == "tf32"  # provenance: the default, as sample_ddp.py
 
 
 def test_uniform_labels_cycle_over_classes(ckpts, tmp_path):
-    labels = _sample(ckpts / "train.pt", tmp_path / "u.npz", labels="uniform", num_samples=6)["arr_1"]
+    labels = _sample(ckpts / "train.pt", tmp_path / "u.npz", labels="uniform", num_samples=6)[
+        "arr_1"
+    ]
     np.testing.assert_array_equal(labels, np.arange(6) % CLASSES)
 
 
 def test_sample_depends_only_on_seed_and_index(ckpts, tmp_path):
     a = _sample(ckpts / "train.pt", tmp_path / "a.npz", batch_size=4, cfg_scale=1.5)
     b = _sample(ckpts / "train.pt", tmp_path / "b.npz", batch_size=1, cfg_scale=1.5)
-    longer = _sample(ckpts / "train.pt", tmp_path / "c.npz", batch_size=3, cfg_scale=1.5, num_samples=8)
+    longer = _sample(
+        ckpts / "train.pt", tmp_path / "c.npz", batch_size=3, cfg_scale=1.5, num_samples=8
+    )
     other = _sample(ckpts / "train.pt", tmp_path / "d.npz", batch_size=4, cfg_scale=1.5, seed=4)
     for key in ("arr_0", "arr_1"):
         np.testing.assert_array_equal(a[key], b[key])
@@ -125,8 +134,15 @@ def test_ema_by_default_and_released_state_dicts(ckpts, tmp_path):
     raw = _sample(ckpts / "train.pt", tmp_path / "m.npz", weights="model")
     assert not np.array_equal(ema["arr_0"], raw["arr_0"])
     # The EMA weights saved as a bare state dict (a released checkpoint) need the model named.
-    released = _sample(ckpts / "released.pt", tmp_path / "r.npz", model="DiT-S/2", model_kw=TINY,
-                       pixel=True, num_classes=CLASSES, image_size=IMAGE)
+    released = _sample(
+        ckpts / "released.pt",
+        tmp_path / "r.npz",
+        model="DiT-S/2",
+        model_kw=TINY,
+        pixel=True,
+        num_classes=CLASSES,
+        image_size=IMAGE,
+    )
     np.testing.assert_array_equal(ema["arr_0"], released["arr_0"])
 
 
@@ -139,21 +155,47 @@ def test_ddim_is_deterministic_and_differs_from_ddpm(ckpts, tmp_path):
 
 
 def test_clear_errors(ckpts, tmp_path, capsys):
-    base = ["--out", str(tmp_path / "x.npz"), "--num-samples", "2", "--steps", "2", "--device", "cpu"]
+    base = [
+        "--out",
+        str(tmp_path / "x.npz"),
+        "--num-samples",
+        "2",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+    ]
     assert main(["--checkpoint", str(ckpts / "train.pt"), "--model", "DiT-B/2", *base]) == 2
     assert "contradicts the checkpoint" in capsys.readouterr().err
     assert main(["--checkpoint", str(ckpts / "train.pt"), "--model-kw", "depth=2", *base]) == 2
     assert "--model-kw {'depth': 2} contradicts" in capsys.readouterr().err
     assert main(["--checkpoint", str(ckpts / "train.pt"), "--model-kw", "mlp_ratio=2", *base]) == 2
-    assert "--model-kw {'mlp_ratio': 2} contradicts" in capsys.readouterr().err  # not trained with it
+    assert (
+        "--model-kw {'mlp_ratio': 2} contradicts" in capsys.readouterr().err
+    )  # not trained with it
     # The training values (or a subset) and the model's slug are accepted.
-    assert main(["--checkpoint", str(ckpts / "train.pt"), "--model", "dit-s-2", "--model-kw", "depth=1",
-                 *base]) == 0
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(ckpts / "train.pt"),
+                "--model",
+                "dit-s-2",
+                "--model-kw",
+                "depth=1",
+                *base,
+            ]
+        )
+        == 0
+    )
     assert main(["--checkpoint", str(ckpts / "released.pt"), "--pixel", *base]) == 2
     assert "pass --model" in capsys.readouterr().err
     assert main(["--checkpoint", str(tmp_path / "missing.pt"), *base]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
-    assert main(["--checkpoint", str(ckpts / "released.pt"), "--model", "DiT-Q/9", "--pixel", *base]) == 2
+    assert (
+        main(["--checkpoint", str(ckpts / "released.pt"), "--model", "DiT-Q/9", "--pixel", *base])
+        == 2
+    )
     assert "known models" in capsys.readouterr().err
 
 
@@ -173,8 +215,21 @@ def test_rerun_of_a_finished_job_is_a_no_op(ckpts, tmp_path):
 
 
 def _cli(ckpt: Path, out: Path, *extra: str) -> list[str]:
-    return ["--checkpoint", str(ckpt), "--out", str(out), "--num-samples", "8", "--steps", str(STEPS),
-            "--seed", "3", "--device", "cpu", *extra]
+    return [
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--num-samples",
+        "8",
+        "--steps",
+        str(STEPS),
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(ckpts, tmp_path):
@@ -182,9 +237,17 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(ckpts, tmp_path):
     reference = _sample(ckpt, tmp_path / "ref.npz", num_samples=8, batch_size=8)
     out = tmp_path / "killed.npz"
     parts = tmp_path / "killed.npz.parts"
-    proc = subprocess.Popen([sys.executable, "-m", "udit.sample", *_cli(ckpt, out, "--batch-size", "2",
-                             "--pause-after-shard", "30")], env=SUBPROCESS_ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "udit.sample",
+            *_cli(ckpt, out, "--batch-size", "2", "--pause-after-shard", "30"),
+        ],
+        env=SUBPROCESS_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 60
         while len(list(parts.glob("shard-*.npz"))) < 1:
@@ -206,17 +269,58 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(ckpts, tmp_path):
         np.testing.assert_array_equal(resumed[key], reference[key])
 
 
+def test_stop_signal_ends_at_a_shard_boundary_and_resumes(ckpts, tmp_path):
+    """SIGUSR1 while a shard is pending: that shard is finished, the job exits EXIT_STOPPED,
+    and the same command run again makes the rest: the same samples as an uninterrupted run."""
+    ckpt = ckpts / "train.pt"
+    reference = _sample(ckpt, tmp_path / "ref.npz", num_samples=8, batch_size=8)
+    out, parts = tmp_path / "stopped.npz", tmp_path / "stopped.npz.parts"
+    cli = [sys.executable, "-m", "udit.sample", *_cli(ckpt, out, "--batch-size", "2")]
+    proc = subprocess.Popen(
+        [*cli, "--pause-after-shard", "2"],
+        env=SUBPROCESS_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while not list(parts.glob("shard-*.npz")):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "no shard written within 60 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    assert proc.wait(timeout=60) == EXIT_STOPPED
+    assert "SIGUSR1: stopped after 2 of this rank's 8 samples" in proc.stderr.read().decode()
+    assert len(list(parts.glob("shard-*.npz"))) == 1 and not out.exists()
+    again = subprocess.run(cli, env=SUBPROCESS_ENV, capture_output=True, text=True, check=False)
+    assert again.returncode == 0, again.stderr[-2000:]
+    with np.load(out) as resumed:
+        for key in ("arr_0", "arr_1"):
+            np.testing.assert_array_equal(resumed[key], reference[key])
+
+
 @pytest.mark.slow
 def test_two_processes_match_one(ckpts, tmp_path):
     ckpt = ckpts / "train.pt"
     reference = _sample(ckpt, tmp_path / "one.npz", num_samples=8, batch_size=8)
     out = tmp_path / "two.npz"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "udit.sample", *_cli(ckpt, out, "--batch-size", "3", "--keep-parts")]
-    result = subprocess.run(cmd, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=120,
-                            check=False)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "udit.sample",
+        *_cli(ckpt, out, "--batch-size", "3", "--keep-parts"),
+    ]
+    result = subprocess.run(
+        cmd, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=120, check=False
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    shards = [np.load(p)["indices"].tolist() for p in sorted((tmp_path / "two.npz.parts").glob("shard-*"))]
+    shards = [
+        np.load(p)["indices"].tolist() for p in sorted((tmp_path / "two.npz.parts").glob("shard-*"))
+    ]
     assert sorted(shards) == [[0, 2, 4], [1, 3, 5], [6], [7]]  # rank r takes r, r + 2, ...
     with np.load(out) as two:
         for key in ("arr_0", "arr_1"):
@@ -224,7 +328,8 @@ def test_two_processes_match_one(ckpts, tmp_path):
 
 
 def test_latent_model_is_decoded_by_the_vae(tmp_path):
-    """Latent space: a tiny random AutoencoderKL (real diffusers, factor 4) decodes z / LATENT_SCALE."""
+    """Latent space: a tiny random AutoencoderKL (real diffusers, factor 4)
+    decodes z / LATENT_SCALE."""
     from udit.data.vae import save_tiny_vae
 
     vae_dir = save_tiny_vae(out_dir=str(tmp_path / "vae"), seed=0)
@@ -234,9 +339,17 @@ def test_latent_model_is_decoded_by_the_vae(tmp_path):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(PERTURB * torch.randn_like(p))
-    args = {"model": "DiT-S/2", "model_kw": TINY, "num_classes": CLASSES, "image_size": 4 * side,
-            "pixel": False, "vae": vae_dir}
-    torch.save({"model": model.state_dict(), "ema": model.state_dict(), "args": args}, tmp_path / "c.pt")
+    args = {
+        "model": "DiT-S/2",
+        "model_kw": TINY,
+        "num_classes": CLASSES,
+        "image_size": 4 * side,
+        "pixel": False,
+        "vae": vae_dir,
+    }
+    torch.save(
+        {"model": model.state_dict(), "ema": model.state_dict(), "args": args}, tmp_path / "c.pt"
+    )
     arrays = _sample(tmp_path / "c.pt", tmp_path / "z.npz", num_samples=3)
     assert arrays["arr_0"].shape == (3, 4 * side, 4 * side, 3) and arrays["arr_0"].dtype == np.uint8
     summary = json.loads((tmp_path / "z.npz.json").read_text())
@@ -258,16 +371,36 @@ def test_damaged_shard_is_redone(ckpts, tmp_path):
 
 def test_u_dit_samples_are_batch_invariant(tmp_path):
     """The U-shaped family (downsampled attention, re-parameterised FFN in eval mode) through the
-    same path, from a training-style checkpoint whose model_kw came from JSON (lists, not tuples)."""
+    same path, from a training-style checkpoint whose model_kw came from JSON (lists, not
+    tuples)."""
     kw = {"hidden_size": 16, "num_heads": 2, "depths": [1, 1, 1, 1, 1]}
     torch.manual_seed(0)
     model = create_model("U-DiT-S", input_size=IMAGE, in_channels=3, num_classes=CLASSES, **kw)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(PERTURB * torch.randn_like(p))
-    args = {"model": "U-DiT-S", "model_kw": kw, "num_classes": CLASSES, "image_size": IMAGE, "pixel": True}
-    torch.save({"model": model.state_dict(), "ema": model.state_dict(), "args": args}, tmp_path / "u.pt")
+    args = {
+        "model": "U-DiT-S",
+        "model_kw": kw,
+        "num_classes": CLASSES,
+        "image_size": IMAGE,
+        "pixel": True,
+    }
+    torch.save(
+        {"model": model.state_dict(), "ema": model.state_dict(), "args": args}, tmp_path / "u.pt"
+    )
     one = _sample(tmp_path / "u.pt", tmp_path / "a.npz", batch_size=1, cfg_scale=1.5, num_samples=4)
-    four = _sample(tmp_path / "u.pt", tmp_path / "b.npz", batch_size=4, cfg_scale=1.5, num_samples=4)
+    four = _sample(
+        tmp_path / "u.pt", tmp_path / "b.npz", batch_size=4, cfg_scale=1.5, num_samples=4
+    )
     np.testing.assert_array_equal(one["arr_0"], four["arr_0"])
     assert one["arr_0"].std() > 1.0
+
+
+def test_pixels_to_uint8_as_dit_sample_ddp():
+    """clamp(127.5 x + 128, 0, 255) then truncation: 0 -> 128 (not 127), -1 -> 0, 1 -> 255."""
+    from udit.sample import to_uint8
+
+    x = torch.tensor([-2.0, -1.0, -0.5, 0.0, 0.001, 0.5, 1.0, 3.0], dtype=torch.float64)
+    assert to_uint8(x).tolist() == [0, 0, 64, 128, 128, 191, 255, 255]
+    assert to_uint8(x).dtype == torch.uint8

@@ -32,7 +32,7 @@ def test_same_seed_same_bytes_different_seed_different(tmp_path):
                     "4",
                     "--per-class",
                     "5",
-                    "--size",
+                    "--image-size",
                     "32",
                     "--seed",
                     str(seed),

@@ -14,11 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from udit import checkpointing
+import udit.stop
+from udit import paths
 from udit.data.toy import generate_toy_data
 from udit.models import create_model
-from udit.train import NonFiniteLossError, TrainOptions, main, train
-from udit.train_state import DataOrder, LabelDropControl, draw_samples, make_ema, update_ema
+from udit.stop import EXIT_STOPPED
+from udit.training import store
+from udit.training.determinism import DataOrder, LabelDropControl, draw_samples
+from udit.training.ema import make_ema, update_ema
+from udit.training.loop import NonFiniteLossError, TrainOptions, main, train
 
 TINY_KW = {"hidden_size": 32, "depth": 2, "num_heads": 2}  # DiT-S/2 shrunk to ~0.1 M parameters
 IMAGE_SIZE = 16
@@ -59,24 +63,24 @@ def _cli_args(run_dir, data, **extra) -> list[str]:
 
 
 def _options(run_dir, data, **extra) -> TrainOptions:
-    kw = dict(
-        model="DiT-S/2",
-        run_dir=str(run_dir),
-        images=str(data),
-        pixel=True,
-        image_size=IMAGE_SIZE,
-        num_classes=NUM_CLASSES,
-        global_batch=BATCH,
-        log_every=2,
-        num_workers=0,
-        device="cpu",
-        model_kw=dict(TINY_KW),
-    )
+    kw = {
+        "model": "DiT-S/2",
+        "run_dir": str(run_dir),
+        "images": str(data),
+        "pixel": True,
+        "image_size": IMAGE_SIZE,
+        "num_classes": NUM_CLASSES,
+        "global_batch": BATCH,
+        "log_every": 2,
+        "num_workers": 0,
+        "device": "cpu",
+        "model_kw": dict(TINY_KW),
+    }
     return TrainOptions(**{**kw, **extra})
 
 
 def _weights(path) -> dict:
-    return checkpointing.load_checkpoint_state(path)
+    return store.load_checkpoint_state(path)
 
 
 def _max_diff(a: dict, b: dict) -> float:
@@ -115,13 +119,11 @@ def test_step_exact_resume_after_sigkill(toy, reference, tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "udit.train",
+        "udit.training.loop",
         *_cli_args(run, toy, total_steps=2 * N, ckpt_every=N, pause_after_ckpt=KILL_TIMEOUT_S),
     ]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    sidecar = (
-        run / checkpointing.CKPT_DIR / (checkpointing.ckpt_name(N) + checkpointing.SIDECAR_SUFFIX)
-    )
+    sidecar = run / paths.CKPT_DIR / (paths.checkpoint_name(N) + store.SIDECAR_SUFFIX)
     deadline = time.monotonic() + KILL_TIMEOUT_S
     while not sidecar.exists():
         assert proc.poll() is None, f"trainer exited early: {proc.stderr.read().decode()[-2000:]}"
@@ -129,11 +131,9 @@ def test_step_exact_resume_after_sigkill(toy, reference, tmp_path):
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
-    assert [s for s, _ in checkpointing.list_checkpoints(run)] == [N]  # killed before step 2N
+    assert [s for s, _ in store.list_checkpoints(run)] == [N]  # killed before step 2N
     # A torn write of a later checkpoint (no sidecar, truncated pickle) must be skipped.
-    (run / checkpointing.CKPT_DIR / checkpointing.ckpt_name(N + 1)).write_bytes(
-        b"PK\x03\x04 truncated"
-    )
+    (run / paths.CKPT_DIR / paths.checkpoint_name(N + 1)).write_bytes(b"PK\x03\x04 truncated")
 
     with pytest.warns(UserWarning, match="skipping invalid checkpoint"):
         result = train(_options(run, toy, total_steps=2 * N, ckpt_every=N))
@@ -147,6 +147,106 @@ def test_step_exact_resume_after_sigkill(toy, reference, tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == 2 * N  # no duplicate lines after the resume
 
 
+def _train_cmd(run, toy, **extra) -> list[str]:
+    return [sys.executable, "-m", "udit.training.loop", *_cli_args(run, toy, **extra)]
+
+
+def _one_thread_env() -> dict:
+    return {**_env(), "OMP_NUM_THREADS": "1"}  # one summation order: bitwise comparisons
+
+
+@pytest.fixture(scope="module")
+def cli_reference(toy, tmp_path_factory) -> dict:
+    """An uninterrupted `udit train` subprocess of 2N steps (no checkpoint before the end)."""
+    run = tmp_path_factory.mktemp("cli-reference")
+    cmd = _train_cmd(run, toy, total_steps=2 * N, ckpt_every=100)
+    out = subprocess.run(cmd, env=_one_thread_env(), capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return _weights(run / paths.CKPT_DIR / paths.checkpoint_name(2 * N))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
+def test_stop_signal_checkpoints_that_step_and_the_rerun_is_bitwise_the_same(
+    toy, cli_reference, tmp_path, sig
+):
+    """A cluster's warning signal mid-run: the step in flight finishes, a checkpoint of exactly
+    that step is written (no scheduled one is due: ckpt_every 100), the exit code asks for a
+    retry, and the same command run again ends with the uninterrupted run's weights, bitwise."""
+    run = tmp_path / "run"
+    cmd = _train_cmd(run, toy, total_steps=2 * N, ckpt_every=100, log_every=1)
+    proc = subprocess.Popen(
+        [*cmd, "--pause-after-step", "2"],
+        env=_one_thread_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    log = run / paths.TRAIN_LOG
+    deadline = time.monotonic() + KILL_TIMEOUT_S
+    while not (log.exists() and log.read_text().strip()):
+        assert proc.poll() is None, f"trainer exited early: {proc.stderr.read().decode()[-2000:]}"
+        assert time.monotonic() < deadline, "no step logged"
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=KILL_TIMEOUT_S) == EXIT_STOPPED
+    err = proc.stderr.read().decode()
+    assert f"{signal.Signals(sig).name}: stopped after step" in err, err[-2000:]
+    logged = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    steps = [s for s, _ in store.list_checkpoints(run)]
+    assert steps == [logged[-1]] and 1 <= steps[0] < 2 * N, (steps, logged)  # that exact step
+    assert store.verify_checkpoint(store.list_checkpoints(run)[0][1]) is None
+
+    again = subprocess.run(cmd, env=_one_thread_env(), capture_output=True, text=True, check=False)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"at step {steps[0]}" in again.stderr  # resumed from the stop checkpoint
+    got = _weights(run / paths.CKPT_DIR / paths.checkpoint_name(2 * N))
+    for part in ("model", "ema"):
+        for key, want in cli_reference[part].items():
+            assert torch.equal(got[part][key], want), (part, key)
+    opt_got, opt_want = got["opt"]["state"], cli_reference["opt"]["state"]
+    assert opt_got.keys() == opt_want.keys() and opt_want
+    for key, state in opt_want.items():  # Adam moments and step counts too
+        assert all(torch.equal(opt_got[key][k], v) for k, v in state.items()), key
+
+
+def test_time_based_checkpoint(toy, tmp_path, monkeypatch):
+    """checkpoint_minutes: a checkpoint once that much time has passed since the last one,
+    besides the scheduled ones, and the rotation (keep_last) still applies. The stop module's
+    clock is replaced by one that advances 25 s per reading: due at steps 3 and 6."""
+
+    class Clock:
+        now = 0.0
+
+        @classmethod
+        def monotonic(cls) -> float:
+            cls.now += 25.0
+            return cls.now
+
+    monkeypatch.setattr(udit.stop, "time", Clock)
+    run = tmp_path / "run"
+    opts = _options(run, toy, total_steps=7, ckpt_every=100, keep_last=3, checkpoint_minutes=1)
+    assert train(opts)["step"] == 7
+    assert [s for s, _ in store.list_checkpoints(run)] == [3, 6, 7]
+    quiet = tmp_path / "quiet"
+    train(_options(quiet, toy, total_steps=7, ckpt_every=100, keep_last=3, checkpoint_minutes=0))
+    assert [s for s, _ in store.list_checkpoints(quiet)] == [7]
+
+
+def test_grad_accum_run_matches_the_one_batch_run(toy, reference, tmp_path, monkeypatch):
+    """--grad-accum 4: every step runs as 4 micro-batches of 2 (seen by the step function) and
+    the run ends with the reference run's weights (float32 rounding)."""
+    from udit.training import loop
+
+    seen, real = [], loop.train_step
+    monkeypatch.setattr(loop, "train_step", lambda **kw: seen.append(kw["accum"]) or real(**kw))
+    result = train(_options(tmp_path / "run", toy, total_steps=2 * N, ckpt_every=N, grad_accum=4))
+    assert seen == [4] * (2 * N)
+    got, want = _weights(result["checkpoint"]), _weights(reference)
+    assert _max_diff(got["model"], want["model"]) <= 1e-6
+    assert _max_diff(got["ema"], want["ema"]) <= 1e-6
+    with pytest.raises(ValueError, match="not divisible by --grad-accum 3"):
+        _options(tmp_path / "bad", toy, total_steps=1, grad_accum=3).validate()
+
+
 def test_stop_at_then_continue_equals_one_run(toy, reference, tmp_path):
     """The 400K -> 1M flow: a node stops at a milestone, a later node continues the same run."""
     run = tmp_path / "run"
@@ -156,9 +256,7 @@ def test_stop_at_then_continue_equals_one_run(toy, reference, tmp_path):
     assert first["step"] == N - 1
     final = train(_options(run, toy, total_steps=2 * N, ckpt_every=100, milestones=(N - 1,)))
     assert _max_diff(_weights(final["checkpoint"])["model"], _weights(reference)["model"]) <= 1e-6
-    assert checkpointing.ckpt_name(N - 1) in os.listdir(
-        run / checkpointing.CKPT_DIR
-    )  # milestone kept
+    assert paths.checkpoint_name(N - 1) in os.listdir(run / paths.CKPT_DIR)  # milestone kept
     again = train(_options(run, toy, total_steps=2 * N))  # already done: trains nothing
     assert again["step"] == 2 * N
 
@@ -172,10 +270,10 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(toy, reference, tmp_path,
         NonFiniteLossError, match=rf"non-finite loss at step {bad_step} \(loss=nan, mse=nan, vb="
     ):
         train(_options(run, toy, total_steps=2 * N, ckpt_every=N, inject_nan_at=bad_step))
-    assert [s for s, _ in checkpointing.list_checkpoints(run)] == [N]
-    good = run / checkpointing.CKPT_DIR / checkpointing.ckpt_name(N)
-    assert checkpointing.verify_checkpoint(good) is None
-    digest = checkpointing.sha256_file(good)
+    assert [s for s, _ in store.list_checkpoints(run)] == [N]
+    good = run / paths.CKPT_DIR / paths.checkpoint_name(N)
+    assert store.verify_checkpoint(good) is None
+    digest = store.sha256_file(good)
     logged = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged] == [2] and all(
         torch.isfinite(torch.tensor(r["loss"])) for r in logged
@@ -184,8 +282,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(toy, reference, tmp_path,
     code = main(_cli_args(run, toy, total_steps=2 * N, ckpt_every=N, inject_nan_at=N + 2))
     err = capsys.readouterr().err
     assert code == 1 and f"non-finite loss at step {N + 2}" in err and good.name in err
-    assert checkpointing.sha256_file(good) == digest  # untouched by both failed attempts
-    assert [s for s, _ in checkpointing.list_checkpoints(run)] == [N]
+    assert store.sha256_file(good) == digest  # untouched by both failed attempts
+    assert [s for s, _ in store.list_checkpoints(run)] == [N]
     final = train(_options(run, toy, total_steps=2 * N, ckpt_every=N))
     assert _max_diff(_weights(final["checkpoint"])["model"], _weights(reference)["model"]) <= 1e-6
 
@@ -205,7 +303,7 @@ def test_latent_cache_and_online_vae_modes(toy, tmp_path):
     vae = save_tiny_vae(out_dir=str(tmp_path / "vae"), seed=0)  # factor 4: 16 px -> 4x4 latents
     cache = tmp_path / "cache"
     extract_latents(images=str(toy), out=str(cache), image_size=IMAGE_SIZE, vae=vae, progress=False)
-    common = dict(pixel=False, total_steps=2, ckpt_every=2)
+    common = {"pixel": False, "total_steps": 2, "ckpt_every": 2}
     runs = {
         "latents": _options(
             tmp_path / "lat", toy, **{**common, "images": None, "latents": str(cache)}
@@ -236,7 +334,8 @@ def test_latent_cache_and_online_vae_modes(toy, tmp_path):
 
 @pytest.mark.slow
 def test_world_size_two_matches_one(toy, tmp_path):
-    """torchrun 2 x CPU/gloo with the global batch split in two == 1 process with the whole batch."""
+    """torchrun 2 x CPU/gloo with the global batch split in two == 1 process with the whole
+    batch."""
     single = train(_options(tmp_path / "one", toy, total_steps=1, ckpt_every=1))
     cmd = [
         sys.executable,
@@ -246,12 +345,12 @@ def test_world_size_two_matches_one(toy, tmp_path):
         "--nproc_per_node",
         "2",
         "-m",
-        "udit.train",
+        "udit.training.loop",
         *_cli_args(tmp_path / "two", toy, total_steps=1, ckpt_every=1),
     ]
-    out = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    out = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
-    two = _weights(tmp_path / "two" / checkpointing.CKPT_DIR / checkpointing.ckpt_name(1))
+    two = _weights(tmp_path / "two" / paths.CKPT_DIR / paths.checkpoint_name(1))
     one = _weights(single["checkpoint"])
     assert len(two["rng"]["ranks"]) == 2
     torch.manual_seed(
@@ -267,6 +366,60 @@ def test_world_size_two_matches_one(toy, tmp_path):
     assert _max_diff(two["ema"], one["ema"]) <= 1e-6
 
 
+def _worker_pid(agent_pid: int, rank: int) -> int | None:
+    """PID of the torchrun worker with RANK=rank among the agent's children (Linux /proc)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = (proc / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == agent_pid and f"RANK={rank}".encode() in env:
+            return int(proc.name)
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["rank 1", "agent"])
+def test_stop_signal_on_one_rank_stops_every_rank_after_the_same_step(
+    toy, reference, tmp_path, target
+):
+    """Only rank 1 gets SIGUSR1: the flags are all-reduced, so both ranks leave after the same
+    step, rank 0 writes its checkpoint, and a rerun finishes like the uninterrupted run.
+    'agent': SIGUSR1 to torchrun itself, which passes it on to both ranks when told to
+    (torchrun --signals-to-handle, set through PET_SIGNALS_TO_HANDLE as launch.sh does)."""
+    run = tmp_path / "run"
+    args = _cli_args(run, toy, total_steps=2 * N, ckpt_every=100, log_every=1)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    cmd = [*launch, "2", "-m", "udit.training.loop", *args]
+    env = {**_env(), "PET_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"}
+    proc = subprocess.Popen(
+        [*cmd, "--pause-after-step", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    log = run / paths.TRAIN_LOG
+    deadline = time.monotonic() + 120
+    while not (log.exists() and log.read_text().strip()):
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "no step logged"
+        time.sleep(0.05)
+    os.kill(proc.pid if target == "agent" else _worker_pid(proc.pid, 1), signal.SIGUSR1)
+    assert proc.wait(timeout=120) != 0  # the agent reports its workers' exit 75
+    err = proc.stderr.read().decode()
+    assert "SIGUSR1: stopped after step" in err, err[-3000:]
+    if target == "rank 1":  # rank 0 got no signal: it stopped on the all-reduced flag
+        assert "another rank's stop signal: stopped after step" in err, err[-3000:]
+    logged = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert [s for s, _ in store.list_checkpoints(run)] == [logged[-1]]
+    assert logged[-1] < 2 * N
+    again = subprocess.run(cmd, env=_env(), capture_output=True, text=True, check=False)
+    assert again.returncode == 0, again.stderr[-3000:]
+    got = _weights(run / paths.CKPT_DIR / paths.checkpoint_name(2 * N))
+    assert _max_diff(got["model"], _weights(reference)["model"]) <= 1e-6
+
+
 def test_global_batch_split_is_rank_independent():
     one = DataOrder(num_items=40, global_batch=8, world_size=1, rank=0, seed=3)
     halves = [
@@ -277,16 +430,16 @@ def test_global_batch_split_is_rank_independent():
             step
         )
     assert one.position(11) == {"epoch": 2, "index": 1, "batches_per_epoch": 5}
-    kw = dict(
-        seed=0,
-        step=7,
-        shape=(3, 4, 4),
-        num_timesteps=1000,
-        num_embedders=3,
-        drop_prob=0.1,
-        latent=True,
-        flip_prob=0.5,
-    )
+    kw = {
+        "seed": 0,
+        "step": 7,
+        "shape": (3, 4, 4),
+        "num_timesteps": 1000,
+        "num_embedders": 3,
+        "drop_prob": 0.1,
+        "latent": True,
+        "flip_prob": 0.5,
+    }
     whole = draw_samples(offset=0, count=8, **kw)
     parts = [draw_samples(offset=o, count=4, **kw) for o in (0, 4)]
     for name in ("noise", "t", "latent_noise", "label_drop", "flip"):
@@ -349,37 +502,37 @@ def test_ema_starts_as_exact_copy_and_follows_decay():
 
 def test_rotation_keeps_last_k_and_milestones(tmp_path):
     for step in range(1, 11):
-        checkpointing.save_checkpoint(
+        store.save_checkpoint(
             {"step": step, "w": torch.full((2,), float(step))},
             run_dir=tmp_path,
             step=step,
             keep_last=2,
             milestones=(4, 7),
         )
-    assert [s for s, _ in checkpointing.list_checkpoints(tmp_path)] == [4, 7, 9, 10]
-    leftovers = {p.name for p in (tmp_path / checkpointing.CKPT_DIR).iterdir()}
+    assert [s for s, _ in store.list_checkpoints(tmp_path)] == [4, 7, 9, 10]
+    leftovers = {p.name for p in (tmp_path / paths.CKPT_DIR).iterdir()}
     assert leftovers == {
-        checkpointing.ckpt_name(s) + suffix
+        paths.checkpoint_name(s) + suffix
         for s in (4, 7, 9, 10)
-        for suffix in ("", checkpointing.SIDECAR_SUFFIX)
+        for suffix in ("", store.SIDECAR_SUFFIX)
     }  # no temp files, no orphans
 
 
 def test_corrupt_checkpoint_is_skipped(tmp_path):
     for step in (1, 2, 3):
-        checkpointing.save_checkpoint(
+        store.save_checkpoint(
             {"step": step, "w": torch.randn(64)}, run_dir=tmp_path, step=step, keep_last=5
         )
-    newest = tmp_path / checkpointing.CKPT_DIR / checkpointing.ckpt_name(3)
+    newest = tmp_path / paths.CKPT_DIR / paths.checkpoint_name(3)
     newest.write_bytes(newest.read_bytes()[:-10])  # truncated after the sidecar was written
-    middle = tmp_path / checkpointing.CKPT_DIR / checkpointing.ckpt_name(2)
+    middle = tmp_path / paths.CKPT_DIR / paths.checkpoint_name(2)
     data = bytearray(middle.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped bit: torch.load might not notice, the hash does
     middle.write_bytes(bytes(data))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        step, path = checkpointing.find_latest(tmp_path)
-    assert step == 1 and checkpointing.load_checkpoint_state(path)["step"] == 1
+        step, path = store.find_latest(tmp_path)
+    assert step == 1 and store.load_checkpoint_state(path)["step"] == 1
     assert sum("skipping invalid checkpoint" in str(w.message) for w in caught) == 2
 
 

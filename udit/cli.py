@@ -3,7 +3,9 @@
 Every command module is also importable and exposes `main(argv) -> int`, so scripts,
 tests and Snakemake rules can call the same code (edm2 style).
 """
+
 import importlib
+import json
 import sys
 
 # command -> module with a `main(argv: list[str] | None) -> int`
@@ -11,15 +13,60 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "flops": ("udit.flops", "count forward GFLOPs of every registry model with fvcore"),
     "toy-data": ("udit.data.toy", "write a seeded procedural toy ImageFolder"),
     "tiny-vae": ("udit.data.vae", "save a random-init tiny AutoencoderKL for toy runs"),
-    "train": ("udit.train", "train a registry model (DiT recipe; resumable, DDP under torchrun)"),
-    "sample": ("udit.sample", "draw class-conditional samples into an ADM-format .npz (resumable, torchrun-ready)"),
-    "build-reference": ("udit.metrics.reference", "ADM-format reference npz (images, mu/sigma, mu_s/sigma_s) from an image folder"),
-    "evaluate": ("udit.metrics.evaluate", "FID, sFID, IS, precision/recall, KID of a samples npz vs a reference"),
-    "make-standin-inception": ("udit.metrics.standin", "seeded random-weight Inception for offline smoke runs (uncalibrated)"),
-    "plan": ("udit.plan", "training compute and GPU-hours of a config, before launch"),
+    "train": (
+        "udit.training.loop",
+        "train a registry model (DiT recipe; resumable, DDP under torchrun)",
+    ),
+    "sample": (
+        "udit.sample",
+        "draw class-conditional samples into an ADM-format .npz (resumable, torchrun-ready)",
+    ),
+    "build-reference": (
+        "udit.metrics.reference",
+        "ADM-format reference npz (images, mu/sigma, mu_s/sigma_s) from an image folder",
+    ),
+    "evaluate": (
+        "udit.metrics.evaluate",
+        "FID, sFID, IS, precision/recall, KID of a samples npz vs a reference",
+    ),
+    "make-standin-inception": (
+        "udit.metrics.standin",
+        "seeded random-weight Inception for offline smoke runs (uncalibrated)",
+    ),
+    "plan": ("udit.plan", "compute and hours of every job of a config, before launch"),
+    "download": ("udit.download", "fetch the reference batches, Inception, VAE, releases"),
+    "import-features": ("udit.data.features", "official pre-extracted VAE features -> latents"),
     "report": ("udit.report", "paper vs reproduction tables, figures and HTML page"),
-    "extract-latents": ("udit.data.latents", "encode an ImageFolder, both flips, into a sharded latent cache"),
+    "extract-latents": (
+        "udit.data.latents",
+        "encode an ImageFolder, both flips, into a sharded latent cache",
+    ),
 }
+
+
+def add_dry_run(parser) -> None:
+    """One --dry-run for every command that does expensive work (edm2 style)."""
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the resolved options as JSON and exit"
+    )
+
+
+def dry_run(args) -> bool:
+    """Print `args` as JSON if --dry-run was given; -> whether the command should stop here."""
+    if getattr(args, "dry_run", False):
+        options = {k: v for k, v in vars(args).items() if k != "dry_run"}
+        print(json.dumps(options, indent=2, sort_keys=True, default=str))
+        return True
+    return False
+
+
+def check_minimums(parser, args, **minimums: int) -> None:
+    """Exit 2 through parser.error (usage + one line) for a numeric option below its minimum,
+    e.g. check_minimums(parser, args, batch_size=1, num_workers=0); None (unset) passes."""
+    for name, low in minimums.items():
+        value = getattr(args, name)
+        if value is not None and value < low:
+            parser.error(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
 
 
 def _usage() -> str:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from udit.errors import BadValueError, UserError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -34,7 +36,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+        raise BadValueError(f"environment variable {name}={value!r} is not an integer") from None
 
 
 def setup(device: str | None = None) -> DistInfo:
@@ -45,10 +47,10 @@ def setup(device: str | None = None) -> DistInfo:
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
     if not 0 <= rank < world_size:
-        raise ValueError(f"RANK={rank} outside [0, WORLD_SIZE={world_size})")
+        raise BadValueError(f"RANK={rank} outside [0, WORLD_SIZE={world_size})")
     use_cuda = torch.cuda.is_available() if device is None else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but CUDA is not available")
+        raise UserError("--device cuda: CUDA is not available on this machine")
     if use_cuda:
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
@@ -72,6 +74,14 @@ def all_reduce_mean(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
         out /= info.world_size
+    return out
+
+
+def all_reduce_max(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Elementwise max of `tensor` over ranks (a copy): 'did any rank ...' flags."""
+    out = tensor.detach().clone()
+    if info.enabled:
+        dist.all_reduce(out, op=dist.ReduceOp.MAX)
     return out
 
 

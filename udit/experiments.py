@@ -11,40 +11,119 @@ a `scale` that maps the base's experiments to toy sizes (config/smoke.yaml): bot
 experiment list. Paper numbers are never copied into configs: an evaluation names a table
 and row of udit/paper/paper_numbers.yaml and they are read from there.
 """
+
+import difflib
 import functools
-import re
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jsonschema
 import yaml
 
-from udit.paper import paper_numbers
+from udit import paths
+from udit.errors import UserError
+from udit.paper import paper_numbers, recipe
+from udit.precision import DEFAULT_PRECISION
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
-STEP_DIGITS = 7        # checkpoint names are ckpt-{step:07d}.pt (udit.checkpointing)
-RELEASED_STEP = "released"  # step tag of official checkpoints (no training node)
-DEFAULTS = {           # paper recipe: architecture-facts.md "Recipe" (official train.py / sample_ddp.py)
-    "global_batch": 256,
-    "ckpt_every": 50_000,
-    "seed": 0,
-    "fid_samples": 50_000,
-    "sampling_steps": 250,
-    "sample_seed": 0,
+# Registry names and constructor keys as data (udit.models.index writes it): checking a config
+# must not import torch, which doubled the time of `snakemake -n` (~2.5 s of 2.5 s).
+MODEL_INDEX_PATH = Path(__file__).resolve().parent / "models" / "registry.json"
+DEFAULTS = {  # the paper's recipe (udit.paper.recipe), keyed as the config's `defaults`
+    "global_batch": recipe().global_batch,
+    "ckpt_every": recipe().ckpt_every,
+    "seed": recipe().global_seed,
+    "fid_samples": recipe().fid_samples,
+    "sampling_steps": recipe().sampling_steps,
+    "sample_seed": recipe().sample_seed,
+    "precision": DEFAULT_PRECISION,  # TF32 as the official train.py / sample_ddp.py
 }
 PAPER_COLUMNS_KEY = "columns"
 
 
-class ConfigError(ValueError):
+class ConfigError(ValueError, UserError):
     """A config that does not describe a runnable set of experiments; the message names the key."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping: PyYAML (and Snakemake) keep the
+    last one silently, so a duplicated experiment id replaced the first experiment."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` may legitimately repeat keys
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: the parent class reports it
+                continue
+            if first is not key_node.start_mark:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first given at line {first.line + 1})",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(path: str | Path):
+    """Parse a YAML file with UniqueKeyLoader; any YAML error names the file, line and column."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.load(f, Loader=UniqueKeyLoader)  # a SafeLoader subclass: no code runs
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        what = err.problem or err.context
+        if err.problem and err.context and err.context_mark:  # where the broken part began
+            what += f" ({err.context} from line {err.context_mark.line + 1})"
+        raise ConfigError(f"{where}: {what}") from err
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    except (FileNotFoundError, IsADirectoryError):
+        raise ConfigError(f"config file {path} does not exist") from None
+
+
+@functools.lru_cache(maxsize=1)
+def model_index() -> dict:
+    """{'models': name -> constructor, 'constructors': constructor -> its keyword names}."""
+    return json.loads(MODEL_INDEX_PATH.read_text())
+
+
+def check_model(model: str, model_kw: dict, *, where: str) -> None:
+    """`model` is a registry name and every `model_kw` key a parameter of its constructor, so a
+    typo stops `snakemake -n` instead of failing (or training the wrong model) in a job."""
+    index = model_index()
+    if model not in index["models"]:
+        close = difflib.get_close_matches(model, index["models"], n=3)
+        hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+        raise ConfigError(
+            f"{where}: model {model!r} is not in the registry; {hint}"
+            f"known: {', '.join(index['models'])}"
+        )
+    constructor = index["models"][model]
+    valid = index["constructors"][constructor]
+    unknown = [k for k in model_kw if k not in valid]
+    if unknown:
+        raise ConfigError(
+            f"{where}: model_kw {', '.join(map(repr, unknown))} is not a parameter of {model} "
+            f"({constructor}); valid keys: {', '.join(valid)}"
+        )
 
 
 @dataclass(frozen=True)
 class PaperRef:
-    table: str               # key of udit/paper/paper_numbers.yaml, e.g. 'main_400k_T2'
-    row: str                 # row name, e.g. 'U-DiT-B'
-    key: str | None = None   # sub-key of rows with several entries, e.g. '400K' in longer_training_T5
+    table: str  # key of udit/paper/paper_numbers.yaml, e.g. 'main_400k_T2'
+    row: str  # row name, e.g. 'U-DiT-B'
+    key: str | None = (
+        None  # sub-key of rows with several entries, e.g. '400K' in longer_training_T5
+    )
 
     def values(self) -> dict:
         """The paper's numbers of this row as {column: value} (None where not reported)."""
@@ -56,17 +135,18 @@ class PaperRef:
 
 @dataclass(frozen=True)
 class Evaluation:
-    step: int                 # milestone checkpoint sampled (training iteration)
-    cfg: float                # classifier-free guidance scale (1.0 = none)
+    step: int  # milestone checkpoint sampled (training iteration)
+    cfg: float  # classifier-free guidance scale (1.0 = none)
     fid_samples: int
     sampling_steps: int
     sample_seed: int
     paper: tuple[PaperRef, ...] = ()
+    released: bool = False  # of an official checkpoint: step tag 'released', no training node
 
     @property
     def tag(self) -> str:
-        """File stem of this node's samples and metrics: '0400000-cfg1.5'."""
-        return f"{step_tag(self.step)}-cfg{cfg_tag(self.cfg)}"
+        """File stem of this node's samples and metrics: '0400000-cfg1.5' (udit.paths)."""
+        return paths.eval_tag(paths.RELEASED_STEP if self.released else self.step, self.cfg)
 
 
 @dataclass(frozen=True)
@@ -74,7 +154,7 @@ class Experiment:
     id: str
     model: str
     table: str
-    size: str                 # resource class: toy, S, B, L, XL
+    size: str  # resource class: toy, S, B, L, XL
     dataset: str
     iterations: int
     global_batch: int
@@ -83,10 +163,14 @@ class Experiment:
     evaluations: tuple[Evaluation, ...]
     title: str = ""
     model_kw: dict = field(default_factory=dict)
+    precision: str = DEFAULT_PRECISION  # tf32 | bf16 | fp32, for its train and sample jobs
+    grad_accum: int = 1  # micro-batches per optimiser step (fewer or smaller GPUs)
+    checkpoint_minutes: float = 30  # also checkpoint this often
 
     @property
     def milestones(self) -> list[int]:
-        """Training steps with a kept checkpoint that some evaluation samples; the last is the run's end."""
+        """Training steps with a kept checkpoint that some evaluation samples; the last is the
+        run's end."""
         return sorted({e.step for e in self.evaluations} | {self.iterations})
 
     def previous_milestone(self, step: int) -> int:
@@ -107,23 +191,19 @@ class Released:
     dataset: str
     evaluations: tuple[Evaluation, ...]
     model_kw: dict = field(default_factory=dict)
-
-
-def step_tag(step: int) -> str:
-    return f"{int(step):0{STEP_DIGITS}d}"
-
-
-def cfg_tag(cfg: float) -> str:
-    return str(float(cfg))   # 1 -> '1.0', 1.5 -> '1.5': one spelling per scale
+    precision: str = DEFAULT_PRECISION
 
 
 @functools.lru_cache(maxsize=1)
 def paper_row(*, table: str, row: str, key: str | None = None) -> dict:
-    """Look a row up in paper_numbers.yaml; unknown names raise ConfigError listing the valid ones."""
+    """Look a row up in paper_numbers.yaml; unknown names raise ConfigError listing the valid
+    ones."""
     numbers = paper_numbers()
     if table not in numbers or table == PAPER_COLUMNS_KEY:
-        raise ConfigError(f"paper table {table!r} is not in paper_numbers.yaml; tables: "
-                          f"{', '.join(k for k in numbers if k != PAPER_COLUMNS_KEY)}")
+        raise ConfigError(
+            f"paper table {table!r} is not in paper_numbers.yaml; tables: "
+            f"{', '.join(k for k in numbers if k != PAPER_COLUMNS_KEY)}"
+        )
     rows = {str(k): v for k, v in numbers[table].items()}  # YAML reads a row named 256 as an int
     if row not in rows:
         raise ConfigError(f"paper row {row!r} is not in table {table!r}; rows: {', '.join(rows)}")
@@ -148,7 +228,10 @@ def validate_config(config: dict, *, source: str = "config") -> None:
     validator = jsonschema.Draft202012Validator(load_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
-        lines = [f"  at {'/'.join(map(str, e.absolute_path)) or '<top level>'}: {e.message}" for e in errors]
+        lines = [
+            f"  at {'/'.join(map(str, e.absolute_path)) or '<top level>'}: {e.message}"
+            for e in errors
+        ]
         raise ConfigError(f"{source} does not match {SCHEMA_PATH.name}:\n" + "\n".join(lines))
 
 
@@ -157,13 +240,14 @@ def load_config(path: str | Path, *, root: str | Path | None = None) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    config = yaml.safe_load(path.read_text()) or {}
+    config = load_yaml(path) or {}
     validate_config(config, source=str(path))
     return expand_base(config, root=root or REPO_ROOT)
 
 
 def expand_base(config: dict, *, root: str | Path) -> dict:
-    """Copy the `base` config's experiments into `config`, mapped by `scale` (released ones stay with the base)."""
+    """Copy the `base` config's experiments into `config`, mapped by `scale` (released ones
+    stay with the base)."""
     if "base" not in config:
         return config
     base_path = Path(root) / config["base"]
@@ -172,11 +256,31 @@ def expand_base(config: dict, *, root: str | Path) -> dict:
     wanted = scale.get("only") or list(base["experiments"])
     unknown = sorted(set(wanted) - set(base["experiments"]))
     if unknown:
-        raise ConfigError(f"scale.only names experiments not in {config['base']}: {', '.join(unknown)}")
+        raise ConfigError(
+            f"scale.only names experiments not in {config['base']}: {', '.join(unknown)}"
+        )
+    _check_scale_model_kw(scale.get("model_kw", {}), base["experiments"], base=config["base"])
     expanded = dict(config)
-    expanded["experiments"] = {eid: _scaled(base["experiments"][eid], base=base, scale=scale, eid=eid)
-                               for eid in wanted}
+    expanded["experiments"] = {
+        eid: _scaled(base["experiments"][eid], base=base, scale=scale, eid=eid) for eid in wanted
+    }
     return expanded
+
+
+def _check_scale_model_kw(model_kw: dict, experiments: dict, *, base: str) -> None:
+    """Every `scale.model_kw` prefix must match a model of the base config (a typo was ignored
+    and trained a full-size model in the toy run), and its keys must fit those models."""
+    models = sorted({exp["model"] for exp in experiments.values()})
+    for prefix, kw in model_kw.items():
+        matched = [m for m in models if m.startswith(prefix)]
+        if not matched:
+            raise ConfigError(
+                f"scale/model_kw/{prefix}: the prefix matches no model of {base} "
+                f"({', '.join(models)}); fix or remove it"
+            )
+        for model in matched:
+            if model in model_index()["models"]:  # an unknown name is reported by its experiment
+                check_model(model, kw, where=f"scale/model_kw/{prefix}")
 
 
 def _scaled_steps(steps: int, divisor: int) -> int:
@@ -187,11 +291,15 @@ def _scaled(exp: dict, *, base: dict, scale: dict, eid: str) -> dict:
     divisor = scale["step_divisor"]
     base_dataset = exp.get("dataset", base.get("defaults", {}).get("dataset"))
     if base_dataset not in scale["dataset_map"]:
-        raise ConfigError(f"scale.dataset_map has no entry for dataset {base_dataset!r} (experiment {eid})")
+        raise ConfigError(
+            f"scale.dataset_map has no entry for dataset {base_dataset!r} (experiment {eid})"
+        )
     out = dict(exp)
     out["dataset"] = scale["dataset_map"][base_dataset]
     out["iterations"] = _scaled_steps(exp["iterations"], divisor)
-    out["evaluations"] = [dict(e, step=_scaled_steps(e["step"], divisor)) for e in exp["evaluations"]]
+    out["evaluations"] = [
+        dict(e, step=_scaled_steps(e["step"], divisor)) for e in exp["evaluations"]
+    ]
     for key in ("global_batch", "ckpt_every", "fid_samples", "sampling_steps"):
         out[key] = scale[key]
     out["size"] = scale.get("size", exp["size"])
@@ -201,17 +309,25 @@ def _scaled(exp: dict, *, base: dict, scale: dict, eid: str) -> dict:
     return out
 
 
-def _evaluations(raw: list[dict], *, defaults: dict, owner: dict, step: int | None = None) -> tuple[Evaluation, ...]:
+def _evaluations(
+    raw: list[dict], *, defaults: dict, owner: dict, released: bool = False
+) -> tuple[Evaluation, ...]:
     evals = []
     for e in raw:
         refs = tuple(PaperRef(**ref) for ref in e.get("paper", []))
         for ref in refs:
             ref.values()  # fail now, naming the bad reference, not in the report
-        evals.append(Evaluation(
-            step=e.get("step", step), cfg=float(e.get("cfg", 1.0)),
-            fid_samples=owner.get("fid_samples", defaults["fid_samples"]),
-            sampling_steps=owner.get("sampling_steps", defaults["sampling_steps"]),
-            sample_seed=defaults["sample_seed"], paper=refs))
+        evals.append(
+            Evaluation(
+                step=0 if released else e["step"],
+                cfg=float(e.get("cfg", recipe().cfg_scale)),
+                fid_samples=owner.get("fid_samples", defaults["fid_samples"]),
+                sampling_steps=owner.get("sampling_steps", defaults["sampling_steps"]),
+                sample_seed=defaults["sample_seed"],
+                paper=refs,
+                released=released,
+            )
+        )
     tags = [(e.step, e.cfg) for e in evals]
     if len(tags) != len(set(tags)):
         raise ConfigError(f"duplicate (step, cfg) evaluations: {tags}")
@@ -227,20 +343,46 @@ def resolve_experiments(config: dict) -> dict[str, Experiment]:
         where = f"experiments/{eid}"
         dataset = exp.get("dataset", defaults.get("dataset"))
         if dataset not in datasets:
-            raise ConfigError(f"{where}: dataset {dataset!r} is not declared under datasets "
-                              f"({', '.join(datasets)})")
+            raise ConfigError(
+                f"{where}: dataset {dataset!r} is not declared under datasets "
+                f"({', '.join(datasets)})"
+            )
+        check_model(exp["model"], exp.get("model_kw", {}), where=where)
         try:
             evaluations = _evaluations(exp["evaluations"], defaults=defaults, owner=exp)
         except (ConfigError, TypeError) as err:
             raise ConfigError(f"{where}: {err}") from None
         late = [e.step for e in evaluations if e.step > exp["iterations"]]
         if late:
-            raise ConfigError(f"{where}: evaluation steps {late} exceed iterations {exp['iterations']}")
+            raise ConfigError(
+                f"{where}: evaluation steps {late} exceed iterations {exp['iterations']}"
+            )
         experiments[eid] = Experiment(
-            id=eid, model=exp["model"], table=exp["table"], size=exp["size"], dataset=dataset,
-            iterations=exp["iterations"], global_batch=exp.get("global_batch", defaults["global_batch"]),
-            ckpt_every=exp.get("ckpt_every", defaults["ckpt_every"]), seed=exp.get("seed", defaults["seed"]),
-            evaluations=evaluations, title=exp.get("title", exp["model"]), model_kw=dict(exp.get("model_kw", {})))
+            id=eid,
+            model=exp["model"],
+            table=exp["table"],
+            size=exp["size"],
+            dataset=dataset,
+            iterations=exp["iterations"],
+            global_batch=exp.get("global_batch", defaults["global_batch"]),
+            ckpt_every=exp.get("ckpt_every", defaults["ckpt_every"]),
+            seed=exp.get("seed", defaults["seed"]),
+            evaluations=evaluations,
+            title=exp.get("title", exp["model"]),
+            model_kw=dict(exp.get("model_kw", {})),
+            precision=exp.get("precision", defaults["precision"]),
+            # harness settings, not the paper's recipe: the dataclass defaults unless set
+            grad_accum=exp.get("grad_accum", defaults.get("grad_accum", Experiment.grad_accum)),
+            checkpoint_minutes=exp.get(
+                "checkpoint_minutes",
+                defaults.get("checkpoint_minutes", Experiment.checkpoint_minutes),
+            ),
+        )
+        if experiments[eid].global_batch % experiments[eid].grad_accum:
+            raise ConfigError(
+                f"{where}: global_batch {experiments[eid].global_batch} is not divisible by "
+                f"grad_accum {experiments[eid].grad_accum}"
+            )
     return experiments
 
 
@@ -249,25 +391,31 @@ def resolve_released(config: dict) -> dict[str, Released]:
     released = {}
     for rid, rel in config.get("released", {}).items():
         if rel["dataset"] not in config["datasets"]:
-            raise ConfigError(f"released/{rid}: dataset {rel['dataset']!r} is not declared under datasets")
+            raise ConfigError(
+                f"released/{rid}: dataset {rel['dataset']!r} is not declared under datasets"
+            )
+        check_model(rel["model"], rel.get("model_kw", {}), where=f"released/{rid}")
         released[rid] = Released(
-            id=rid, model=rel["model"], path=rel["path"], url=rel["url"], dataset=rel["dataset"],
-            evaluations=_evaluations(rel["evaluations"], defaults=defaults, owner=rel, step=0),
-            model_kw=dict(rel.get("model_kw", {})))
+            id=rid,
+            model=rel["model"],
+            path=rel["path"],
+            url=rel["url"],
+            dataset=rel["dataset"],
+            evaluations=_evaluations(
+                rel["evaluations"], defaults=defaults, owner=rel, released=True
+            ),
+            model_kw=dict(rel.get("model_kw", {})),
+            precision=rel.get("precision", defaults["precision"]),
+        )
     return released
 
 
 def check_models(experiments: dict[str, Experiment]) -> None:
     """Every model name must be in the registry (imports torch: call it from tools, not from -n)."""
     from udit.models import MODEL_NAMES
+
     unknown = sorted({e.model for e in experiments.values()} - set(MODEL_NAMES))
     if unknown:
-        raise ConfigError(f"models not in the registry: {', '.join(unknown)}; known: {', '.join(MODEL_NAMES)}")
-
-
-def parse_tag(tag: str) -> tuple[str, float]:
-    """'0400000-cfg1.5' -> ('0400000', 1.5)."""
-    match = re.fullmatch(r"(\d{%d}|%s)-cfg([0-9.]+)" % (STEP_DIGITS, RELEASED_STEP), tag)
-    if not match:
-        raise ValueError(f"not an evaluation tag: {tag!r}")
-    return match.group(1), float(match.group(2))
+        raise ConfigError(
+            f"models not in the registry: {', '.join(unknown)}; known: {', '.join(MODEL_NAMES)}"
+        )

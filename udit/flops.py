@@ -7,13 +7,14 @@ elementwise ops, softmax or activations; we keep that convention (the paper's nu
 follow it) and only add a handle for F.scaled_dot_product_attention, which fvcore would
 otherwise count as zero (-10% on DiT-S/2).
 
-    udit flops                               # table: every model at 256 + the ImageNet-512 rows (T6)
+    udit flops                           # table: every model at 256 + the ImageNet-512 rows (T6)
     udit flops --models DiT-XL/2 U-DiT-B --format json
-    udit flops --input-size 64               # every model at latent 64
+    udit flops --input-size 64           # every model at latent 64
 
-Writes flops.csv and flops.json to --out-dir (atomically); stdout carries only the table
+Writes flops.csv and flops.json into the --out folder (atomically); stdout carries only the table
 (or the JSON list with --format json); progress goes to stderr.
 """
+
 import argparse
 import concurrent.futures
 import contextlib
@@ -33,19 +34,30 @@ from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
 from torch import nn
 
+from udit.errors import command_main
 from udit.io import atomic_write_text
 from udit.models import MODELS, get_spec
 from udit.paper import paper_numbers
 
-LATENT_256 = 32       # ImageNet 256 px through the f=8 VAE
-LATENT_512 = 64       # ImageNet 512 px (paper T6)
-IN_CHANNELS = 4       # sd-vae-ft-ema latent channels
+LATENT_256 = 32  # ImageNet 256 px through the f=8 VAE
+LATENT_512 = 64  # ImageNet 512 px (paper T6)
+IN_CHANNELS = 4  # sd-vae-ft-ema latent channels
 # Threads for the traced forward. One avoids OpenMP oversubscription on a shared machine:
 # on 2 busy cores (load ~10) one thread traced DiT-B/2 in 1.8 s vs 7-9 s with two.
 DEFAULT_THREADS = 1
 DEFAULT_JOBS = min(2, os.cpu_count() or 1)  # the 2-core CI machines: ~2x faster than one process
 DEFAULT_TOLERANCE = 0.01  # |rel_err| allowed unless a spec sets extra["gflops_tolerance"]
-COLUMNS = ["model", "slug", "input_size", "params_M", "gflops", "paper_gflops", "rel_err", "source", "note"]
+COLUMNS = [
+    "model",
+    "slug",
+    "input_size",
+    "params_M",
+    "gflops",
+    "paper_gflops",
+    "rel_err",
+    "source",
+    "note",
+]
 
 # ImageNet-512 rows of the paper: (registry name, key in paper_numbers.yaml imagenet512_T6).
 IMAGENET512_ROWS = [("U-DiT-B", "U-DiT-B"), ("DiT-XL/2", "DiT-XL/2 (replicated)")]
@@ -56,23 +68,65 @@ IMAGENET512_ROWS = [("U-DiT-B", "U-DiT-B"), ("DiT-XL/2", "DiT-XL/2 (replicated)"
 # paper's convention, which fvcore defines. Anything not listed still warns on stderr.
 NEGLIGIBLE_OPS = [
     # elementwise arithmetic: residuals, adaLN modulate/gates, RoPE rotations, guidance
-    "aten::add", "aten::add_", "aten::sub", "aten::rsub", "aten::mul", "aten::mul_", "aten::div",
-    "aten::div_", "aten::neg", "aten::pow", "aten::sqrt", "aten::rsqrt", "aten::reciprocal",
-    "aten::clamp_min", "aten::clamp_max", "aten::abs", "aten::where",
+    "aten::add",
+    "aten::add_",
+    "aten::sub",
+    "aten::rsub",
+    "aten::mul",
+    "aten::mul_",
+    "aten::div",
+    "aten::div_",
+    "aten::neg",
+    "aten::pow",
+    "aten::sqrt",
+    "aten::rsqrt",
+    "aten::reciprocal",
+    "aten::clamp_min",
+    "aten::clamp_max",
+    "aten::abs",
+    "aten::where",
     # pointwise non-linearities and the attention softmax
-    "aten::silu", "aten::gelu", "aten::sigmoid", "aten::tanh", "aten::softmax", "aten::exp",
-    "aten::log", "aten::sin", "aten::cos",
+    "aten::silu",
+    "aten::gelu",
+    "aten::sigmoid",
+    "aten::tanh",
+    "aten::softmax",
+    "aten::exp",
+    "aten::log",
+    "aten::sin",
+    "aten::cos",
     # L2 normalisation of q/k (cosine attention): one pass over q and k
     # RoPE2D angle table: positions x frequencies, rebuilt per forward on the small grid
     "aten::outer",
     # 2x2 average pooling of keys/values (toy KV-downsampling ablation): one add per element
     "aten::avg_pool2d",
-    "aten::linalg_vector_norm", "aten::norm", "aten::frobenius_norm", "aten::sum", "aten::mean",
+    "aten::linalg_vector_norm",
+    "aten::norm",
+    "aten::frobenius_norm",
+    "aten::sum",
+    "aten::mean",
     # table look-ups and data movement
-    "aten::embedding", "aten::pixel_shuffle", "aten::pixel_unshuffle", "aten::repeat",
-    "aten::repeat_interleave", "aten::view_as_complex", "aten::view_as_real", "aten::flip",
-    "aten::expand_as", "aten::clone", "aten::movedim", "aten::unflatten", "aten::im2col", "aten::col2im",
-    "aten::new_ones", "aten::ones_like", "aten::scalar_tensor", "aten::lift_fresh", "aten::numpy_T", "aten::mT", "aten::slice_scatter",
+    "aten::embedding",
+    "aten::pixel_shuffle",
+    "aten::pixel_unshuffle",
+    "aten::repeat",
+    "aten::repeat_interleave",
+    "aten::view_as_complex",
+    "aten::view_as_real",
+    "aten::flip",
+    "aten::expand_as",
+    "aten::clone",
+    "aten::movedim",
+    "aten::unflatten",
+    "aten::im2col",
+    "aten::col2im",
+    "aten::new_ones",
+    "aten::ones_like",
+    "aten::scalar_tensor",
+    "aten::lift_fresh",
+    "aten::numpy_T",
+    "aten::mT",
+    "aten::slice_scatter",
 ]
 
 
@@ -81,7 +135,7 @@ def sdpa_flop_jit(inputs: list, outputs: list) -> int:
     B*heads*Lq*Lk*(d_qk + d_v), what fvcore counts for the explicit matmuls. Independent
     of which kernel (flash, memory-efficient, math) runs."""
     q, k, v = (get_shape(inputs[i]) for i in range(3))
-    batch_heads_lq = math.prod(q[:-1])   # (..., Lq, d_qk) -> B * heads * Lq
+    batch_heads_lq = math.prod(q[:-1])  # (..., Lq, d_qk) -> B * heads * Lq
     return batch_heads_lq * k[-2] * (q[-1] + v[-1])
 
 
@@ -117,8 +171,13 @@ def build_for_counting(name: str, *, input_size: int) -> tuple[nn.Module, int]:
     return model.eval(), params
 
 
-def count_flops(model: nn.Module, *, input_size: int, in_channels: int = IN_CHANNELS,
-                threads: int = DEFAULT_THREADS) -> tuple[int, dict]:
+def count_flops(
+    model: nn.Module,
+    *,
+    input_size: int,
+    in_channels: int = IN_CHANNELS,
+    threads: int = DEFAULT_THREADS,
+) -> tuple[int, dict]:
     """(MACs of one forward pass at batch 1, {uncounted op: occurrences}) for forward(x, t, y).
     fvcore traces one real forward pass; `threads` is torch's intra-op thread count meanwhile."""
     x = torch.zeros(1, in_channels, input_size, input_size)
@@ -127,8 +186,10 @@ def count_flops(model: nn.Module, *, input_size: int, in_channels: int = IN_CHAN
     analysis = FlopCountAnalysis(model, (x, t, y))
     analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
     analysis.set_op_handle(**{op: None for op in NEGLIGIBLE_OPS})
-    analysis.unsupported_ops_warnings(False)   # reported by the caller, once per model
-    analysis.uncalled_modules_warnings(False)  # e.g. train-only branches of a folded FFN in eval mode
+    analysis.unsupported_ops_warnings(False)  # reported by the caller, once per model
+    analysis.uncalled_modules_warnings(
+        False
+    )  # e.g. train-only branches of a folded FFN in eval mode
     analysis.tracer_warnings("none")
     # Flush denormals: uninitialised weights can hold them and they slow CPU math 10-100x.
     torch.set_flush_denormal(True)
@@ -168,22 +229,36 @@ def flops_row(name: str, *, input_size: int, threads: int = DEFAULT_THREADS) -> 
         model, params = build_for_counting(spec.name, input_size=input_size)
     in_channels = getattr(model, "in_channels", IN_CHANNELS)
     try:
-        macs, uncounted = count_flops(model, input_size=input_size, in_channels=in_channels, threads=threads)
+        macs, uncounted = count_flops(
+            model, input_size=input_size, in_channels=in_channels, threads=threads
+        )
     except (RuntimeError, IndexError) as err:  # a buffer whose values matter (e.g. indices)
-        print(f"[flops] {name}: tracing uninitialised weights failed ({err}); retrying initialised",
-              file=sys.stderr)
+        print(
+            f"[flops] {name}: tracing uninitialised weights failed ({err}); retrying initialised",
+            file=sys.stderr,
+        )
         with torch_threads(threads):
             model = spec.build(input_size=input_size).eval()
-        macs, uncounted = count_flops(model, input_size=input_size, in_channels=in_channels, threads=threads)
+        macs, uncounted = count_flops(
+            model, input_size=input_size, in_channels=in_channels, threads=threads
+        )
     del model
     gc.collect()
     paper, source = paper_gflops(spec.name, input_size=input_size)
     gflops = macs / 1e9
-    note = spec.note if input_size == LATENT_256 else f"latent {input_size}; {spec.note}".rstrip("; ")
+    note = (
+        spec.note if input_size == LATENT_256 else f"latent {input_size}; {spec.note}".rstrip("; ")
+    )
     if uncounted:
-        print(f"[flops] {spec.name}: ops not counted (not in NEGLIGIBLE_OPS): {uncounted}", file=sys.stderr)
-    print(f"[flops] {spec.name} @ {input_size}: {gflops:.4f} GFLOPs "
-          f"({time.perf_counter() - start:.1f} s)", file=sys.stderr)
+        print(
+            f"[flops] {spec.name}: ops not counted (not in NEGLIGIBLE_OPS): {uncounted}",
+            file=sys.stderr,
+        )
+    print(
+        f"[flops] {spec.name} @ {input_size}: {gflops:.4f} GFLOPs "
+        f"({time.perf_counter() - start:.1f} s)",
+        file=sys.stderr,
+    )
     return {
         "model": spec.name,
         "slug": spec.slug,
@@ -202,8 +277,13 @@ def _row_task(task: tuple[str, int, int]) -> dict[str, Any]:
     return flops_row(name, input_size=input_size, threads=threads)
 
 
-def flops_table(*, models: list[str] | None = None, input_size: int | None = None,
-                threads: int = DEFAULT_THREADS, jobs: int = 1) -> list[dict]:
+def flops_table(
+    *,
+    models: list[str] | None = None,
+    input_size: int | None = None,
+    threads: int = DEFAULT_THREADS,
+    jobs: int = 1,
+) -> list[dict]:
     """Rows for `models` (default: the whole registry). input_size None = the paper's table:
     every model at latent 32 plus the ImageNet-512 rows (latent 64) of T6. jobs > 1 counts
     models in that many processes (one model's trace is single-threaded and tracer-bound)."""
@@ -245,27 +325,50 @@ def write_table(rows: list[dict], *, out_dir: str) -> tuple[str, str]:
 
 def format_table(rows: list[dict]) -> str:
     width = max([len("model")] + [len(r["model"]) for r in rows])
-    head = f"{'model':<{width}} {'size':>4} {'params_M':>9} {'gflops':>9} {'paper':>8} {'rel_err':>8}"
+    head = (
+        f"{'model':<{width}} {'size':>4} {'params_M':>9} {'gflops':>9} {'paper':>8} {'rel_err':>8}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         paper = "-" if r["paper_gflops"] is None else f"{r['paper_gflops']:.2f}"
         err = "-" if r["rel_err"] is None else f"{100 * r['rel_err']:+.2f}%"
-        lines.append(f"{r['model']:<{width}} {r['input_size']:>4} {r['params_M']:>9.2f} {r['gflops']:>9.4f} "
-                     f"{paper:>8} {err:>8}")
+        lines.append(
+            f"{r['model']:<{width}} {r['input_size']:>4} {r['params_M']:>9.2f} {r['gflops']:>9.4f} "
+            f"{paper:>8} {err:>8}"
+        )
     return "\n".join(lines)
 
 
+@command_main("udit flops")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="udit flops", description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", metavar="NAME", help=f"subset (default all): {', '.join(MODELS)}")
-    parser.add_argument("--input-size", type=int, default=None,
-                        help="latent side for every model (default: 32 for all, plus the 512 rows at 64)")
-    parser.add_argument("--out-dir", default=os.path.join("results", "flops"), help="where flops.csv/json go")
-    parser.add_argument("--format", choices=["table", "json", "csv"], default="table", help="what stdout shows")
-    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                        help="torch threads while tracing (default 1: fastest on a shared machine)")
-    parser.add_argument("--jobs", type=int, default=DEFAULT_JOBS,
-                        help=f"models counted in parallel processes (default {DEFAULT_JOBS})")
+    parser.add_argument(
+        "--models", nargs="+", metavar="NAME", help=f"subset (default all): {', '.join(MODELS)}"
+    )
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help="latent side for every model (default: 32 for all, plus the 512 rows at 64)",
+    )
+    parser.add_argument(
+        "--out", default=os.path.join("results", "flops"), help="folder for flops.csv/json"
+    )
+    parser.add_argument(
+        "--format", choices=["table", "json", "csv"], default="table", help="what stdout shows"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=DEFAULT_THREADS,
+        help="torch threads while tracing (default 1: fastest on a shared machine)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=DEFAULT_JOBS,
+        help=f"models counted in parallel processes (default {DEFAULT_JOBS})",
+    )
     args = parser.parse_args(argv)
     if args.threads < 1 or args.jobs < 1:
         parser.error(f"--threads and --jobs must be at least 1, got {args.threads} and {args.jobs}")
@@ -278,11 +381,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--input-size must be positive, got {args.input_size}")
 
     start = time.perf_counter()
-    rows = flops_table(models=args.models, input_size=args.input_size, threads=args.threads, jobs=args.jobs)
-    csv_path, json_path = write_table(rows, out_dir=args.out_dir)
-    print(f"[flops] {len(rows)} rows in {time.perf_counter() - start:.1f} s -> {csv_path}, {json_path}",
-          file=sys.stderr)
-    out = {"table": format_table, "json": lambda r: json.dumps(r, indent=1), "csv": to_csv}[args.format](rows)
+    rows = flops_table(
+        models=args.models, input_size=args.input_size, threads=args.threads, jobs=args.jobs
+    )
+    csv_path, json_path = write_table(rows, out_dir=args.out)
+    print(
+        f"[flops] {len(rows)} rows in {time.perf_counter() - start:.1f} s -> "
+        f"{csv_path}, {json_path}",
+        file=sys.stderr,
+    )
+    out = {"table": format_table, "json": lambda r: json.dumps(r, indent=1), "csv": to_csv}[
+        args.format
+    ](rows)
     sys.stdout.write(out if out.endswith("\n") else out + "\n")
     return 0
 

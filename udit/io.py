@@ -15,7 +15,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
+
+from udit.errors import BadValueError
 
 HASH_CHUNK = 1 << 20  # bytes read at a time while hashing
 
@@ -41,7 +42,8 @@ def sha256_file(path: str | Path) -> str:
 
 
 def fsync_dir(directory: str | Path) -> None:
-    """Persist a rename itself (POSIX: a directory entry is durable only after the dir is synced)."""
+    """Persist a rename itself (POSIX: a directory entry is durable only after the dir is
+    synced)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:  # some filesystems do not allow opening directories
@@ -83,6 +85,19 @@ def atomic_open(path: str | Path, mode: str = "wb", *, check=None, file_mode: in
     fsync_dir(path.parent)
 
 
+def read_json(path: str | Path, *, what: str = "file", hint: str = ""):
+    """json.load of `path`; a truncated or corrupt file raises BadValueError naming the file and
+    the position (JSONDecodeError alone names neither the file nor what to do)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        fix = f"; {hint}" if hint else ""
+        raise BadValueError(
+            f"{what} {path} is not valid JSON (truncated or corrupt: {err}){fix}"
+        ) from err
+
+
 def atomic_write_bytes(path: str | Path, data: bytes, *, file_mode: int | None = None) -> None:
     with atomic_open(path, "wb", file_mode=file_mode) as f:
         f.write(data)
@@ -103,6 +118,8 @@ def atomic_torch_save(obj, path: str | Path, *, check=None, file_mode: int | Non
 
     `check(tmp_path)` runs on the complete temp file before it replaces `path`.
     """
+    import torch  # here, not at the top: commands that never save a tensor skip ~2 s of import
+
     digest = {}
 
     def hash_then_check(tmp: Path) -> None:

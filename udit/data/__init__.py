@@ -1,10 +1,10 @@
 """Training data: ImageFolder images, the toy set, the VAE and the latent cache.
 
-Contract with the trainer (udit/train.py):
+Contract with the trainer (udit/training/):
 
-    dataset, kind = build_train_dataset(images=None, latents=None, image_size=256)
-        exactly one of `images` (ImageFolder root) or `latents` (a cache dir); kind is
-        "images" or "latents".
+    dataset, kind, shape, prepare = udit.training.data.build_train_data(...)
+        from exactly one of `images` (ImageFolder root) or `latents` (a cache dir); kind is
+        "latents", "vae" (images encoded online) or "pixels".
 
     kind == "latents": LatentDataset(cache_dir)
         item -> (moments: float32 (2C, h, w) = [mean; logvar] of the VAE posterior, label: int)
@@ -52,27 +52,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'udit.data' has no attribute {name!r}")
 
 
-def build_train_dataset(
-    *, images: str | None = None, latents: str | None = None, image_size: int = 256
-):
-    """(dataset, kind): a LatentDataset for a cache dir, else an ADM-preprocessed ImageDataset."""
-    if (images is None) == (latents is None):
-        raise ValueError(
-            "give exactly one of images= (an ImageFolder root) or latents= (a latent cache dir)"
-        )
-    if latents is not None:
-        from udit.data.latents import LatentDataset
-
-        dataset = LatentDataset(latents)
-        if dataset.image_size != image_size:
-            raise ValueError(
-                f"latent cache {latents!r} was extracted at image_size {dataset.image_size}, "
-                f"but image_size {image_size} was asked for"
-            )
-        return dataset, "latents"
-    from udit.data.imagenet import build_image_dataset
-
-    return build_image_dataset(images, image_size, flip=True), "images"
-
-
-__all__ = list(_EXPORTS) + ["build_train_dataset"]
+__all__ = list(_EXPORTS)

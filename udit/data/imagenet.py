@@ -12,6 +12,8 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
+from udit.errors import BadValueError
+
 
 def center_crop_arr(pil_image: Image.Image, image_size: int) -> Image.Image:
     """ADM centre crop: halve with a box filter while the short side >= 2*image_size, then
@@ -58,7 +60,7 @@ class ImageDataset(ImageFolder):
 
     def __init__(self, root: str, *, image_size: int, flip: bool = True):
         if image_size <= 0:
-            raise ValueError(f"image_size must be positive, got {image_size}")
+            raise BadValueError(f"--image-size must be positive, got {image_size}")
         try:
             super().__init__(
                 root, transform=build_image_transform(image_size=image_size, flip=flip)

@@ -31,8 +31,16 @@ from safetensors.torch import save
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from udit.data.vae import DEFAULT_VAE, LATENT_SCALE, VaeNotAvailableError, load_vae, vae_fingerprint
-from udit.io import atomic_write_bytes, atomic_write_json, sha256_file
+from udit.cli import add_dry_run, dry_run
+from udit.data.vae import (
+    DEFAULT_VAE,
+    LATENT_SCALE,
+    latent_shape,
+    load_vae,
+    vae_fingerprint,
+)
+from udit.errors import BadValueError, UserError, command_main
+from udit.io import atomic_write_bytes, atomic_write_json, read_json, sha256_file
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -40,7 +48,7 @@ FLIPS = (False, True)  # index 0: as cropped, 1: horizontally flipped (DiT's Ran
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
-class CorruptCacheError(RuntimeError):
+class CorruptCacheError(RuntimeError, UserError):
     """A shard is missing, truncated or does not match its manifest checksum."""
 
 
@@ -124,46 +132,26 @@ def extract_latents(
     settings, VaeNotAvailableError when the VAE cannot be loaded.
     """
     if batch_size < 1 or shard_size < 1:
-        raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
+        raise BadValueError(
+            f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}"
+        )
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+        raise BadValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
     from udit.data.imagenet import build_image_dataset  # torchvision: extraction only
 
     dataset = build_image_dataset(images, image_size, flip=False)  # flips are both encoded below
     model = load_vae(vae, device=device)
-    factor = 2 ** (len(model.config.block_out_channels) - 1)  # encoder downsampling
-    if image_size % factor:
-        raise ValueError(f"image_size {image_size} is not divisible by the VAE's factor {factor}")
-    settings = {
-        "format_version": FORMAT_VERSION,
-        "vae": {"name": vae, **vae_fingerprint(model)},
-        "image_size": image_size,
-        "num_images": len(dataset),
-        "classes": dataset.classes,
-        "dataset_sha256": _dataset_sha256(dataset),
-        "flips": list(FLIPS),
-        "shard_size": shard_size,
-        "dtype": dtype,
-        "moments_shape": [
-            2 * model.config.latent_channels,
-            image_size // factor,
-            image_size // factor,
-        ],
-        "latent_scale": LATENT_SCALE,
-    }
+    settings = _cache_settings(
+        dataset=dataset,
+        vae=model,
+        vae_name=vae,
+        image_size=image_size,
+        shard_size=shard_size,
+        dtype=dtype,
+    )
     os.makedirs(out, exist_ok=True)
     manifest_path = os.path.join(out, MANIFEST)
-    shards: dict[str, dict] = {}
-    if os.path.exists(manifest_path):
-        with open(manifest_path) as f:
-            previous = json.load(f)
-        differ = sorted(k for k in settings if previous.get(k) != settings[k])
-        if differ:
-            raise ValueError(
-                f"{out!r} holds a latent cache made with other settings ({', '.join(differ)}); "
-                f"use another --out or delete it"
-            )
-        shards = {entry["file"]: entry for entry in previous.get("shards", [])}
+    shards = _previous_shards(manifest_path, settings=settings, out=out)
     num_shards = math.ceil(len(dataset) / shard_size)
     done = [s for s in range(num_shards) if _shard_is_intact(out, shards.get(shard_name(s)))]
     bar = tqdm(
@@ -206,6 +194,41 @@ def extract_latents(
     return manifest
 
 
+def _cache_settings(
+    *, dataset, vae, vae_name: str, image_size: int, shard_size: int, dtype: str
+) -> dict:
+    """Everything the cached moments depend on: a re-run with other settings is refused."""
+    channels, height, width = latent_shape(vae, image_size)
+    return {
+        "format_version": FORMAT_VERSION,
+        "vae": {"name": vae_name, **vae_fingerprint(vae)},
+        "image_size": image_size,
+        "num_images": len(dataset),
+        "classes": dataset.classes,
+        "dataset_sha256": _dataset_sha256(dataset),
+        "flips": list(FLIPS),
+        "shard_size": shard_size,
+        "dtype": dtype,
+        "moments_shape": [2 * channels, height, width],  # mean and log-variance
+        "latent_scale": LATENT_SCALE,
+    }
+
+
+def _previous_shards(manifest_path: str, *, settings: dict, out: str) -> dict[str, dict]:
+    """Shard entries of an earlier (maybe interrupted) extraction into `out`, by file name; a
+    cache made with other settings is refused rather than mixed with this one."""
+    if not os.path.exists(manifest_path):
+        return {}
+    previous = read_json(manifest_path, what="latent cache manifest", hint=f"delete {out}")
+    differ = sorted(k for k in settings if previous.get(k) != settings[k])
+    if differ:
+        raise BadValueError(
+            f"{out!r} holds a latent cache made with other settings ({', '.join(differ)}); "
+            f"use another --out or delete it"
+        )
+    return {entry["file"]: entry for entry in previous.get("shards", [])}
+
+
 def _shard_is_intact(out: str, entry: dict | None) -> bool:
     if entry is None:
         return False
@@ -215,6 +238,19 @@ def _shard_is_intact(out: str, entry: dict | None) -> bool:
         and os.path.getsize(path) == entry["bytes"]
         and sha256_file(path) == entry["sha256"]
     )
+
+
+def cache_vae_name(cache_dir: str) -> str | None:
+    """The VAE a latent cache was encoded with (its manifest's vae.name), or None when there is
+    no manifest yet (LatentDataset then names what is missing)."""
+    from udit.io import read_json
+
+    path = os.path.join(cache_dir, MANIFEST)
+    if not os.path.isfile(path):
+        return None
+    manifest = read_json(path, what="latent cache manifest", hint="re-run `udit extract-latents`")
+    vae = manifest.get("vae") if isinstance(manifest, dict) else None
+    return vae.get("name") if isinstance(vae, dict) else None
 
 
 class LatentDataset(Dataset):
@@ -234,8 +270,9 @@ class LatentDataset(Dataset):
                 f"no latent cache at {cache_dir!r} (missing {MANIFEST}); "
                 f"make one with `udit extract-latents --images DIR --out {cache_dir}`"
             )
-        with open(manifest_path) as f:
-            self.manifest = json.load(f)
+        self.manifest = read_json(
+            manifest_path, what="latent cache manifest", hint="re-run `udit extract-latents`"
+        )
         if self.manifest.get("format_version") != FORMAT_VERSION:
             raise CorruptCacheError(
                 f"{manifest_path}: format_version {self.manifest.get('format_version')} "
@@ -314,6 +351,7 @@ class LatentDataset(Dataset):
         return moments[0].float(), int(self.labels[image])
 
 
+@command_main("udit extract-latents")
 def main(argv: list[str] | None = None) -> int:
     """`udit extract-latents`: encode an ImageFolder (both flips) into a sharded latent cache."""
     parser = argparse.ArgumentParser(prog="udit extract-latents", description=main.__doc__)
@@ -330,22 +368,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--num-workers", type=int, default=0, help="DataLoader workers for decoding images"
     )
+    add_dry_run(parser)
     args = parser.parse_args(argv)
-    try:
-        manifest = extract_latents(
-            images=args.images,
-            out=args.out,
-            image_size=args.image_size,
-            vae=args.vae,
-            batch_size=args.batch_size,
-            shard_size=args.shard_size,
-            device=args.device,
-            dtype=args.dtype,
-            num_workers=args.num_workers,
-        )
-    except (ValueError, FileNotFoundError, VaeNotAvailableError) as e:
-        print(f"udit extract-latents: error: {e}", file=sys.stderr)
-        return 2
+    if dry_run(args):
+        return 0
+    manifest = extract_latents(
+        images=args.images,
+        out=args.out,
+        image_size=args.image_size,
+        vae=args.vae,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        device=args.device,
+        dtype=args.dtype,
+        num_workers=args.num_workers,
+    )
     print(
         f"latent cache {args.out}: {manifest['num_images']} images x {len(FLIPS)} flips in "
         f"{len(manifest['shards'])} shards, moments {manifest['moments_shape']} {manifest['dtype']}"

@@ -13,7 +13,6 @@ the order of generation, so an interrupted run is completed, never duplicated.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -21,7 +20,8 @@ import time
 import numpy as np
 from PIL import Image, ImageDraw
 
-from udit.io import atomic_write_json
+from udit.errors import BadValueError, command_main
+from udit.io import atomic_write_json, read_json
 
 MANIFEST = "toy_data.json"
 GENERATOR_VERSION = 1  # bump when the pictures change, so old folders are not silently mixed
@@ -179,11 +179,11 @@ def generate_toy_data(
 ) -> dict:
     """Write (or complete) the toy set under `out`; returns counts {written, skipped, total}."""
     if not 1 <= num_classes <= len(CLASS_NAMES):
-        raise ValueError(f"--num-classes must be in 1..{len(CLASS_NAMES)}, got {num_classes}")
+        raise BadValueError(f"--num-classes must be in 1..{len(CLASS_NAMES)}, got {num_classes}")
     if per_class < 1:
-        raise ValueError(f"--per-class must be >= 1, got {per_class}")
+        raise BadValueError(f"--per-class must be >= 1, got {per_class}")
     if size < MIN_SIZE:
-        raise ValueError(f"--size must be >= {MIN_SIZE} px, got {size}")
+        raise BadValueError(f"--image-size must be >= {MIN_SIZE} px, got {size}")
     settings = {
         "generator_version": GENERATOR_VERSION,
         "num_classes": num_classes,
@@ -195,15 +195,16 @@ def generate_toy_data(
     os.makedirs(out, exist_ok=True)
     manifest = os.path.join(out, MANIFEST)
     if os.path.exists(manifest):
-        with open(manifest) as f:
-            previous = json.load(f)
+        previous = read_json(manifest, what="toy-set manifest", hint="delete the folder")
         if previous != settings:
-            raise ValueError(
+            raise BadValueError(
                 f"{out!r} holds a toy set made with other settings ({previous}); "
                 f"use another --out or delete it"
             )
     else:
-        atomic_write_json(manifest, settings, sort_keys=True)  # first, so a partial folder records what it is
+        atomic_write_json(
+            manifest, settings, sort_keys=True
+        )  # first, so a partial folder records what it is
     written = skipped = 0
     for c in range(num_classes):
         folder = os.path.join(out, class_folder(c))
@@ -220,27 +221,24 @@ def generate_toy_data(
     return {"written": written, "skipped": skipped, "total": num_classes * per_class}
 
 
+@command_main("udit toy-data")
 def main(argv: list[str] | None = None) -> int:
     """`udit toy-data`: write a seeded procedural ImageFolder of coloured shapes and textures."""
     parser = argparse.ArgumentParser(prog="udit toy-data", description=main.__doc__)
     parser.add_argument("--out", required=True, help="root folder (root/<class>/<image>.png)")
     parser.add_argument("--num-classes", type=int, default=10, help=f"1..{len(CLASS_NAMES)}")
     parser.add_argument("--per-class", type=int, default=300, help="images per class")
-    parser.add_argument("--size", type=int, default=32, help="image side in pixels")
+    parser.add_argument("--image-size", type=int, default=32, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    try:
-        counts = generate_toy_data(
-            out=args.out,
-            num_classes=args.num_classes,
-            per_class=args.per_class,
-            size=args.size,
-            seed=args.seed,
-        )
-    except ValueError as e:
-        print(f"udit toy-data: error: {e}", file=sys.stderr)
-        return 2
+    counts = generate_toy_data(
+        out=args.out,
+        num_classes=args.num_classes,
+        per_class=args.per_class,
+        size=args.image_size,
+        seed=args.seed,
+    )
     print(
         f"toy data in {args.out}: {counts['written']} written, {counts['skipped']} already there, "
         f"{counts['total']} images, {time.perf_counter() - start:.1f} s"

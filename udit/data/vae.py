@@ -16,28 +16,26 @@ import os
 import socket
 import sys
 import warnings
-from urllib.parse import urlparse
-
 from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 import torch
 
-from udit.paper import training_settings
+from udit.errors import BadValueError, UserError, command_main
+from udit.paper import recipe
 
 if TYPE_CHECKING:  # diffusers takes ~4 s to import: only the functions that build a VAE do
     from diffusers import AutoencoderKL
 
-# Latent scale 0.18215 (DiT train.py: `vae.encode(x).latent_dist.sample().mul_(0.18215)`);
-# read from paper_numbers.yaml `training_settings.latent_scale`.
-LATENT_SCALE: float = float(training_settings()["latent_scale"])
-# VAE of DiT / U-DiT (paper_numbers.yaml `training_settings.vae`).
-DEFAULT_VAE: str = str(training_settings()["vae"])
+# Latent scale 0.18215 (DiT train.py: `vae.encode(x).latent_dist.sample().mul_(0.18215)`).
+LATENT_SCALE: float = recipe().latent_scale
+DEFAULT_VAE: str = recipe().vae  # sd-vae-ft-ema, the VAE of DiT / U-DiT
 # Seconds to wait for the hub before treating the machine as offline: a missing model must
 # fail at once, not after huggingface_hub's ~23 s of retries.
 HUB_PROBE_TIMEOUT_S = 3.0
 
 
-class VaeNotAvailableError(RuntimeError):
+class VaeNotAvailableError(RuntimeError, UserError):
     """The VAE is neither a local directory nor in the hub cache, and the hub is unreachable."""
 
 
@@ -150,6 +148,17 @@ def save_tiny_vae(*, out_dir: str, seed: int = 0, **config_overrides) -> str:
     return out_dir
 
 
+def latent_shape(vae: "AutoencoderKL", image_size: int) -> tuple[int, int, int]:
+    """(C, h, w) of the latents of an image_size image: each encoder level but the last halves
+    the side (f = 8 for sd-vae-ft-ema's four levels)."""
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    if image_size % factor:
+        raise BadValueError(
+            f"image size {image_size} is not divisible by the VAE's factor {factor}"
+        )
+    return (vae.config.latent_channels, image_size // factor, image_size // factor)
+
+
 def vae_fingerprint(vae: "AutoencoderKL") -> dict:
     """SHA-256 of the config and of the weights: two caches match only if both agree."""
     config = {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
@@ -163,6 +172,7 @@ def vae_fingerprint(vae: "AutoencoderKL") -> dict:
     return {"config_sha256": config_hash, "weights_sha256": weights.hexdigest()}
 
 
+@command_main("udit tiny-vae")
 def main(argv: list[str] | None = None) -> int:
     """`udit tiny-vae --out DIR`: write a random-init tiny VAE for toy runs."""
     parser = argparse.ArgumentParser(prog="udit tiny-vae", description=main.__doc__)

@@ -12,9 +12,10 @@ from udit.diffusion.gaussian import GaussianDiffusion
 from udit.diffusion.noise import randn
 from udit.diffusion.schedule import NUM_TRAIN_TIMESTEPS, named_betas, respace_betas, space_timesteps
 from udit.diffusion.vlb import discretized_gaussian_log_likelihood, normal_kl
+from udit.paper import recipe
 
 # DiT/U-DiT sample_ddp.py --num-sampling-steps default and what the paper's FIDs use.
-DEFAULT_SAMPLING_STEPS = 250
+DEFAULT_SAMPLING_STEPS = recipe().sampling_steps
 
 
 def create_diffusion(
@@ -24,7 +25,7 @@ def create_diffusion(
     learn_sigma: bool = True,
     sigma_small: bool = False,
     rescale_learned_sigmas: bool = False,
-    diffusion_steps: int = NUM_TRAIN_TIMESTEPS,
+    diffusion_steps: int = recipe().diffusion_steps,
 ) -> GaussianDiffusion:
     """The DiT diffusion: "" keeps all `diffusion_steps`; "250", "10,20,30" or "ddim50" respace.
 

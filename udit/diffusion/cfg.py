@@ -16,10 +16,12 @@ so sampling noise is drawn for N samples only and stays tied to each sample's ow
 """
 
 import torch
-import torch.nn as nn
+from torch import nn
+
+from udit.paper import recipe
 
 # DiT models.py forward_with_cfg: `eps, rest = model_out[:, :3], model_out[:, 3:]`.
-GUIDED_CHANNELS = 3
+GUIDED_CHANNELS = recipe().guidance_channels
 
 
 class ClassifierFreeGuidance(nn.Module):

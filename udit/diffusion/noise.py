@@ -8,9 +8,19 @@ generator gives the same numbers for a CPU or a GPU run.
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
+SEED_WORDS = 2  # uint32 words drawn from SeedSequence -> one 64-bit generator seed
+
+
+def seeded_generator(*words: int) -> torch.Generator:
+    """CPU generator owned by one (seed, ...) tuple, e.g. (seed, step, index) in training or
+    (seed, index, stream) in sampling; SeedSequence mixes the words so neighbouring tuples give
+    unrelated streams."""
+    state = np.random.SeedSequence(list(words)).generate_state(SEED_WORDS, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 def randn(

@@ -11,11 +11,14 @@ torch-fidelity's on-disk cache is never used (its key ignores the weights file).
 """
 
 import argparse
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 
+from udit.cli import add_dry_run, check_minimums, dry_run
+from udit.errors import BadValueError, command_main
 from udit.io import atomic_write_json
 from udit.metrics import inception, provenance, scores
 from udit.metrics.npz import NpzImages
@@ -32,7 +35,7 @@ def reference_pool_features(
     """pool_3 features of the reference images: cached in the npz if the weights match."""
     if ref["pool_3"] is not None and ref["inception_sha256"] == weights_sha256:
         if len(ref["pool_3"]) != len(ref["images"]):
-            raise ValueError(
+            raise BadValueError(
                 f"reference pool_3 has {len(ref['pool_3'])} rows for {len(ref['images'])} images"
             )
         return ref["pool_3"], "read from reference npz (same weights)"
@@ -56,6 +59,7 @@ def evaluate(
     """All metrics plus protocol and provenance, as the JSON `udit evaluate` writes."""
     sample_images = NpzImages(samples, limit=num_samples)
     ref = load_reference(reference)
+    check_same_resolution(sample_images, ref["images"], samples=samples, reference=reference)
     weights_sha = provenance.sha256_file(weights)
     extractor = inception.load_extractor(weights=weights, device=device)
 
@@ -90,7 +94,16 @@ def evaluate(
     prov = provenance.collect(
         device=device, weights=weights, files={"samples": samples, "reference": reference}
     )
-    n = len(sample_images)
+    protocol = _protocol(
+        n=len(sample_images),
+        ref=ref,
+        resolution=sample_images.shape[1:3],
+        is_adm=is_adm,
+        is_tf=is_tf,
+        kid=kid,
+        ref_pool_source=ref_pool_source,
+        batch_size=batch_size,
+    )
     return {
         "fid": fid,
         "sfid": sfid,
@@ -101,38 +114,74 @@ def evaluate(
         "kid_std": kid["std"],
         "is_torch_fidelity": is_tf,
         "uncalibrated": not prov["inception_weights"]["official"],
-        "protocol": {
-            "N": n,
-            "N_reference": len(ref["images"]),
-            "sample_resolution": list(sample_images.shape[1:3]),
-            "k": scores.PRC_K,
-            "splits": is_adm["splits"],
-            "split_size": is_adm["split_size"],
-            "shuffle": False,
-            "seeds": {"kid_subsets": kid["seed"], "is_torch_fidelity_shuffle": is_tf["seed"]},
-            "kid_subsets": kid["subsets"],
-            "kid_subset_size": kid["subset_size"],
-            "resize": RESIZE,
-            "features": {
-                "fid": "pool_3 (2048)",
-                "sfid": "mixed_6/conv[..., :7] NHWC (2023)",
-                "is": "softmax(pool_3 @ W, no bias) (1008)",
-                "precision_recall": "pool_3 (2048)",
-                "kid": "pool_3 (2048)",
-            },
-            "reference_statistics": "mu, sigma, mu_s, sigma_s read from the reference npz",
-            "reference_pool_3": ref_pool_source,
-            "prc_distance_dtype": "float32",
-            "batch_size": batch_size,
-        },
+        "samples": sample_metadata(samples),
+        "protocol": protocol,
         "timing": {
             "sample_features_s": round(extract_s, 3),
-            "images_per_s": round(n / extract_s, 3),
+            "images_per_s": round(len(sample_images) / extract_s, 3),
         },
         "provenance": prov,
     }
 
 
+class ResolutionMismatchError(BadValueError):
+    """Samples and reference images of different sizes: Inception resizes both to 299 px, so
+    the metrics come out as numbers but compare blur levels, not models."""
+
+
+def check_same_resolution(sample_images, ref_images, *, samples: Path, reference: Path) -> None:
+    """Refuse samples whose H x W differs from the reference's, naming both files and sizes."""
+    got, want = tuple(sample_images.shape[1:3]), tuple(ref_images.shape[1:3])
+    if got != want:
+        raise ResolutionMismatchError(
+            f"samples {samples} are {got[0]}x{got[1]} px but the reference {reference} is "
+            f"{want[0]}x{want[1]} px; sample at the reference's resolution or build a reference "
+            f"at {got[0]} px (udit build-reference --image-size {got[0]})"
+        )
+
+
+def sample_metadata(samples: Path) -> dict | None:
+    """What `udit sample` recorded beside the npz (SAMPLES.npz.json: checkpoint hash, cfg scale,
+    steps, seed, N), so a metrics file names the samples it scored; None for a foreign npz."""
+    summary = Path(str(samples) + ".json")
+    if not summary.is_file():
+        return None
+    try:
+        data = json.loads(summary.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return {"num_samples": data.get("num_samples"), **data.get("config", {})}
+
+
+def _protocol(*, n, ref, resolution, is_adm, is_tf, kid, ref_pool_source, batch_size) -> dict:
+    """How every number was computed (ADM protocol, with torch-fidelity's extractor)."""
+    return {
+        "N": n,
+        "N_reference": len(ref["images"]),
+        "sample_resolution": list(resolution),
+        "k": scores.PRC_K,
+        "splits": is_adm["splits"],
+        "split_size": is_adm["split_size"],
+        "shuffle": False,
+        "seeds": {"kid_subsets": kid["seed"], "is_torch_fidelity_shuffle": is_tf["seed"]},
+        "kid_subsets": kid["subsets"],
+        "kid_subset_size": kid["subset_size"],
+        "resize": RESIZE,
+        "features": {
+            "fid": "pool_3 (2048)",
+            "sfid": "mixed_6/conv[..., :7] NHWC (2023)",
+            "is": "softmax(pool_3 @ W, no bias) (1008)",
+            "precision_recall": "pool_3 (2048)",
+            "kid": "pool_3 (2048)",
+        },
+        "reference_statistics": "mu, sigma, mu_s, sigma_s read from the reference npz",
+        "reference_pool_3": ref_pool_source,
+        "prc_distance_dtype": "float32",
+        "batch_size": batch_size,
+    }
+
+
+@command_main("udit evaluate")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="udit evaluate", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -147,10 +196,14 @@ def main(argv: list[str] | None = None) -> int:
         "--num-samples", type=int, default=None, help="use the first N samples (default: all)"
     )
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--progress", action="store_true", help="print extraction progress")
+    add_dry_run(parser)
     args = parser.parse_args(argv)
+    check_minimums(parser, args, num_samples=1, batch_size=1, num_workers=0)
+    if dry_run(args):
+        return 0
 
     weights = inception.weights_from_args(parser, args)
     result = evaluate(
@@ -160,14 +213,15 @@ def main(argv: list[str] | None = None) -> int:
         device=inception.pick_device(args.device),
         num_samples=args.num_samples,
         batch_size=args.batch_size,
-        num_workers=args.workers,
+        num_workers=args.num_workers,
         progress=args.progress,
     )
     atomic_write_json(args.out, result)
     flag = "  [UNCALIBRATED: not the official Inception weights]" if result["uncalibrated"] else ""
     print(
         f"FID {result['fid']:.4f}  sFID {result['sfid']:.4f}  IS {result['is']:.3f}  "
-        f"precision {result['precision']:.4f}  recall {result['recall']:.4f}  KID {result['kid']:.6f}{flag}"
+        f"precision {result['precision']:.4f}  recall {result['recall']:.4f}  "
+        f"KID {result['kid']:.6f}{flag}"
     )
     return 0
 

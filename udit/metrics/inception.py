@@ -22,6 +22,9 @@ Weights are never downloaded implicitly (torch-fidelity would fetch them when th
 None): `resolve_weights` finds a local file or fails naming the file, URL and config key.
 """
 
+import io
+import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +33,8 @@ from torch.utils.data import DataLoader, Dataset
 from torch_fidelity import FeatureExtractorInceptionV3, register_feature_extractor
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor
+
+from udit.errors import UserError
 
 EXTRACTOR_NAME = "inception-v3-adm"
 POOL = "2048"  # torch-fidelity name of TF pool_3 (FID, P/R, KID)
@@ -72,6 +77,46 @@ def resolve_weights(path: str | Path | None) -> Path:
     )
 
 
+class UnsafeWeightsError(UserError):
+    """An Inception weights file that is not a plain tensor state dict (it is never unpickled)."""
+
+
+def safe_weights(path) -> io.BytesIO:
+    """The state dict at `path` read with weights_only=True (a pickle that would run code, or
+    any other object, is refused naming the file), re-saved in memory for torch-fidelity."""
+    hint = (
+        f"use the official {WEIGHTS_FILENAME} ({WEIGHTS_URL}) or a stand-in from "
+        "`udit make-standin-inception`"
+    )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any load failure means: refuse the file
+        blocked = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if blocked:
+            why = f"it pickles {blocked.group(1)}"
+        elif isinstance(err, pickle.UnpicklingError):
+            why = "its pickle data is unreadable"
+        else:  # torch's messages run to paragraphs: the first sentence says what is wrong
+            why = f"{type(err).__name__}: {str(err).split('. ')[0][:160]}"
+        raise UnsafeWeightsError(
+            f"Inception weights {path}: refused, not a plain tensor state dict ({why}; loaded "
+            f"with weights_only=True, nothing in it was run); {hint}"
+        ) from None
+    if not (
+        isinstance(state, dict)
+        and state
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
+    ):
+        raise UnsafeWeightsError(
+            f"Inception weights {path}: refused, holds a {type(state).__name__}, not a state "
+            f"dict of tensors; {hint}"
+        )
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return buffer
+
+
 class InceptionV3ADM(FeatureExtractorInceptionV3):
     """torch-fidelity's Inception-V3 plus ADM's sFID feature (see module docstring)."""
 
@@ -85,6 +130,11 @@ class InceptionV3ADM(FeatureExtractorInceptionV3):
             )
         if kwargs.get("feature_extractor_weights_path") is None:
             raise ValueError("feature_extractor_weights_path is required (no implicit download)")
+        # torch-fidelity torch.loads the path with weights_only=False: hand it our own re-save
+        # of a state dict read with weights_only=True, never the user's file
+        kwargs["feature_extractor_weights_path"] = safe_weights(
+            kwargs["feature_extractor_weights_path"]
+        )
         super().__init__(name, features_list, **kwargs)
         self._spatial = None
         self.Mixed_6d.branch1x1.register_forward_hook(self._keep_spatial)
@@ -179,7 +229,8 @@ def extract_features(
     num_workers: int = 0,  # DataLoader workers (torch-fidelity hard-codes 4)
     progress: bool = False,
 ) -> dict[str, np.ndarray]:
-    """One pass over `dataset`; returns {feature name: float32 (N, D)} for every requested feature."""
+    """One pass over `dataset`; returns {feature name: float32 (N, D)} for every requested
+    feature."""
     if batch_size < 1 or num_workers < 0:
         raise ValueError(
             f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}"

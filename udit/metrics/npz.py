@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from udit.errors import BadValueError
+
 ZIP_LOCAL_HEADER_SIZE = 30  # fixed part of a zip local file header (APPNOTE 4.3.7)
 ZIP_LOCAL_HEADER_MAGIC = b"PK\x03\x04"
 # public header readers of the .npy format versions numpy writes for plain arrays
@@ -30,8 +32,17 @@ NPY_HEADER_READERS = {
 
 def npz_keys(path: str | Path) -> list[str]:
     """Member names of an npz without reading any array."""
-    with zipfile.ZipFile(path) as zf:
+    with _open_zip(path) as zf:
         return [name.removesuffix(".npy") for name in zf.namelist()]
+
+
+def _open_zip(path: str | Path) -> zipfile.ZipFile:
+    """The npz as a zip; a truncated or foreign file is a BadValueError naming it (zipfile's
+    BadZipFile names no file)."""
+    try:
+        return zipfile.ZipFile(path)
+    except zipfile.BadZipFile as err:
+        raise BadValueError(f"{path}: not a valid .npz file (truncated or corrupt: {err})") from err
 
 
 def _member_data_offset(path: Path, info: zipfile.ZipInfo) -> int:
@@ -40,7 +51,7 @@ def _member_data_offset(path: Path, info: zipfile.ZipInfo) -> int:
         f.seek(info.header_offset)
         header = f.read(ZIP_LOCAL_HEADER_SIZE)
         if header[:4] != ZIP_LOCAL_HEADER_MAGIC:
-            raise ValueError(f"{path}: corrupt zip local header for member {info.filename!r}")
+            raise BadValueError(f"{path}: corrupt zip local header for member {info.filename!r}")
         name_len, extra_len = struct.unpack("<HH", header[26:30])
         return info.header_offset + ZIP_LOCAL_HEADER_SIZE + name_len + extra_len
 
@@ -55,9 +66,9 @@ def open_npz_array(path: str | Path, key: str) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"npz file not found: {path}")
     member = f"{key}.npy"
-    with zipfile.ZipFile(path) as zf:
+    with _open_zip(path) as zf:
         if member not in zf.namelist():
-            raise KeyError(f"{path}: no array {key!r} (has {npz_keys(path)})")
+            raise BadValueError(f"{path}: no array {key!r} (has {npz_keys(path)})")
         info = zf.getinfo(member)
         stored = info.compress_type == zipfile.ZIP_STORED
         with zf.open(member) as f:
@@ -76,11 +87,11 @@ def open_npz_array(path: str | Path, key: str) -> np.ndarray:
 def check_images(images: np.ndarray, *, what: str) -> None:
     """ADM batches are uint8 NHWC with 3 channels; anything else is a clear error."""
     if images.dtype != np.uint8:
-        raise ValueError(f"{what}: arr_0 must be uint8 in [0, 255], got dtype {images.dtype}")
+        raise BadValueError(f"{what}: arr_0 must be uint8 in [0, 255], got dtype {images.dtype}")
     if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"{what}: arr_0 must be (N, H, W, 3) NHWC, got shape {images.shape}")
+        raise BadValueError(f"{what}: arr_0 must be (N, H, W, 3) NHWC, got shape {images.shape}")
     if images.shape[0] == 0:
-        raise ValueError(f"{what}: arr_0 holds no images")
+        raise BadValueError(f"{what}: arr_0 holds no images")
 
 
 class NpzImages(Dataset):
@@ -96,7 +107,9 @@ class NpzImages(Dataset):
         check_images(images, what=str(self.path))
         self.shape = tuple(images.shape)  # (N, H, W, 3)
         if limit is not None and not 0 < limit <= self.shape[0]:
-            raise ValueError(f"{self.path}: asked for {limit} images, file holds {self.shape[0]}")
+            raise BadValueError(
+                f"{self.path}: asked for {limit} images, file holds {self.shape[0]}"
+            )
         self.length = self.shape[0] if limit is None else limit
         self._images = None  # opened per process in __getitem__
 

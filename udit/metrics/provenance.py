@@ -43,7 +43,10 @@ def versions() -> dict[str, str]:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"{device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return (
+        f"{device} ({platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads)"
+    )
 
 
 def collect(*, device: torch.device, weights: Path, files: dict[str, Path]) -> dict:
@@ -56,7 +59,8 @@ def collect(*, device: torch.device, weights: Path, files: dict[str, Path]) -> d
             "file": Path(weights).name,
             "sha256": weights_sha,
             "official": is_official_weights(weights_sha),
-            "official_check": f"sha256 prefix {OFFICIAL_WEIGHTS_SHA256_PREFIX} (torch hub hash_prefix)",
+            "official_check": f"sha256 prefix {OFFICIAL_WEIGHTS_SHA256_PREFIX} "
+            "(torch hub hash_prefix)",
         },
         "sha256": {role: sha256_file(path) for role, path in files.items()},
         "files": {role: Path(path).name for role, path in files.items()},

@@ -22,7 +22,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from udit.cli import add_dry_run, check_minimums, dry_run
 from udit.data.imagenet import center_crop_arr  # ADM centre crop, shared with training data
+from udit.errors import BadValueError, command_main
 from udit.io import atomic_savez
 from udit.metrics import inception, provenance, scores
 from udit.metrics.npz import ArrayImages, NpzImages, npz_keys, open_npz_array
@@ -33,18 +35,21 @@ IMAGE_SIZE = 256  # ImageNet 256x256 (paper section 4)
 
 
 def list_images(folder: Path, *, num_images: int | None, seed: int) -> list[Path]:
-    """Image files under `folder` (recursive, sorted); a seeded random subset if num_images is set."""
+    """Image files under `folder` (recursive, sorted); a seeded random subset if num_images is
+    set."""
     if not folder.is_dir():
         raise FileNotFoundError(f"--images: not a directory: {folder}")
     paths = sorted(
         p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
     )
     if not paths:
-        raise ValueError(f"--images: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
+        raise BadValueError(
+            f"--images: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {folder}"
+        )
     if num_images is None:
         return paths
     if not 0 < num_images <= len(paths):
-        raise ValueError(f"--num-images {num_images}: folder {folder} holds {len(paths)} images")
+        raise BadValueError(f"--num-images {num_images}: folder {folder} holds {len(paths)} images")
     chosen = np.random.default_rng(seed).choice(len(paths), size=num_images, replace=False)
     return [paths[i] for i in sorted(chosen)]
 
@@ -57,8 +62,13 @@ class CroppedImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        with Image.open(self.paths[index]) as image:
-            cropped = center_crop_arr(image.convert("RGB"), self.image_size)
+        try:
+            with Image.open(self.paths[index]) as image:
+                cropped = center_crop_arr(image.convert("RGB"), self.image_size)
+        except OSError as err:  # PIL: unknown format or truncated file
+            raise BadValueError(
+                f"{self.paths[index]}: not a readable image ({err}); remove or replace it"
+            ) from err
         return torch.from_numpy(np.array(cropped))  # (S, S, 3) uint8
 
 
@@ -102,7 +112,7 @@ def load_reference(path: Path) -> dict:
     keys = set(npz_keys(path))
     missing = [k for k in ADM_REFERENCE_KEYS if k not in keys]
     if missing:
-        raise ValueError(
+        raise BadValueError(
             f"--reference {path}: not an ADM reference batch, missing {missing} "
             f"(needs {list(ADM_REFERENCE_KEYS)})"
         )
@@ -115,6 +125,7 @@ def load_reference(path: Path) -> dict:
     return ref
 
 
+@command_main("udit build-reference")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="udit build-reference", description=__doc__.splitlines()[0]
@@ -131,21 +142,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="ADM centre-crop size")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument(
-        "--workers", type=int, default=0, help="DataLoader workers (decode and Inception)"
+        "--num-workers", type=int, default=0, help="DataLoader workers (decode and Inception)"
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    add_dry_run(parser)
     args = parser.parse_args(argv)
+    check_minimums(parser, args, num_images=1, image_size=1, batch_size=1, num_workers=0)
+    if dry_run(args):
+        return 0
 
     weights = inception.weights_from_args(parser, args)
     device = inception.pick_device(args.device)
     paths = list_images(args.images, num_images=args.num_images, seed=args.seed)
-    images = load_cropped(paths, image_size=args.image_size, num_workers=args.workers)
+    images = load_cropped(paths, image_size=args.image_size, num_workers=args.num_workers)
     arrays = build_reference(
         images=images,
         weights=weights,
         device=device,
         batch_size=args.batch_size,
-        num_workers=args.workers,
+        num_workers=args.num_workers,
     )
     options = {
         "num_images": len(paths),
@@ -162,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         else "UNCALIBRATED (not the official weights)"
     )
     print(
-        f"wrote {args.out}: {len(paths)} images at {args.image_size}px, Inception weights {official}"
+        f"wrote {args.out}: {len(paths)} images at {args.image_size}px, "
+        f"Inception weights {official}"
     )
     return 0
 

@@ -36,6 +36,8 @@ from torch_fidelity.metric_isc import isc_features_to_metric
 from torch_fidelity.metric_kid import kid_features_to_metric
 from torch_fidelity.metric_prc import prc_features_to_metric
 
+from udit.errors import BadValueError
+
 IS_SPLIT_SIZE = 5000  # evaluator.py compute_inception_score(split_size=5000)
 PRC_K = 3  # evaluator.py ManifoldEstimator(nhood_sizes=(3,))
 PRC_BATCH = 10000  # evaluator.py row/col batch size; bounds the distance blocks in memory
@@ -62,7 +64,7 @@ def frechet_distance(stats_1: dict, stats_2: dict) -> float:
     """torch-fidelity's Frechet distance with both sides in float64 (its dtype assert)."""
     s1, s2 = _as_float64(stats_1), _as_float64(stats_2)
     if s1["mu"].shape != s2["mu"].shape or s1["sigma"].shape != s2["sigma"].shape:
-        raise ValueError(
+        raise BadValueError(
             f"statistics differ in dimension: mu {s1['mu'].shape} vs {s2['mu'].shape}, "
             f"sigma {s1['sigma'].shape} vs {s2['sigma'].shape}"
         )
@@ -84,10 +86,10 @@ def frechet_distance_to_features(features: np.ndarray, reference: dict) -> float
     if n > dim:
         return frechet_distance(gaussian_stats(x), reference)
     if n < 2:
-        raise ValueError(f"a covariance needs at least 2 samples, got {n}")
+        raise BadValueError(f"a covariance needs at least 2 samples, got {n}")
     ref = _as_float64(reference)
     if ref["mu"].shape != (dim,) or ref["sigma"].shape != (dim, dim):
-        raise ValueError(
+        raise BadValueError(
             f"statistics differ in dimension: features have {dim}, reference mu {ref['mu'].shape}, "
             f"sigma {ref['sigma'].shape}"
         )
@@ -133,7 +135,7 @@ def precision_recall(
 ) -> dict:
     """Improved precision/recall (Kynkaanniemi et al. 2019) on pool_3, k-NN radii."""
     if min(len(sample_pool), len(reference_pool)) <= k:
-        raise ValueError(
+        raise BadValueError(
             f"precision/recall with k={k} needs more than {k} samples and reference images, "
             f"got {len(sample_pool)} and {len(reference_pool)}"
         )

@@ -31,6 +31,7 @@ from torchvision.datasets import ImageFolder
 
 import udit.io
 from udit.data.imagenet import CenterCrop  # ADM centre crop, as build-reference and training
+from udit.errors import command_main
 from udit.metrics import provenance
 from udit.metrics.inception import POOL
 from udit.metrics.reference import IMAGE_SIZE
@@ -159,6 +160,7 @@ def make_standin_inception(
     return {"sha256": sha256, "pool_std": pool_std, "num_calibration": len(calibration)}
 
 
+@command_main("udit make-standin-inception")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="udit make-standin-inception", description=__doc__.splitlines()[0]

@@ -19,7 +19,9 @@ strictly:
 Attention runs through F.scaled_dot_product_attention; udit.flops registers an fvcore
 handle for it so FLOP counts match explicit q @ k^T attention.
 """
+
 import functools
+import math
 
 import numpy as np
 import torch
@@ -30,22 +32,22 @@ from udit.models.embed import LabelEmbedder, TimestepEmbedder, modulate
 from udit.models.spec import ModelSpec
 from udit.paper import paper_numbers
 
-LN_EPS = 1e-6            # LayerNorm eps of every DiT norm (official models.py)
+LN_EPS = 1e-6  # LayerNorm eps of every DiT norm (official models.py)
 POS_EMBED_PERIOD = 10000.0  # max period of the 2D sin-cos position embedding (MAE / DiT)
-INIT_STD_EMBED = 0.02    # normal std of the label table and timestep MLP weights (DiT init)
-CFG_CHANNELS = 3         # DiT guides only the first 3 latent channels "for exact reproducibility"
+INIT_STD_EMBED = 0.02  # normal std of the label table and timestep MLP weights (DiT init)
 
 
 #################################################################################
 #                        Fixed 2D sine-cosine position embedding                #
 #################################################################################
 
+
 def _sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
     """Positions (M,) -> (M, dim) as [sin | cos] over dim/2 geometric frequencies."""
     if dim % 2:
         raise ValueError(f"1D sin-cos embedding needs an even dim, got {dim}")
     omega = 1.0 / POS_EMBED_PERIOD ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2))
-    angles = pos.reshape(-1).astype(np.float64)[:, None] * omega[None]   # (M, dim/2)
+    angles = pos.reshape(-1).astype(np.float64)[:, None] * omega[None]  # (M, dim/2)
     return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
 
 
@@ -66,6 +68,20 @@ def sincos_pos_embed_2d(dim: int, grid_size: int) -> torch.Tensor:
 #                                 Core DiT blocks                               #
 #################################################################################
 
+
+def unpatchify(x: torch.Tensor, *, patch_size: int, channels: int) -> torch.Tensor:
+    """(N, T, p*p*C) tokens of a square grid -> (N, C, h*p, w*p); a pure permutation (no FLOPs).
+    Each token holds its patch as (p, q, C), channels last (DiT, U-ViT, PixArt, DiffiT)."""
+    n, t, _ = x.shape
+    p, c, g = patch_size, channels, math.isqrt(x.shape[1])
+    if t != g * g or x.shape[2] != p * p * c:
+        raise ValueError(
+            f"expected (N, h*w, {p * p * c}) tokens of a square grid, got {tuple(x.shape)}"
+        )
+    x = x.reshape(n, g, g, p, p, c)  # (N, h, w, p, q, C)
+    return x.permute(0, 5, 1, 3, 2, 4).reshape(n, c, g * p, g * p)  # (N, C, h p, w q)
+
+
 class PatchEmbed(nn.Module):
     """Non-overlapping p x p patches -> tokens: (N, C, H, W) -> (N, H*W/p^2, D)."""
 
@@ -76,7 +92,9 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] % self.patch_size or x.shape[-2] % self.patch_size:
-            raise ValueError(f"input {tuple(x.shape)} is not divisible by patch size {self.patch_size}")
+            raise ValueError(
+                f"input {tuple(x.shape)} is not divisible by patch size {self.patch_size}"
+            )
         return self.proj(x).flatten(2).transpose(1, 2)  # (N, D, h, w) -> (N, T, D)
 
 
@@ -87,35 +105,35 @@ class Attention(nn.Module):
     which fvcore counts natively (used to check the SDPA FLOP handle).
     """
 
-    def __init__(self, dim: int, num_heads: int, fused: bool = True):
+    def __init__(self, dim: int, num_heads: int, fused: bool = True, qkv_bias: bool = True):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"hidden size {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.fused = fused
-        self.qkv = nn.Linear(dim, 3 * dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)  # U-ViT: no qkv bias
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, t, d = x.shape
-        qkv = self.qkv(x).reshape(n, t, 3, self.num_heads, self.head_dim)   # (N, T, 3, H, d)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                       # 3 x (N, H, T, d)
+        qkv = self.qkv(x).reshape(n, t, 3, self.num_heads, self.head_dim)  # (N, T, 3, H, d)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (N, H, T, d)
         if self.fused:
-            x = F.scaled_dot_product_attention(q, k, v)                     # (N, H, T, d)
+            x = F.scaled_dot_product_attention(q, k, v)  # (N, H, T, d)
         else:
-            attn = (q * self.head_dim ** -0.5) @ k.transpose(-2, -1)        # (N, H, T, T)
-            x = attn.softmax(dim=-1) @ v                                    # (N, H, T, d)
-        return self.proj(x.transpose(1, 2).reshape(n, t, d))                # (N, T, D)
+            attn = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)  # (N, H, T, T)
+            x = attn.softmax(dim=-1) @ v  # (N, H, T, d)
+        return self.proj(x.transpose(1, 2).reshape(n, t, d))  # (N, T, D)
 
 
 class Mlp(nn.Module):
-    """Two-layer MLP with tanh-approximated GELU, as DiT blocks use."""
+    """Two-layer MLP with tanh-approximated GELU, as DiT blocks use (U-ViT: exact, "none")."""
 
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, approximate: str = "tanh"):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU(approximate="tanh")
+        self.act = nn.GELU(approximate=approximate)
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -136,7 +154,7 @@ class DiTBlock(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=1)
         x = x + gate1.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift1, scale1))  # (N, T, D)
-        x = x + gate2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift2, scale2))   # (N, T, D)
+        x = x + gate2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift2, scale2))  # (N, T, D)
         return x
 
 
@@ -158,6 +176,7 @@ class FinalLayer(nn.Module):
 #                                    DiT model                                  #
 #################################################################################
 
+
 class DiT(nn.Module):
     """Class-conditional latent DiT: forward(x (N,C,H,W), t (N,), y (N,)) -> (N, C_out, H, W).
 
@@ -167,16 +186,16 @@ class DiT(nn.Module):
 
     def __init__(
         self,
-        input_size: int = 32,             # latent side (256 px / VAE factor 8)
-        patch_size: int = 2,              # p: tokens = (input_size / p)^2
-        in_channels: int = 4,             # latent channels of sd-vae-ft-ema
-        hidden_size: int = 1152,          # D
-        depth: int = 28,                  # number of DiT blocks
+        input_size: int = 32,  # latent side (256 px / VAE factor 8)
+        patch_size: int = 2,  # p: tokens = (input_size / p)^2
+        in_channels: int = 4,  # latent channels of sd-vae-ft-ema
+        hidden_size: int = 1152,  # D
+        depth: int = 28,  # number of DiT blocks
         num_heads: int = 16,
         mlp_ratio: float = 4.0,
         class_dropout_prob: float = 0.1,  # label dropout for classifier-free guidance
         num_classes: int = 1000,
-        learn_sigma: bool = True,         # output 2 x in_channels (eps and variance)
+        learn_sigma: bool = True,  # output 2 x in_channels (eps and variance)
     ):
         super().__init__()
         if input_size % patch_size:
@@ -194,8 +213,12 @@ class DiT(nn.Module):
         self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
         # A frozen Parameter rather than a buffer: upstream does so, which puts it in the
         # state dict (strict loading of released checkpoints) and in the parameter count.
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid_size ** 2, hidden_size), requires_grad=False)
-        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
+        self.pos_embed = nn.Parameter(
+            torch.zeros(1, self.grid_size**2, hidden_size), requires_grad=False
+        )
+        self.blocks = nn.ModuleList(
+            DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)
+        )
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.initialize_weights()
 
@@ -206,7 +229,9 @@ class DiT(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
         # Fixed sin-cos position table (never trained).
-        self.pos_embed.data.copy_(sincos_pos_embed_2d(self.pos_embed.shape[-1], self.grid_size)[None])
+        self.pos_embed.data.copy_(
+            sincos_pos_embed_2d(self.pos_embed.shape[-1], self.grid_size)[None]
+        )
         # Patchify conv initialised as the linear map it is (xavier over the flattened kernel).
         w = self.x_embedder.proj.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
@@ -224,41 +249,20 @@ class DiT(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, T, p*p*C) -> (N, C, h*p, w*p); a pure permutation (no FLOPs)."""
-        n, t, _ = x.shape
-        p, c, g = self.patch_size, self.out_channels, self.grid_size
-        if t != g * g:
-            raise ValueError(f"expected {g * g} tokens, got {t}")
-        x = x.reshape(n, g, g, p, p, c)                      # (N, h, w, p, q, C)
-        return x.permute(0, 5, 1, 3, 2, 4).reshape(n, c, g * p, g * p)  # (N, C, h p, w q)
+        return unpatchify(x, patch_size=self.patch_size, channels=self.out_channels)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.shape[1:] != (self.in_channels, self.input_size, self.input_size):
-            raise ValueError(f"expected latents (N, {self.in_channels}, {self.input_size}, "
-                             f"{self.input_size}), got {tuple(x.shape)}")
-        x = self.x_embedder(x) + self.pos_embed   # (N, T, D)
+            raise ValueError(
+                f"expected latents (N, {self.in_channels}, {self.input_size}, "
+                f"{self.input_size}), got {tuple(x.shape)}"
+            )
+        x = self.x_embedder(x) + self.pos_embed  # (N, T, D)
         c = self.t_embedder(t) + self.y_embedder(y)  # (N, D)
         for block in self.blocks:
-            x = block(x, c)                       # (N, T, D)
-        x = self.final_layer(x, c)                # (N, T, p*p*C_out)
-        return self.unpatchify(x)                 # (N, C_out, H, W)
-
-    def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: float,
-                         cfg_channels: int | None = CFG_CHANNELS) -> torch.Tensor:
-        """Classifier-free guidance on a batch stacked as [cond | uncond] (y's second half = null class).
-
-        Only the first half of x is used (both halves must hold the same latents, as in
-        the DiT sampler). eps = uncond + s * (cond - uncond) on the first `cfg_channels`
-        channels: 3 reproduces DiT's released samples; None guides all in_channels (the
-        standard formulation). The remaining channels (and the sigma outputs) pass through.
-        """
-        half = x[: len(x) // 2]
-        out = self.forward(torch.cat([half, half]), t, y)              # (2B, C_out, H, W)
-        k = self.in_channels if cfg_channels is None else cfg_channels
-        eps, rest = out[:, :k], out[:, k:]
-        cond, uncond = eps.chunk(2, dim=0)
-        guided = uncond + cfg_scale * (cond - uncond)                   # (B, k, H, W)
-        return torch.cat([torch.cat([guided, guided]), rest], dim=1)    # (2B, C_out, H, W)
+            x = block(x, c)  # (N, T, D)
+        x = self.final_layer(x, c)  # (N, T, p*p*C_out)
+        return self.unpatchify(x)  # (N, C_out, H, W)
 
     def num_params(self, *, deployed: bool = False) -> int:
         """Parameter count, pos_embed included as upstream counts it. DiT has no
@@ -288,10 +292,19 @@ DIT_CONFIGS: dict[str, tuple[int, int, int, int]] = {
 
 
 def _dit_spec(name: str, depth: int, hidden: int, heads: int, patch: int) -> ModelSpec:
-    build = functools.partial(DiT, depth=depth, hidden_size=hidden, num_heads=heads, patch_size=patch)
+    build = functools.partial(
+        DiT, depth=depth, hidden_size=hidden, num_heads=heads, patch_size=patch
+    )
     gflops = paper_numbers()["dit_gflops"].get(name)
-    return ModelSpec(name=name, build=build, paper_gflops=gflops, source="dit-paper (dit_gflops)",
-                     note="official facebookresearch/DiT layout; SDPA attention")
+    return ModelSpec(
+        name=name,
+        build=build,
+        paper_gflops=gflops,
+        source="dit-paper (dit_gflops)",
+        note="official facebookresearch/DiT layout; SDPA attention",
+    )
 
 
-DIT_MODELS: dict[str, ModelSpec] = {name: _dit_spec(name, *cfg) for name, cfg in DIT_CONFIGS.items()}
+DIT_MODELS: dict[str, ModelSpec] = {
+    name: _dit_spec(name, *cfg) for name, cfg in DIT_CONFIGS.items()
+}

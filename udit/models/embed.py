@@ -3,18 +3,23 @@
 State-dict names (`mlp.0`, `mlp.2`, `embedding_table`) follow facebookresearch/DiT models.py,
 which the official U-DiT code imports unchanged, so released checkpoints load strictly.
 """
+
 import math
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 FREQ_DIM = 256  # sinusoidal features fed to the timestep MLP (DiT default)
 
 
-def timestep_features(t: torch.Tensor, dim: int = FREQ_DIM, max_period: float = 10000.0) -> torch.Tensor:
+def timestep_features(
+    t: torch.Tensor, dim: int = FREQ_DIM, max_period: float = 10000.0
+) -> torch.Tensor:
     """Sinusoidal features of (possibly fractional) timesteps: (N,) -> (N, dim), [cos | sin]."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+    )
     args = t[:, None].float() * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
@@ -47,7 +52,11 @@ class LabelEmbedder(nn.Module):
 
     def forward(self, y: torch.Tensor, force_drop: torch.Tensor | None = None) -> torch.Tensor:
         if (self.training and self.dropout > 0) or force_drop is not None:
-            drop = (torch.rand(y.shape[0], device=y.device) < self.dropout) if force_drop is None else force_drop.bool()
+            drop = (
+                (torch.rand(y.shape[0], device=y.device) < self.dropout)
+                if force_drop is None
+                else force_drop.bool()
+            )
             y = torch.where(drop, torch.full_like(y, self.num_classes), y)
         return self.embedding_table(y)
 

@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: the report runs in batch jobs
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 from matplotlib import ticker
 
@@ -83,49 +84,64 @@ def plain_log_ticks(axis) -> None:
     axis.set_minor_formatter(ticker.NullFormatter())
 
 
+def _marker(row: str) -> tuple[str, int]:
+    """U-DiT star, DiT circle, another architecture (Table 3) triangle; marker size."""
+    if row.startswith("U-DiT"):
+        return "*", 90
+    return ("o", 40) if row.startswith("DiT") else ("^", 50)
+
+
+def reproduced_points(records: pd.DataFrame) -> pd.DataFrame:
+    """The reproduced (GFLOPs, FID) points: each evaluated Table 2 or Table 3 node once."""
+    both = pd.concat([_pivot(records, "main_400k_T2"), _pivot(records, "other_architectures_T3")])
+    if not len(both):
+        return both
+    return both[both["fid"].notna() & both["gflops"].notna()].drop_duplicates("node")
+
+
 def fid_vs_gflops(records: pd.DataFrame, out_dir: Path) -> str:
-    """The headline figure: FID-50K vs GFLOPs at 400K (T2), paper | reproduction."""
+    """The headline figure: FID-50K vs GFLOPs at 400K (T2, with T3's other architectures),
+    paper | reproduction."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     t2 = _pivot(records, "main_400k_T2")
+    t3 = _pivot(records, "other_architectures_T3")
     paper = t2.drop_duplicates("row") if len(t2) else t2
+    if len(t3):  # T3 repeats DiT-XL/2 and U-DiT-B/L from T2: add only the other architectures
+        paper = pd.concat([paper, t3[t3["row"].map(_marker).str[0] == "^"].drop_duplicates("row")])
     for _, r in paper.iterrows():
         if pd.notna(r.get("paper_fid")) and pd.notna(r.get("paper_gflops")):
-            marker = "*" if r["row"].startswith("U-DiT") else "o"
+            marker, size = _marker(r["row"])
             cited = r["row"].endswith("(dit-paper)")  # DiT's own number: hollow, unlabelled
             left.scatter(
                 r["paper_gflops"],
                 r["paper_fid"],
                 marker=marker,
-                s=90 if marker == "*" else 40,
+                s=size,
                 facecolors="none" if cited else PAPER_COLOR,
                 edgecolors=PAPER_COLOR,
             )
             if not cited:
+                other = marker == "^"  # T3 points crowd DiT-L/2 and XL/2: label them left
                 left.annotate(
-                    r["row"].replace(" (replicated)", ""),
+                    r["row"].replace(" (replicated)", "").split(" (")[0],
                     (r["paper_gflops"], r["paper_fid"]),
                     fontsize=7,
-                    xytext=(4, 3),
+                    xytext=(-4, -9) if other else (4, 3),
+                    ha="right" if other else "left",
                     textcoords="offset points",
                 )
     left.set(
         xscale="log",
         xlabel="GFLOPs (paper)",
         ylabel="FID-50K",
-        title="Paper (Table 2; hollow: DiT paper)",
+        title="Paper (Tables 2, 3; hollow: DiT paper; triangles: T3)",
     )
     plain_log_ticks(left.xaxis)
-    done = t2[t2["fid"].notna() & t2["gflops"].notna()].drop_duplicates("node") if len(t2) else t2
+    done = reproduced_points(records)
     if len(done):
         for _, r in done.iterrows():
-            marker = "*" if r["row"].startswith("U-DiT") else "o"
-            right.scatter(
-                r["gflops"],
-                r["fid"],
-                marker=marker,
-                s=90 if marker == "*" else 40,
-                color=REPRO_COLOR,
-            )
+            marker, size = _marker(r["row"])
+            right.scatter(r["gflops"], r["fid"], marker=marker, s=size, color=REPRO_COLOR)
             right.annotate(
                 r["node"].split("/")[0],
                 (r["gflops"], r["fid"]),
@@ -135,10 +151,10 @@ def fid_vs_gflops(records: pd.DataFrame, out_dir: Path) -> str:
             )
         right.set(xscale="log", xlabel="GFLOPs (fvcore, paper-size architecture)", ylabel="FID")
         plain_log_ticks(right.xaxis)
-        repro_title(right, "Reproduction (Table 2 runs)", bool(done["uncalibrated"].any()))
+        repro_title(right, "Reproduction (Table 2 and 3 runs)", bool(done["uncalibrated"].any()))
     else:
-        pending(right, "no Table 2 run evaluated yet")
-        right.set_title("Reproduction (Table 2 runs)")
+        pending(right, "no Table 2 or 3 run evaluated yet")
+        right.set_title("Reproduction (Table 2 and 3 runs)")
     return save(fig, out_dir, "fid_vs_gflops")
 
 
@@ -222,6 +238,7 @@ def ablation_ladder(records: pd.DataFrame, out_dir: Path) -> str:
     else:
         pending(right, "no ablation run evaluated yet")
         right.set_title("Reproduction")
+        left.set(yticks=list(ys), yticklabels=rows)  # pending() cleared the shared y axis
     return save(fig, out_dir, "ablation_ladder")
 
 
@@ -237,21 +254,68 @@ def read_log(path: Path) -> pd.DataFrame:
     return frame if {"step", "loss"} <= set(frame.columns) else pd.DataFrame()
 
 
-def training_loss(logs: dict[str, Path], out_dir: Path) -> str:
-    """Training loss (mse + vb) per run from each run's log.jsonl."""
-    fig, ax = plt.subplots(figsize=(8, 4.2))
-    drawn = 0
-    for experiment, path in logs.items():
-        log = read_log(path)
-        if len(log):
-            ax.plot(log["step"], log["loss"], label=experiment, linewidth=1)
-            drawn += 1
-    if drawn:
-        ax.set(
-            xlabel="training step", ylabel="loss (mse + vb)", yscale="log", title="Training loss"
-        )
-        ax.legend(fontsize=7, ncol=2)
-    else:
+def training_loss(panels: dict[str, dict[str, Path]], out_dir: Path) -> str:
+    """Training loss (mse + vb) from each run's log.jsonl: one small panel per paper table
+    (title -> {run: log}), log-scaled steps, the legend beside the panel, not on the data."""
+    drawn = {
+        title: {eid: log for eid, path in runs.items() if len(log := read_log(path))}
+        for title, runs in panels.items()
+    }
+    drawn = {title: runs for title, runs in drawn.items() if runs}
+    if not drawn:
+        fig, ax = plt.subplots(figsize=(8, 3))
         pending(ax, "no training log yet")
         ax.set_title("Training loss")
+        return save(fig, out_dir, "training_loss")
+    cols = min(2, len(drawn))
+    rows = -(-len(drawn) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 2.6 * rows), squeeze=False)
+    for ax, (title, runs) in zip(axes.flat, drawn.items()):
+        for eid, log in runs.items():
+            log = log[log["step"] > 0]
+            ax.plot(log["step"], log["loss"], label=eid, linewidth=1)
+        ax.set(xscale="log", yscale="log", title=title)
+        ax.xaxis.set_major_formatter(ticker.EngFormatter())  # 1, 10, 100, 1k, 100k, 1M
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        plain_log_ticks(ax.yaxis)
+        low, high = ax.get_ylim()
+        if high / low < 10:  # within one decade no major tick may show: label the minor ones
+            ax.yaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_xlabel("training step", fontsize=8)
+        ax.set_ylabel("loss (mse + vb)", fontsize=8)
+        ax.tick_params(which="both", labelsize=7)
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    for ax in axes.flat[len(drawn) :]:
+        ax.set_visible(False)
+    fig.tight_layout(w_pad=1.0)
     return save(fig, out_dir, "training_loss")
+
+
+def sample_strip(
+    rows: list[tuple[str, np.ndarray, list[int] | None]], *, title: str, out_dir: Path, name: str
+) -> str:
+    """Samples over training (paper figs. 9-10): one row of images per milestone
+    (label, (h, W, 3) uint8 strip, class labels or None), the same seeds and classes in every
+    row. Labels that differ between rows are flagged in the title: not a like-for-like strip."""
+    height, width = rows[0][1].shape[:2]
+    row_inches = 8.0 * height / width + 0.15  # 8 inches of images per row, aspect kept
+    fig, axes = plt.subplots(
+        len(rows), 1, figsize=(9.0, 0.5 + row_inches * len(rows)), squeeze=False
+    )
+    classes = [c for _, _, c in rows if c is not None]
+    same = all(c == classes[0] for c in classes)
+    for ax, (label, strip, _) in zip(axes[:, 0], rows):
+        ax.imshow(strip, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    note = f"classes {classes[0]}" if classes and same else ""
+    if classes and not same:
+        note = "classes DIFFER between milestones"
+    fig.suptitle(
+        f"{title}\n{note}" if note else title,
+        fontsize=9,
+        color=WARN_COLOR if (classes and not same) else "black",
+    )
+    return save(fig, out_dir, name)

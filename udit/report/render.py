@@ -1,9 +1,10 @@
 """`udit report`: every paper table and figure, paper beside reproduction, as one HTML page.
 
-    udit report --config config/smoke.yaml --results results --out report/
+    udit report --configfile config/smoke.yaml --results results --out report/
 
 Reads only job outputs (results/flops/flops.json, results/*/metrics/*.json,
-results/*/train/log.jsonl, results/*/samples/*.png) and writes
+results/*/train/log.jsonl, results/*/samples/*.png, results/speed/speed.json if measured),
+the model registry (Table 8) and writes
     report/index.html          the page (opens from disk: images beside it, relative links)
     report/figures/*.png|svg   figures (marked with report() in the make_report rule)
     report/tables/*.csv|html   one table per paper table + records.csv (long form)
@@ -13,7 +14,6 @@ Anything not run yet is "pending"; numbers from a stand-in Inception get a red b
 
 import argparse
 import datetime
-import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -21,8 +21,10 @@ import jinja2
 import pandas as pd
 
 from udit import experiments as ex
+from udit import paths
+from udit.errors import UserError, command_main
 from udit.io import atomic_write_bytes, git_commit
-from udit.report import figures, tables, tolerances
+from udit.report import figures, model_tables, samples, tables, tolerances
 
 TEMPLATE = "index.html.j2"
 REPORT_MODE = 0o644  # the report is meant to be shared, whatever the umask
@@ -37,17 +39,21 @@ PACKAGES = [
     "matplotlib",
 ]
 FIGURES = {  # file stem -> caption (the page and workflow/captions/figure.rst)
-    "fid_vs_gflops": "FID-50K vs GFLOPs at 400K iterations (the paper's headline comparison, Table 2): "
-    "paper points left, reproduced runs right (GFLOPs from fvcore).",
-    "fid_vs_iterations": "FID vs training iterations: the paper's Table 5 curves left, each reproduced "
-    "run over its evaluated milestones right (dotted lines: milestone checkpoints).",
+    "fid_vs_gflops": "FID-50K vs GFLOPs at 400K iterations (the paper's headline comparison, "
+    "Table 2, with Table 3's other architectures as triangles): paper points left, reproduced "
+    "runs right (GFLOPs from fvcore).",
+    "fid_vs_iterations": "FID vs training iterations: the paper's Table 5 curves left, "
+    "each reproduced run over its evaluated milestones right "
+    "(dotted lines: milestone checkpoints).",
     "ablation_ladder": "The ablation ladder (Table 9) as FID bars: paper left, reproduction right.",
-    "training_loss": "Training loss (mse + vb, hybrid objective) of every run, from its log.jsonl.",
+    "training_loss": "Training loss (mse + vb, hybrid objective) from each run's log.jsonl: "
+    "one panel per paper table with the runs it compares (log-scaled steps).",
 }
 
 
 def atomic_write(path: Path, data: str | bytes) -> None:
-    """Temp file beside the target + os.replace: a reader sees the old or the new file, never half."""
+    """Temp file beside the target + os.replace: a reader sees the old or the new file,
+    never half."""
     data = data.encode() if isinstance(data, str) else data
     atomic_write_bytes(path, data, file_mode=REPORT_MODE)
 
@@ -82,7 +88,8 @@ def copy_grids(nodes: list[tables.Node], *, results: Path, out_dir: Path) -> lis
 
 
 def cell_lines(records: pd.DataFrame, table_key: str) -> list[dict]:
-    """Template rows of one paper table: row, run, and per metric paper / reproduced / diff / status."""
+    """Template rows of one paper table: row, run, and per metric
+    paper / reproduced / diff / status."""
     lines = []
     sub = records[records["table"] == table_key]
     for (row, node), group in sub.groupby(["row", "node"], sort=False, dropna=False):
@@ -112,31 +119,68 @@ def cell_lines(records: pd.DataFrame, table_key: str) -> list[dict]:
     return lines
 
 
+def loss_panels(experiments: dict, results: Path) -> dict[str, dict[str, Path]]:
+    """Panel title -> {run: log.jsonl} per paper table: the runs whose evaluations cite it
+    (or that the config files under it, e.g. T7's dense-conv run), logs that exist only."""
+    panels = {}
+    for table in tables.PAPER_TABLES:
+        number = table.label.split()[-1]
+        runs = {
+            eid: Path(paths.train_log(results, eid))
+            for eid, exp in experiments.items()
+            if exp.table == f"T{number}"
+            or any(ref.table == table.key for e in exp.evaluations for ref in e.paper)
+        }
+        runs = {eid: log for eid, log in runs.items() if log.is_file()}
+        if runs:
+            panels[f"{table.label}: {table.title.split(':')[0]}"] = runs
+    return panels
+
+
+def final_grid_entry(experiments: dict, grids: list[dict]) -> dict | None:
+    """The copied grid of U-DiT-L's last milestone (1M in the paper config), if sampled."""
+    found = samples.final_grid(experiments)
+    if found is None:
+        return None
+    eid, evaluation = found
+    for g in grids:
+        if g["experiment"] == eid and g["tag"] == evaluation.tag:
+            return {**g, "step": samples.step_label(evaluation.step)}
+    return None
+
+
 def build_report(*, config: Path, results: Path, out: Path) -> dict:
     """Write the whole report into `out`; returns the summary counts."""
     cfg = ex.load_config(config)
     experiments, released = ex.resolve_experiments(cfg), ex.resolve_released(cfg)
     results, out = Path(results), Path(out)
     records, provenance = tables.collect_records(
-        experiments=experiments, released=released, results=results
+        experiments=experiments, released=released, results=results, datasets=cfg["datasets"]
     )
     table_files = tables.write_tables(records, out_dir=out / "tables", write=atomic_write)
 
     fig_dir = out / "figures"
     milestones = {eid: exp.milestones for eid, exp in experiments.items()}
-    logs = {
-        eid: results / eid / "train" / "log.jsonl"
-        for eid in experiments
-        if (results / eid / "train" / "log.jsonl").is_file()
-    }
     made = [
         figures.fid_vs_gflops(records, fig_dir),
         figures.fid_vs_iterations(records, milestones, fig_dir),
         figures.ablation_ladder(records, fig_dir),
-        figures.training_loss(logs, fig_dir),
+        figures.training_loss(loss_panels(experiments, results), fig_dir),
     ]
-    nodes = tables.config_nodes(experiments=experiments, released=released, results=results)
+    nodes = tables.config_nodes(
+        experiments=experiments, released=released, results=results, datasets=cfg["datasets"]
+    )
     grids = copy_grids(nodes, results=results, out_dir=out / "samples")
+    strips = samples.strips(experiments, results=results, out_dir=fig_dir)
+
+    t8 = model_tables.configurations_t8()
+    t11 = model_tables.speed_t11(model_tables.read_speed(Path(paths.speed(results))))
+    for key, frame in [
+        ("configurations_T8", model_tables.t8_frame(t8)),
+        ("training_speed_T11", model_tables.t11_frame(t11)),
+    ]:
+        atomic_write(out / "tables" / f"{key}.csv", frame.to_csv(index=False))
+        table_files.append(f"{key}.csv")
 
     summary = tables.summary(records)
     uncalibrated = sorted(p["node"] for p in provenance if p["uncalibrated"]) if provenance else []
@@ -171,6 +215,11 @@ def build_report(*, config: Path, results: Path, out: Path) -> dict:
             for name in made
         ],
         grids=grids,
+        strips=strips,
+        final_grid=final_grid_entry(experiments, grids),
+        t8=t8,
+        t11=t11,
+        params_tolerance=model_tables.PARAMS_TOLERANCE,
         provenance=provenance,
         uncalibrated=uncalibrated,
         table_files=table_files,
@@ -182,10 +231,11 @@ def build_report(*, config: Path, results: Path, out: Path) -> dict:
     return summary
 
 
+@command_main("udit report")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="udit report", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--config", type=Path, required=True, help="the workflow config the results come from"
+        "--configfile", type=Path, required=True, help="the workflow config the results come from"
     )
     parser.add_argument(
         "--results", type=Path, default=Path("results"), help="results folder of the DAG"
@@ -195,13 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if not args.results.is_dir():
-        print(f"udit report: results folder {args.results} does not exist", file=sys.stderr)
-        return 2
-    try:
-        summary = build_report(config=args.config, results=args.results, out=args.out)
-    except ex.ConfigError as err:
-        print(f"udit report: {err}", file=sys.stderr)
-        return 2
+        raise UserError(f"results folder {args.results} does not exist")
+    summary = build_report(config=args.configfile, results=args.results, out=args.out)
     print(
         f"[report] {args.out / 'index.html'}: " + ", ".join(f"{k} {v}" for k, v in summary.items())
     )

@@ -1,9 +1,10 @@
 """Paper tables beside the reproduction: one long record per (paper row, run, metric), and one
 wide table per paper table (CSV + HTML), laid out like the paper.
 
-The report reads only what the jobs wrote (style.md rule 6):
+The report reads only what the jobs wrote (paths in udit/paths.py):
     results/flops/flops.json                          fvcore GFLOPs rows (udit flops)
     results/{experiment}/metrics/{step}-cfg{cfg}.json  metrics + provenance (udit evaluate)
+    results/{released}/metrics/released-cfg{cfg}.json  the same, of an official checkpoint
 Paper numbers come from udit/paper/paper_numbers.yaml through the config's references
 (udit.experiments.PaperRef); a node whose metrics file does not exist yet is "pending".
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from udit import experiments as ex
+from udit import paths
 from udit.report.tolerances import STATUSES, TOLERANCES, UNJUDGED, gflops_tolerance, judge
 
 METRICS = ["gflops", "fid", "sfid", "is", "precision", "recall"]  # paper_numbers.yaml `columns`
@@ -52,6 +54,11 @@ PAPER_TABLES = [
     PaperTable(
         "main_400k_T2", "Table 2", "Main comparison at 400K iterations, ImageNet 256, no guidance"
     ),
+    PaperTable(
+        "other_architectures_T3",
+        "Table 3",
+        "Other architectures at 400K iterations in the same setting, no guidance",
+    ),
     PaperTable("cfg_1.5_T4", "Table 4", "Classifier-free guidance, cfg = 1.5 (400K)"),
     PaperTable(
         "longer_training_T5", "Table 5", "Longer training: 200K to 1M iterations, no guidance"
@@ -64,9 +71,28 @@ ALWAYS_SHOWN = {
     "ablation_T9",
     "downsampler_T7",
     "main_400k_T2",
+    "other_architectures_T3",
     "cfg_1.5_T4",
     "longer_training_T5",
 }
+
+
+# Official checkpoints (`snakemake released`): one line per (checkpoint evaluation, paper
+# number it answers), whichever paper table holds that number (DiT's final FIDs, T5's 7M and
+# 1M rows). Shown once one of them has metrics; kept out of the paper tables so the summary
+# counts each measurement once.
+RELEASED_TABLE = PaperTable(
+    "released", "Released checkpoints", "Official checkpoints against the numbers reported"
+)
+SOURCE_LABELS = {t.key: t.label for t in PAPER_TABLES} | {
+    "dit_xl2_final": "DiT paper, 7M iterations",
+}
+
+
+def released_row(ref: ex.PaperRef) -> str:
+    """'Table 5: DiT-XL/2 @ 7M', 'DiT paper, 7M iterations: 256': where the number is from."""
+    where = SOURCE_LABELS.get(ref.table, ref.table)
+    return f"{where}: {ref.row}" + (f" @ {ref.key}" if ref.key else "")
 
 
 @dataclass(frozen=True)
@@ -76,60 +102,58 @@ class Node:
     experiment: str
     title: str
     model: str
-    step_tag: str  # '0400000' or 'released'
-    cfg: float
     shrunk: bool  # trained with model_kw (smoke): not the paper-size architecture
     evaluation: ex.Evaluation
+    latent: int = LATENT_256  # fvcore input size of a released checkpoint's GFLOPs
 
     @property
-    def tag(self) -> str:
-        return f"{self.step_tag}-cfg{ex.cfg_tag(self.cfg)}"
+    def cfg(self) -> float:
+        return self.evaluation.cfg
+
+    @property
+    def tag(self) -> str:  # '0400000-cfg1.0' or 'released-cfg1.5' (udit.paths)
+        return self.evaluation.tag
+
+    @property
+    def step_tag(self) -> str:  # '0400000' or 'released'
+        return paths.parse_eval_tag(self.tag)[0]
 
     @property
     def name(self) -> str:  # 'u-dit-b/0400000-cfg1.0': the report's key for this node
         return f"{self.experiment}/{self.tag}"
 
     def metrics_path(self, results: Path) -> Path:
-        return Path(results) / self.experiment / "metrics" / f"{self.tag}.json"
+        return Path(paths.metrics(results, self.experiment, self.tag))
 
     def grid_path(self, results: Path) -> Path:
-        return Path(results) / self.experiment / "samples" / f"{self.tag}.png"
+        return Path(paths.grid(results, self.experiment, self.tag))
 
 
-def config_nodes(*, experiments: dict, released: dict, results: Path) -> list[Node]:
+def config_nodes(
+    *, experiments: dict, released: dict, results: Path, datasets: dict | None = None
+) -> list[Node]:
     """Every trained evaluation node, plus released-checkpoint nodes whose metrics exist
-    (`snakemake released` is optional, so an un-run released node is not 'pending')."""
+    (`snakemake released` is optional, so an un-run released node is not 'pending').
+    `datasets` (the config's) gives a released checkpoint's resolution for its GFLOPs."""
     nodes = [
-        Node(
-            eid,
-            exp.title or exp.model,
-            exp.model,
-            ex.step_tag(e.step),
-            e.cfg,
-            bool(exp.model_kw),
-            e,
-        )
+        Node(eid, exp.title or exp.model, exp.model, bool(exp.model_kw), e)
         for eid, exp in experiments.items()
         for e in exp.evaluations
     ]
     for rid, rel in released.items():
+        size = (datasets or {}).get(rel.dataset, {}).get("image_size", 256)
+        latent = LATENT_512 if size >= 512 else LATENT_256
         for e in rel.evaluations:
-            node = Node(
-                rid,
-                f"{rel.model} (released checkpoint)",
-                rel.model,
-                ex.RELEASED_STEP,
-                e.cfg,
-                bool(rel.model_kw),
-                e,
-            )
+            title = f"{rel.model} {size}px (released checkpoint)"
+            node = Node(rid, title, rel.model, bool(rel.model_kw), e, latent=latent)
             if node.metrics_path(results).is_file():
                 nodes.append(node)
     return nodes
 
 
 def read_metrics(path: Path) -> tuple[dict | None, str]:
-    """(metrics dict, '') or (None, why): missing -> pending; unreadable -> pending with the reason."""
+    """(metrics dict, '') or (None, why): missing -> pending; unreadable -> pending with
+    the reason."""
     if not path.is_file():
         return None, "not run yet"
     try:
@@ -179,17 +203,20 @@ def provenance_of(metrics: dict | None, node: Node, path: Path) -> dict:
 
 
 def collect_records(
-    *, experiments: dict, released: dict, results: Path
+    *, experiments: dict, released: dict, results: Path, datasets: dict | None = None
 ) -> tuple[pd.DataFrame, list[dict]]:
     """Long table: one record per (paper table, paper row, node, metric); plus one provenance
     dict per node that has metrics (with `scores` when no paper row references the node).
-    Paper rows no config node covers appear with node None."""
+    Paper rows no config node covers appear with node None; released checkpoints go to
+    RELEASED_TABLE."""
     results = Path(results)
-    flops = read_flops(results / "flops" / "flops.json")
-    nodes = config_nodes(experiments=experiments, released=released, results=results)
+    flops = read_flops(Path(paths.flops(results)))
+    nodes = config_nodes(
+        experiments=experiments, released=released, results=results, datasets=datasets
+    )
     by_ref: dict[tuple[str, str, str | None], list[Node]] = {}
     for node in nodes:
-        for ref in node.evaluation.paper:
+        for ref in [] if node.evaluation.released else node.evaluation.paper:
             by_ref.setdefault((ref.table, ref.row, ref.key), []).append(node)
 
     records, provenance = [], {}
@@ -207,6 +234,19 @@ def collect_records(
                     results=results,
                     provenance=provenance,
                 )
+    for node in (n for n in nodes if n.evaluation.released):
+        table = PaperTable(RELEASED_TABLE.key, "", "", latent=node.latent)
+        for ref in node.evaluation.paper:
+            records += _row_records(
+                table,
+                released_row(ref),
+                None,
+                ref.values(),
+                node,
+                flops=flops,
+                results=results,
+                provenance=provenance,
+            )
     # Nodes no paper row references (T7's dense-conv downsampler: its caption gives only
     # GFLOPs) still get provenance, their scores and their place in the uncalibrated banner.
     for node in nodes:
@@ -216,8 +256,10 @@ def collect_records(
         metrics, _ = read_metrics(path)
         if metrics is not None:
             scores = {m: metrics.get(m) for m in ("fid", "sfid", "is", "precision", "recall")}
-            provenance[node.name] = {**provenance_of(metrics, node, path.relative_to(results)),
-                                     "scores": scores}
+            provenance[node.name] = {
+                **provenance_of(metrics, node, path.relative_to(results)),
+                "scores": scores,
+            }
     return pd.DataFrame.from_records(records), list(provenance.values())
 
 
@@ -281,7 +323,10 @@ def _row_records(
                 else ("" if frow else f"{node.model} not in flops.json")
             )
             if node.shrunk and frow is not None:
-                note = "fvcore count of the paper-size architecture (this run trained a shrunk variant)"
+                note = (
+                    "fvcore count of the paper-size architecture "
+                    "(this run trained a shrunk variant)"
+                )
         elif metrics is not None:
             value = metrics.get(metric)
             reproduced = None if value is None else float(value)
@@ -318,9 +363,11 @@ def summary(records: pd.DataFrame) -> dict[str, int]:
 
 
 def shown_tables(records: pd.DataFrame) -> list[PaperTable]:
-    """The always-shown tables plus T10/T6 when the config has a node for them."""
+    """The always-shown tables plus T10/T6 when the config has a node for them, and the
+    released checkpoints once one has metrics."""
     with_nodes = set(records.loc[records["node"].notna(), "table"]) if len(records) else set()
-    return [t for t in PAPER_TABLES if t.key in ALWAYS_SHOWN or t.key in with_nodes]
+    shown = [t for t in PAPER_TABLES if t.key in ALWAYS_SHOWN or t.key in with_nodes]
+    return shown + ([RELEASED_TABLE] if RELEASED_TABLE.key in with_nodes else [])
 
 
 def fmt(value, metric: str) -> str:
@@ -338,7 +385,9 @@ def wide_table(records: pd.DataFrame, table_key: str) -> pd.DataFrame:
         line = {("", "row"): row, ("", "run"): node if isinstance(node, str) else "not in config"}
         for rec in group.itertuples():
             label = METRIC_LABELS[rec.metric]
-            reproduced = fmt(rec.reproduced, rec.metric) or ("pending" if rec.node else "")
+            # a paper-only row (node NaN: truthy) is blank, not pending
+            pending = "pending" if isinstance(rec.node, str) else ""
+            reproduced = fmt(rec.reproduced, rec.metric) or pending
             if rec.status == "uncalibrated":
                 reproduced += " (uncalibrated)"
             line[(label, "paper")] = fmt(rec.paper, rec.metric) or "-"

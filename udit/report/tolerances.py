@@ -30,20 +30,38 @@ TOLERANCES = {
         "udit.flops DEFAULT_TOLERANCE (per-model override for the reconstructed "
         "toy configs); fvcore is deterministic, so only the architecture can differ",
     ),
+    # FID and sFID: a relative band plus a small floor. The old max(1.0, 5%) accepted U-DiT-B's
+    # guided FID 4.26 for U-DiT-L's 3.37 (T4), and sFID's max(0.5, 10%) put all of T4's sFIDs
+    # (4.49..4.78) inside one band.
     "fid": Tolerance(
-        0.05,
-        1.0,
-        "the paper's own DiT re-runs differ from the DiT paper by up to 3.0% "
-        "(T2: XL/2 19.47 vs 20.05, S/2 68.40 vs 67.40); 5% leaves room for a second "
-        "training run, 1.0 absolute for the low guided FIDs (T4: 3.37)",
+        0.04,
+        0.1,
+        "4% covers the paper's own re-runs of DiT, which differ from the DiT paper by up to "
+        "3.0% (T2: XL/2 19.47 vs 20.05), and is about 2 standard deviations of the gap between "
+        "two independent training runs (sqrt(2) x 1.3% x 2 = 3.7%) at the seed-to-seed "
+        "variation measured by Dufour, Efros and Perez, 'The FID Lottery' (arXiv 2606.20536, "
+        "SiT on ImageNet 256): retraining with another seed keeps 'the FID coefficient of "
+        "variation (CoV) inside a 1-2% band'; they 'treat any FID gap below the empirically "
+        "measured ~1.3% CoV as inconclusive'. The 0.1 absolute floor is a judgement (no "
+        "source found gives FID-50K's resampling noise in FID units); it binds only below "
+        "FID 2.5, i.e. for no paper value: U-DiT-L's guided 3.37 (T4) accepts 3.24..3.50, "
+        "not U-DiT-B's 4.26",
     ),
     "sfid": Tolerance(
-        0.10,
-        0.5,
-        "sFID (2023-d spatial features) varies more between sample sets than FID; "
-        "the paper gives no re-run to calibrate on, so twice the FID band",
+        0.05,
+        0.1,
+        "a judgement: the paper has no sFID re-run to calibrate on, and its sFID moves by "
+        "1-2% either way between late checkpoints (T5 U-DiT-L 5.17, 5.21, 5.27 while FID "
+        "falls 8.71, 7.96, 7.54), so a little wider than FID's 4%; but below the 6.5% spread "
+        "of T4's sFIDs ((4.78 - 4.49) / 4.49), so the band still tells T4's rows apart. "
+        "Floor 0.1 as FID's (binds for no paper value)",
     ),
-    "is": Tolerance(0.05, 0.0, "same run-to-run band as FID; IS has no small values in the paper"),
+    "is": Tolerance(
+        0.05,
+        0.0,
+        "a judgement (the paper has no IS re-run either): 5% relative; IS has no small values "
+        "in the paper",
+    ),
     "precision": Tolerance(
         0.0,
         0.02,

@@ -10,15 +10,31 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from udit import experiments as ex
+from udit import inputs, paths
+from udit import plan
+from udit.errors import UserError
 
-
-validate(config, schema="../schemas/config.schema.yaml")
+CONFIG_FILES = [
+    os.path.relpath(f) if not os.path.relpath(f).startswith("..") else str(f)
+    for f in workflow.configfiles
+]
 try:
+    # Snakemake's own loader keeps the last of two equal keys: read each file again with ours
+    for _configfile in CONFIG_FILES:
+        ex.load_yaml(_configfile)
+    validate(config, schema="../schemas/config.schema.yaml")
     CONFIG = ex.expand_base(config, root=workflow.basedir)
     EXPERIMENTS = ex.resolve_experiments(CONFIG)
     RELEASED = ex.resolve_released(CONFIG)
-except ex.ConfigError as err:
-    raise WorkflowError(f"invalid config: {err}") from None
+    plan.check_partitions(CONFIG)
+    # the steps with a training node: milestones + chunk ends that keep each job within its
+    # partition's max_job_hours at `udit plan`'s throughput (torch-free for registry models)
+    _THROUGHPUT = plan.Throughput.from_config(CONFIG)
+    TRAIN_STEPS = {eid: plan.train_steps(e, CONFIG, _THROUGHPUT) for eid, e in EXPERIMENTS.items()}
+except UserError as err:
+    named = any(str(err).startswith(f) for f in CONFIG_FILES)  # YAML errors name file:line
+    source = "" if named else f" {', '.join(CONFIG_FILES)}"
+    raise WorkflowError(f"invalid config{source}: {err}") from None
 
 R = CONFIG.get("results", "results")
 DATASETS = CONFIG["datasets"]
@@ -28,12 +44,19 @@ TINY_VAE = "tiny"
 # Every rule calls the CLI through this interpreter, so a job finds `udit` without an
 # activated venv (SLURM jobs inherit the environment, not the shell's aliases).
 UDIT = f"{shlex.quote(sys.executable)} -m udit.cli"
-TORCHRUN = f"{shlex.quote(sys.executable)} -m torch.distributed.run --standalone"
+# train and sample: torchrun over the job's GPUs / nodes, stopped before the time limit
+LAUNCH = f"bash {shlex.quote(str(Path(workflow.current_basedir).parent / 'scripts' / 'launch.sh'))}"
+PYTHON = shlex.quote(sys.executable)
 
 
 def cpus_per_rank(resources):
-    """The job's CPUs shared by its torchrun ranks (one per GPU; one rank on CPU)."""
-    return int(resources.cpus_per_task) // max(int(resources.gpu), 1)
+    """A node's CPUs (cpus_per_task) shared by its torchrun ranks (one per GPU of the node; one
+    rank on CPU); `gpu` counts the GPUs of the whole job, over `nodes` nodes."""
+    return int(resources.cpus_per_task) // max(int(resources.gpu) // int(resources.nodes), 1)
+
+
+def rank_threads(wildcards, resources):
+    return max(cpus_per_rank(resources), 1)
 
 
 def _thread_env(resources):
@@ -48,11 +71,21 @@ def udit_cmd(wildcards, resources):
     return f"{_thread_env(resources)} {UDIT}"
 
 
-def torchrun_cmd(wildcards, resources):
-    return f"{_thread_env(resources)} {TORCHRUN}"
-RESOURCE_FALLBACK = {"gpu": 0, "nodes": 1, "cpus_per_task": 1, "mem_mb": 2000, "runtime": 30}
-ATTEMPT_SCALED = ("runtime", "mem_mb")   # a retry after a time/memory kill asks for more
-STEP_WILDCARD = rf"\d{{{ex.STEP_DIGITS}}}|{ex.RELEASED_STEP}"
+def python_cmd(wildcards, resources):
+    return f"{_thread_env(resources)} {shlex.quote(sys.executable)}"
+
+
+# stop_lead_s: train / sample get SIGUSR1 this long before the job's time limit (launch.sh)
+RESOURCE_FALLBACK = {
+    "gpu": 0,
+    "nodes": 1,
+    "cpus_per_task": 1,
+    "mem_mb": 2000,
+    "runtime": 30,
+    "stop_lead_s": 300,
+}
+ATTEMPT_SCALED = ("runtime", "mem_mb")  # a retry after a time/memory kill asks for more
+STEP_WILDCARD = rf"\d{{{paths.STEP_DIGITS}}}|{paths.RELEASED_STEP}"
 
 
 # --- nodes ---------------------------------------------------------------------------------
@@ -63,31 +96,29 @@ def node(wildcards):
         return EXPERIMENTS[name]
     if name in RELEASED:
         return RELEASED[name]
-    raise WorkflowError(f"unknown experiment {name!r}; known: {', '.join([*EXPERIMENTS, *RELEASED])}")
+    raise WorkflowError(
+        f"unknown experiment {name!r}; known: {', '.join([*EXPERIMENTS, *RELEASED])}"
+    )
 
 
 def evaluation(wildcards):
     """The Evaluation entry of one (experiment, step, cfg) node."""
     entry = node(wildcards)
-    step = 0 if wildcards.step == ex.RELEASED_STEP else int(wildcards.step)
+    tag = f"{wildcards.step}-cfg{wildcards.cfg}"
     for e in entry.evaluations:
-        if e.step == step and ex.cfg_tag(e.cfg) == wildcards.cfg:
+        if e.tag == tag:
             return e
-    raise WorkflowError(f"{wildcards.experiment}: no evaluation at step {wildcards.step} with cfg {wildcards.cfg}")
-
-
-def node_path(experiment_id, evaluation_, *, kind, suffix):
-    """results/{experiment}/{kind}/{step}-cfg{cfg}{suffix}, e.g. kind 'metrics', suffix '.json'."""
-    step = ex.RELEASED_STEP if experiment_id in RELEASED else ex.step_tag(evaluation_.step)
-    return f"{R}/{experiment_id}/{kind}/{step}-cfg{ex.cfg_tag(evaluation_.cfg)}{suffix}"
+    raise WorkflowError(
+        f"{wildcards.experiment}: no evaluation at step {wildcards.step} with cfg {wildcards.cfg}"
+    )
 
 
 def metrics_path(experiment_id, evaluation_):
-    return node_path(experiment_id, evaluation_, kind="metrics", suffix=".json")
+    return paths.metrics(R, experiment_id, evaluation_.tag)
 
 
 def grid_path(experiment_id, evaluation_):
-    return node_path(experiment_id, evaluation_, kind="samples", suffix=".png")
+    return paths.grid(R, experiment_id, evaluation_.tag)
 
 
 def all_metrics():
@@ -103,7 +134,7 @@ def final_checkpoints():
 
 
 def checkpoint_path(experiment_id, step):
-    return f"{R}/{experiment_id}/train/checkpoints/ckpt-{ex.step_tag(step)}.pt"
+    return paths.checkpoint(R, experiment_id, step)
 
 
 # --- data ----------------------------------------------------------------------------------
@@ -144,12 +175,23 @@ def external(path):
 
 def missing_external():
     """User-provided files the config names that are not there yet: (path, what it is)."""
-    wanted = [(spec["images"], f"ImageFolder of dataset {name}") for name, spec in DATASETS.items()
-              if spec["source"] == "folder"]
-    wanted += [(spec["reference"], f"reference batch of dataset {name}") for name, spec in DATASETS.items()
-               if spec.get("reference")]
+    wanted = [
+        (spec["images"], f"ImageFolder of dataset {name}")
+        for name, spec in DATASETS.items()
+        if spec["source"] == "folder"
+    ]
+    wanted += [
+        (spec["reference"], f"reference batch of dataset {name}")
+        for name, spec in DATASETS.items()
+        if spec.get("reference")
+    ]
     if not STANDIN:
-        wanted.append((INCEPTION["weights"], "Inception weights (torch-fidelity weights-inception-2015-12-05-6726825d.pth)"))
+        wanted.append(
+            (
+                INCEPTION["weights"],
+                "Inception weights (torch-fidelity weights-inception-2015-12-05-6726825d.pth)",
+            )
+        )
     return [(path, what) for path, what in wanted if not Path(path).exists()]
 
 
@@ -177,9 +219,19 @@ def dataset_vae_input(wildcards):
 
 def dataset_params(wildcards):
     spec = DATASETS[wildcards.dataset]
-    return {"size": spec["image_size"], "vae": vae_of(wildcards.dataset), "classes": spec["num_classes"],
-            "per_class": spec.get("per_class", 1), "seed": spec.get("seed", 0),
-            "num_images": spec.get("reference_images") or ""}
+    return {
+        "image_size": spec["image_size"],
+        "vae": vae_of(wildcards.dataset),
+        "classes": spec["num_classes"],
+        "per_class": spec.get("per_class", 1),
+        "seed": spec.get("seed", 0),
+    }
+
+
+def reference_subset_args(wildcards):
+    """`--num-images N` when the config caps the reference (already shell-quoted), else ''."""
+    num_images = DATASETS[wildcards.dataset].get("reference_images")
+    return shlex.join(["--num-images", str(num_images)]) if num_images else ""
 
 
 def calibration_dataset():
@@ -200,7 +252,7 @@ def train_inputs(wildcards):
     else:
         data = images_input(exp.dataset)
     inputs = {"data": data}
-    start = exp.previous_milestone(int(wildcards.step))
+    start = train_start(wildcards)
     if start:
         inputs["previous"] = checkpoint_path(exp.id, start)
     return inputs
@@ -208,7 +260,14 @@ def train_inputs(wildcards):
 
 def _model_args(entry, dataset):
     spec = DATASETS[dataset]
-    args = ["--model", entry.model, "--num-classes", spec["num_classes"], "--image-size", spec["image_size"]]
+    args = [
+        "--model",
+        entry.model,
+        "--num-classes",
+        spec["num_classes"],
+        "--image-size",
+        spec["image_size"],
+    ]
     if entry.model_kw:
         args += ["--model-kw", *(f"{k}={v}" for k, v in entry.model_kw.items())]
     return args
@@ -216,15 +275,43 @@ def _model_args(entry, dataset):
 
 def train_args(wildcards):
     exp = EXPERIMENTS[wildcards.experiment]
-    if int(wildcards.step) not in exp.milestones:
-        raise WorkflowError(f"{exp.id}: step {wildcards.step} is not a milestone ({exp.milestones})")
+    if int(wildcards.step) not in TRAIN_STEPS[exp.id]:
+        raise WorkflowError(
+            f"{exp.id}: step {wildcards.step} is not a milestone or chunk end "
+            f"({TRAIN_STEPS[exp.id]})"
+        )
     vae = DATASETS[exp.dataset].get("vae")
-    source = (["--latents", str(Path(latents_manifest(exp.dataset)).parent)] if vae
-              else ["--images", images_dir(exp.dataset), "--pixel"])
-    args = [*_model_args(exp, exp.dataset), "--run-dir", f"{R}/{exp.id}/train", *source,
-            "--total-steps", exp.iterations, "--global-batch", exp.global_batch,
-            "--ckpt-every", exp.ckpt_every, "--milestones", ",".join(map(str, exp.milestones)),
-            "--stop-at", int(wildcards.step), "--resume", "auto", "--seed", exp.seed]
+    source = (
+        ["--latents", str(Path(latents_manifest(exp.dataset)).parent)]
+        if vae
+        else ["--images", images_dir(exp.dataset), "--pixel"]
+    )
+    args = [
+        *_model_args(exp, exp.dataset),
+        "--run-dir",
+        paths.train_dir(R, exp.id),
+        *source,
+        "--total-steps",
+        exp.iterations,
+        "--global-batch",
+        exp.global_batch,
+        "--ckpt-every",
+        exp.ckpt_every,
+        "--milestones",  # chunk ends too: each is the next node's input, kept like a milestone
+        ",".join(map(str, TRAIN_STEPS[exp.id])),
+        "--stop-at",
+        int(wildcards.step),
+        "--resume",
+        "auto",
+        "--seed",
+        exp.seed,
+        "--precision",
+        exp.precision,
+        "--grad-accum",
+        exp.grad_accum,
+        "--checkpoint-minutes",
+        exp.checkpoint_minutes,
+    ]
     return shlex.join(map(str, args))
 
 
@@ -235,7 +322,10 @@ def loader_workers(wildcards, resources):
 
 
 def train_start(wildcards):
-    return EXPERIMENTS[wildcards.experiment].previous_milestone(int(wildcards.step))
+    """The milestone or chunk end this training node resumes from (0 = from scratch)."""
+    steps = TRAIN_STEPS[wildcards.experiment]
+    earlier = [s for s in steps if s < int(wildcards.step)]
+    return earlier[-1] if earlier else 0
 
 
 # --- sampling and evaluation ---------------------------------------------------------------
@@ -245,8 +335,10 @@ def missing_released():
 
 def released_error(missing):
     lines = [f"  {rel.path}  <-  {rel.url}" for rel in missing.values()]
-    return ("released checkpoints missing; download each file to the path on its left:\n"
-            + "\n".join(lines))
+    return (
+        "released checkpoints missing; download each file to the path on its left:\n"
+        + "\n".join(lines)
+    )
 
 
 def sample_checkpoint(wildcards):
@@ -262,8 +354,20 @@ def sample_args(wildcards):
     entry, e = node(wildcards), evaluation(wildcards)
     vae = vae_of(entry.dataset)
     space = ["--vae", vae] if vae else ["--pixel"]
-    args = [*_model_args(entry, entry.dataset), "--num-samples", e.fid_samples, "--cfg-scale", e.cfg,
-            "--seed", e.sample_seed, "--steps", e.sampling_steps, *space]
+    args = [
+        *_model_args(entry, entry.dataset),
+        "--num-samples",
+        e.fid_samples,
+        "--cfg-scale",
+        e.cfg,
+        "--seed",
+        e.sample_seed,
+        "--steps",
+        e.sampling_steps,
+        "--precision",
+        entry.precision,
+        *space,
+    ]
     return shlex.join(map(str, args))
 
 
@@ -288,6 +392,32 @@ def released_metrics(wildcards):
     return [metrics_path(rid, e) for rid, rel in RELEASED.items() for e in rel.evaluations]
 
 
+def existing_released_metrics():
+    """Metrics of released checkpoints already evaluated (`snakemake released` is optional):
+    the report re-renders when one appears and builds without them."""
+    return [
+        path
+        for rid, rel in RELEASED.items()
+        for e in rel.evaluations
+        if Path(path := metrics_path(rid, e)).is_file()
+    ]
+
+
+SPEED = CONFIG.get("speed", {})
+SPEED_JSON = paths.speed(R)
+
+
+def speed_args():
+    """benchmarks/speed.py options from the config's `speed` (shell-quoted)."""
+    args = ["--device", SPEED.get("device", "cuda")]
+    return shlex.join((["--quick"] if SPEED.get("quick") else []) + args)
+
+
+def report_speed():
+    """Table 11's input: required where the config says so (smoke), else read if present."""
+    return [SPEED_JSON] if SPEED.get("in_report") else external(SPEED_JSON)
+
+
 def report_config(wildcards):
     """The config file this run was started with (relative to the working directory)."""
     files = workflow.configfiles
@@ -295,7 +425,8 @@ def report_config(wildcards):
 
 
 def results_dir(wildcards, input):
-    return str(Path(input.flops).parents[1])  # results/flops/flops.json -> results
+    """The results folder, from the flops input (a param must not hard-code an output prefix)."""
+    return str(Path(input.flops).parents[1])  # {results}/flops/flops.json -> {results}
 
 
 # --- resources -----------------------------------------------------------------------------
@@ -306,13 +437,27 @@ def size_of(wildcards):
     return "XL" if name in RELEASED else "default"
 
 
+def planned_train_runtime(wildcards, limits):
+    """Minutes of one training node at `udit plan`'s throughput (+ margin, capped)."""
+    exp = EXPERIMENTS[wildcards.experiment]
+    per_step, _ = plan.hours_per_step(exp, CONFIG, _THROUGHPUT)
+    steps = int(wildcards.step) - train_start(wildcards)
+    return plan.runtime_minutes(steps * per_step, limits)
+
+
 def _resource(rule_name, key):
     table = CONFIG.get("resources", {}).get(rule_name, {})
 
     def get(wildcards, attempt):
-        entry = table.get(size_of(wildcards)) or table.get("default") or {}
+        size = size_of(wildcards)
+        entry = table.get(size) or table.get("default") or {}
         value = entry.get(key, RESOURCE_FALLBACK.get(key))
-        return value * attempt if key in ATTEMPT_SCALED else value
+        limits = plan.partition_limits(CONFIG, rule_name, size)
+        if key == "runtime" and rule_name == "train" and limits:
+            value = planned_train_runtime(wildcards, limits)
+        if key not in ATTEMPT_SCALED:
+            return value
+        return plan.scaled(key, value, attempt, limits)
 
     return get
 
@@ -326,5 +471,39 @@ def resources_for(rule_name):
     return {key: _resource(rule_name, key) for key in sorted(keys)}
 
 
+# --- external inputs, checked before any job starts (onstart in the Snakefile) -------------
+EXTERNAL_NEEDS = {  # rule -> the user-provided inputs its jobs read
+    "extract_latents": ("images", "vae"),
+    "build_reference": ("images", "inception"),
+    "sample": ("vae",),
+    "evaluate": ("reference", "inception"),
+}
+
+
+def external_needs(jobs):
+    """{(kind, dataset)} the jobs about to run read from outside the DAG."""
+    needs = set()
+    for job in jobs:
+        name, w = job.rule.name, job.wildcards
+        dataset = getattr(w, "dataset", None)
+        if dataset is None and getattr(w, "experiment", None):
+            dataset = node(w).dataset
+        kinds = EXTERNAL_NEEDS.get(name, ())
+        if name == "train" and not DATASETS[dataset].get("vae"):
+            kinds = ("images",)  # pixel-space training reads the folder itself
+        needs |= {(kind, "" if kind == "inception" else dataset) for kind in kinds}
+    return needs
+
+
+def check_external_inputs(dag):
+    """Stop before the first job when an input the run needs is missing or malformed."""
+    found = inputs.problems(CONFIG, external_needs(dag.needrun_jobs()))
+    if found:
+        raise WorkflowError(inputs.report(found))
+
+
 for _path, _what in missing_external():
-    print(f"note: {_what} not found at {_path} (needed before the jobs that read it run)", file=sys.stderr)
+    print(
+        f"note: {_what} not found at {_path} (needed before the jobs that read it run)",
+        file=sys.stderr,
+    )

@@ -9,16 +9,17 @@ rule make_toy_data:
         f"{R}/logs/make_toy_data/{{dataset}}.log",
     benchmark:
         f"{R}/benchmarks/make_toy_data/{{dataset}}.tsv"
+    conda:
+        "../../environment.yml"
+    resources:
+        **resources_for("make_toy_data"),
     params:
         udit=udit_cmd,
         ds=dataset_params,
-    resources:
-        **resources_for("make_toy_data"),
-    conda:
-        "../../environment.yml"
     shell:
-        "{params.udit} toy-data --out {output} --num-classes {params.ds[classes]}"
-        " --per-class {params.ds[per_class]} --size {params.ds[size]} --seed {params.ds[seed]} > {log} 2>&1"
+        "{params.udit} toy-data --out {output:q} --num-classes {params.ds[classes]:q}"
+        " --per-class {params.ds[per_class]:q} --image-size {params.ds[image_size]:q}"
+        " --seed {params.ds[seed]:q} > {log:q} 2>&1"
 
 
 rule make_tiny_vae:
@@ -28,14 +29,14 @@ rule make_tiny_vae:
         f"{R}/logs/make_tiny_vae.log",
     benchmark:
         f"{R}/benchmarks/make_tiny_vae.tsv"
-    params:
-        udit=udit_cmd,
-    resources:
-        **resources_for("make_tiny_vae"),
     conda:
         "../../environment.yml"
+    resources:
+        **resources_for("make_tiny_vae"),
+    params:
+        udit=udit_cmd,
     shell:
-        "{params.udit} tiny-vae --out {output} --seed 0 > {log} 2>&1"
+        "{params.udit} tiny-vae --out {output:q} --seed 0 > {log:q} 2>&1"
 
 
 rule extract_latents:
@@ -48,19 +49,19 @@ rule extract_latents:
         f"{R}/logs/extract_latents/{{dataset}}.log",
     benchmark:
         f"{R}/benchmarks/extract_latents/{{dataset}}.tsv"
+    conda:
+        "../../environment.yml"
+    resources:
+        **resources_for("extract_latents"),
     params:
         udit=udit_cmd,
         ds=dataset_params,
         images=dataset_images,
         out=subpath(output[0], parent=True),
-    resources:
-        **resources_for("extract_latents"),
-    conda:
-        "../../environment.yml"
     shell:
         # re-running resumes from the shards already written (a retried job loses nothing)
-        "{params.udit} extract-latents --images {params.images} --out {params.out}"
-        " --image-size {params.ds[size]} --vae {params.ds[vae]} > {log} 2>&1"
+        "{params.udit} extract-latents --images {params.images:q} --out {params.out:q}"
+        " --image-size {params.ds[image_size]:q} --vae {params.ds[vae]:q} > {log:q} 2>&1"
 
 
 rule make_standin_inception:
@@ -72,18 +73,18 @@ rule make_standin_inception:
         f"{R}/logs/make_standin_inception.log",
     benchmark:
         f"{R}/benchmarks/make_standin_inception.tsv"
+    conda:
+        "../../environment.yml"
+    resources:
+        **resources_for("make_standin_inception"),
     params:
         udit=udit_cmd,
         seed=INCEPTION.get("standin_seed", 0),
         images=images_dir(calibration_dataset()),
         size=DATASETS[calibration_dataset()]["image_size"],
-    resources:
-        **resources_for("make_standin_inception"),
-    conda:
-        "../../environment.yml"
     shell:
-        "{params.udit} make-standin-inception --out {output} --seed {params.seed}"
-        " --calibration-images {params.images} --image-size {params.size} > {log} 2>&1"
+        "{params.udit} make-standin-inception --out {output:q} --seed {params.seed:q}"
+        " --calibration-images {params.images:q} --image-size {params.size:q} > {log:q} 2>&1"
 
 
 rule build_reference:
@@ -96,16 +97,32 @@ rule build_reference:
         f"{R}/logs/build_reference/{{dataset}}.log",
     benchmark:
         f"{R}/benchmarks/build_reference/{{dataset}}.tsv"
+    conda:
+        "../../environment.yml"
+    resources:
+        **resources_for("build_reference"),
     params:
         udit=udit_cmd,
         ds=dataset_params,
         images=dataset_images,
         weights=inception_weights(),
-    resources:
-        **resources_for("build_reference"),
+        subset=reference_subset_args,
+    shell:
+        "{params.udit} build-reference --images {params.images:q} --out {output:q}"
+        " --inception-weights {params.weights:q} --image-size {params.ds[image_size]:q}"
+        " {params.subset} > {log:q} 2>&1"
+
+
+rule download:
+    log:
+        f"{R}/logs/download.log",
+    # `snakemake download --configfile config/paper.yaml` on a machine with internet: the
+    # reference batches, Inception weights, VAE and released checkpoints the config names
+    localrule: True
     conda:
         "../../environment.yml"
+    params:
+        udit=udit_cmd,
+        config=report_config,
     shell:
-        "{params.udit} build-reference --images {params.images} --out {output}"
-        " --inception-weights {params.weights} --image-size {params.ds[size]}"
-        " $([ -n '{params.ds[num_images]}' ] && echo --num-images {params.ds[num_images]}) > {log} 2>&1"
+        "{params.udit} download --configfile {params.config:q} > {log:q} 2>&1"

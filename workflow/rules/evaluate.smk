@@ -3,23 +3,23 @@
 
 rule evaluate:
     input:
-        samples=f"{R}/{{experiment}}/samples/{{step}}-cfg{{cfg}}.npz",
+        samples=paths.samples(R, "{experiment}", "{step}-cfg{cfg}"),
         reference=eval_reference,
         weights=inception_input,
     output:
-        f"{R}/{{experiment}}/metrics/{{step}}-cfg{{cfg}}.json",
+        paths.metrics(R, "{experiment}", "{step}-cfg{cfg}"),
     log:
         f"{R}/logs/evaluate/{{experiment}}-{{step}}-cfg{{cfg}}.log",
     benchmark:
         f"{R}/benchmarks/evaluate/{{experiment}}-{{step}}-cfg{{cfg}}.tsv"
+    conda:
+        "../../environment.yml"
+    resources:
+        **resources_for("evaluate"),
     params:
         udit=udit_cmd,
         reference=eval_reference_path,
         weights=inception_weights(),
-    resources:
-        **resources_for("evaluate"),
-    conda:
-        "../../environment.yml"
     shell:
-        "{params.udit} evaluate --samples {input.samples} --reference {params.reference}"
-        " --inception-weights {params.weights} --out {output} > {log} 2>&1"
+        "{params.udit} evaluate --samples {input.samples:q} --reference {params.reference:q}"
+        " --inception-weights {params.weights:q} --out {output:q} > {log:q} 2>&1"

@@ -7,9 +7,9 @@ rule sample:
         checkpoint=sample_checkpoint,
         vae=sample_vae_input,
     output:
-        samples=f"{R}/{{experiment}}/samples/{{step}}-cfg{{cfg}}.npz",
+        samples=paths.samples(R, "{experiment}", "{step}-cfg{cfg}"),
         grid=report(
-            f"{R}/{{experiment}}/samples/{{step}}-cfg{{cfg}}.png",
+            paths.grid(R, "{experiment}", "{step}-cfg{cfg}"),
             caption="../captions/grid.rst",
             category="Samples",
             subcategory="{experiment}",
@@ -18,23 +18,19 @@ rule sample:
         f"{R}/logs/sample/{{experiment}}-{{step}}-cfg{{cfg}}.log",
     benchmark:
         f"{R}/benchmarks/sample/{{experiment}}-{{step}}-cfg{{cfg}}.tsv"
-    params:
-        udit=udit_cmd,
-        torchrun=torchrun_cmd,
-        args=sample_args,
-    resources:
-        **resources_for("sample"),
     conda:
         "../../environment.yml"
+    resources:
+        **resources_for("sample"),
+    params:
+        launch=LAUNCH,
+        python=PYTHON,
+        threads=rank_threads,
+        args=sample_args,
     shell:
         """
-        gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
-        if [ "$gpus" -gt {resources.gpu} ]; then gpus={resources.gpu}; fi
-        if [ "$gpus" -gt 0 ]; then
-            {params.torchrun} --nproc_per_node=$gpus -m udit.cli sample --checkpoint {input.checkpoint} \
-                --out {output.samples} --grid {output.grid} {params.args} > {log} 2>&1
-        else
-            {params.udit} sample --checkpoint {input.checkpoint} \
-                --out {output.samples} --grid {output.grid} {params.args} > {log} 2>&1
-        fi
+        # torchrun over the job's GPUs (and nodes); SIGUSR1 before the time limit (launch.sh)
+        {params.launch} {resources.nodes} {resources.gpu} {params.threads} {resources.stop_lead_s} \
+            {params.python} sample --checkpoint {input.checkpoint:q} --out {output.samples:q} \
+            --grid {output.grid:q} {params.args} >{log:q} 2>&1
         """

@@ -1,52 +1,54 @@
-# Training stage: one run folder per experiment, one node per milestone checkpoint.
+# Training stage: one run folder per experiment, one node per milestone checkpoint, plus chunk
+# nodes where a stretch between milestones would outlast its partition's max_job_hours
+# (TRAIN_STEPS, from udit.plan.train_steps).
 #
-# The node for milestone m trains from the previous milestone (its input) to m and stops
-# (--stop-at m), so 1M continues the 400K run instead of retraining, and each job is short
-# enough for a cluster time limit. Requeue-safe: a node that dies leaves its marker file, and
+# The node for step m trains from the previous milestone or chunk end (its input) to m and
+# stops (--stop-at m), so 1M continues the 400K run instead of retraining, and each job fits
+# the cluster's time limit. Requeue-safe: a node that dies leaves its marker file, and
 # the retried job resumes from the newest checkpoint (--resume auto). A node that starts
-# without the marker (first run, or --forcerun) first drops every checkpoint past the
-# milestone it starts from, so it really retrains that stretch and nothing else.
+# without the marker (first run, or --forcerun) first drops every checkpoint past the step it
+# starts from, so it really retrains that stretch and nothing else (`--forcerun` of a milestone
+# re-runs its last chunk and everything downstream of it).
 
 
 rule train:
     input:
         unpack(train_inputs),
     output:
-        f"{R}/{{experiment}}/train/checkpoints/ckpt-{{step}}.pt",
+        paths.checkpoint(R, "{experiment}", "{step}"),
     log:
         f"{R}/logs/train/{{experiment}}-{{step}}.log",
     benchmark:
         f"{R}/benchmarks/train/{{experiment}}-{{step}}.tsv"
+    conda:
+        "../../environment.yml"
+    resources:
+        **resources_for("train"),
     params:
-        udit=udit_cmd,
-        torchrun=torchrun_cmd,
+        launch=LAUNCH,
+        python=PYTHON,
+        threads=rank_threads,
         args=train_args,
         workers=loader_workers,
         start=train_start,
-        run_dir=f"{R}/{{experiment}}/train",
-    resources:
-        **resources_for("train"),
-    conda:
-        "../../environment.yml"
+        run_dir=paths.train_dir(R, "{experiment}"),
     shell:
         """
-        marker={params.run_dir}/.node-{wildcards.step}.incomplete
-        mkdir -p {params.run_dir}/checkpoints
+        run_dir={params.run_dir:q}
+        marker="$run_dir/.node-{wildcards.step}.incomplete"
+        mkdir -p "$run_dir/checkpoints"
         if [ ! -e "$marker" ]; then
-            for f in {params.run_dir}/checkpoints/ckpt-*; do
+            for f in "$run_dir"/checkpoints/ckpt-*; do
                 [ -e "$f" ] || continue
-                s=${{f##*/ckpt-}}; s=${{s%%.*}}
+                s=${{f##*/ckpt-}}
+                s=${{s%%.*}}
                 if [ $((10#$s)) -gt {params.start} ]; then rm -f "$f"; fi
             done
             touch "$marker"
         fi
-        # torchrun with the GPUs this job was granted (and can see); plain CLI on CPU
-        gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
-        if [ "$gpus" -gt {resources.gpu} ]; then gpus={resources.gpu}; fi
-        if [ "$gpus" -gt 0 ]; then
-            {params.torchrun} --nproc_per_node=$gpus -m udit.cli train {params.args} --num-workers {params.workers} > {log} 2>&1
-        else
-            {params.udit} train {params.args} --num-workers {params.workers} > {log} 2>&1
-        fi
+        # torchrun over the job's GPUs (and nodes), SIGUSR1 before the time limit: the job then
+        # exits 75 after checkpointing its step, and the retry resumes from that checkpoint
+        {params.launch} {resources.nodes} {resources.gpu} {params.threads} {resources.stop_lead_s} \
+            {params.python} train {params.args} --num-workers {params.workers} >{log:q} 2>&1
         rm -f "$marker"
         """

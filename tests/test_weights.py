@@ -1,21 +1,13 @@
 """load_checkpoint: every layout we meet (released, train.py, DDP, paths) and clear failures."""
+
 import argparse
 
 import pytest
 import torch
 
 from udit.models import load_checkpoint
-from udit.models.checkpoint import CheckpointError
 from udit.models.dit import DiT
-
-
-def tiny_dit(hidden: int = 32, seed: int = 0) -> DiT:
-    torch.manual_seed(seed)
-    model = DiT(input_size=8, patch_size=2, hidden_size=hidden, depth=2, num_heads=4, num_classes=10)
-    with torch.no_grad():  # adaLN-Zero leaves zeros; make every tensor distinctive
-        for p in model.parameters():
-            p.normal_()
-    return model
+from udit.models.weights import CheckpointError
 
 
 def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
@@ -35,36 +27,43 @@ def layouts(state: dict) -> dict:
 
 
 @pytest.mark.parametrize("layout", list(layouts({})))
-def test_loads_every_layout_strictly(layout):
+def test_loads_every_layout_strictly(layout, tiny_dit):
     source, target = tiny_dit(seed=1), tiny_dit(seed=2)
     checkpoint, key = layouts(source.state_dict())[layout]
     assert load_checkpoint(target, checkpoint, key=key) is target
     assert_same_weights(source, target)
 
 
-def test_official_train_checkpoint_from_path(tmp_path):
+def test_official_train_checkpoint_from_path(tmp_path, tiny_dit):
     ema, raw, target = tiny_dit(seed=1), tiny_dit(seed=3), tiny_dit(seed=2)
     path = tmp_path / "0400000.pt"
     opt = torch.optim.AdamW(raw.parameters(), lr=1e-4)
     # official DiT / U-DiT train.py layout, "args" an argparse.Namespace
-    torch.save({"model": raw.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                "args": argparse.Namespace(model="DiT-S/2", global_batch_size=256)}, path)
+    torch.save(
+        {
+            "model": raw.state_dict(),
+            "ema": ema.state_dict(),
+            "opt": opt.state_dict(),
+            "args": argparse.Namespace(model="DiT-S/2", global_batch_size=256),
+        },
+        path,
+    )
     load_checkpoint(target, path)  # default key: ema, what the papers sample
     assert_same_weights(ema, target)
     load_checkpoint(target, str(path), key="model")
     assert_same_weights(raw, target)
 
 
-def test_missing_file_names_path_and_official_sources(tmp_path):
+def test_missing_file_names_path_and_official_sources(tmp_path, tiny_dit):
     missing = tmp_path / "DiT-XL-2-256x256.pt"
     with pytest.raises(FileNotFoundError) as err:
-        load_checkpoint(tiny_dit(), missing)
+        load_checkpoint(tiny_dit(seed=0), missing)
     assert str(missing) in str(err.value)
     assert "https://dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-256x256.pt" in str(err.value)
     assert "YuchuanTian/U-DiT" in str(err.value)
 
 
-def test_missing_and_unexpected_keys_are_listed():
+def test_missing_and_unexpected_keys_are_listed(tiny_dit):
     state = tiny_dit(seed=1).state_dict()
     del state["blocks.1.mlp.fc2.weight"]
     state["blocks.5.attn.qkv.weight"] = torch.zeros(1)
@@ -80,13 +79,16 @@ def test_missing_and_unexpected_keys_are_listed():
         assert torch.equal(before[k], v)
 
 
-def test_shape_mismatch_fails_even_when_not_strict():
-    state = tiny_dit(hidden=64).state_dict()
-    with pytest.raises(CheckpointError, match=r"shape mismatches: pos_embed: checkpoint \(1, 16, 64\) vs model \(1, 16, 32\)"):
-        load_checkpoint(tiny_dit(hidden=32), state, strict=False)
+def test_shape_mismatch_fails_even_when_not_strict(tiny_dit):
+    state = tiny_dit(seed=0, hidden_size=64).state_dict()
+    with pytest.raises(
+        CheckpointError,
+        match=r"shape mismatches: pos_embed: checkpoint \(1, 16, 64\) vs model \(1, 16, 32\)",
+    ):
+        load_checkpoint(tiny_dit(seed=0, hidden_size=32), state, strict=False)
 
 
-def test_non_strict_loads_the_matching_keys():
+def test_non_strict_loads_the_matching_keys(tiny_dit):
     source, target = tiny_dit(seed=1), tiny_dit(seed=2)
     state = source.state_dict()
     kept = target.final_layer.linear.weight.clone()
@@ -96,23 +98,23 @@ def test_non_strict_loads_the_matching_keys():
     assert torch.equal(target.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
 
 
-def test_wrong_key_and_non_state_dict_are_explained():
+def test_wrong_key_and_non_state_dict_are_explained(tiny_dit):
     with pytest.raises(CheckpointError, match=r"no state dict under 'ema'.*try key='model'"):
-        load_checkpoint(tiny_dit(), {"model": tiny_dit().state_dict(), "steps": 5})
+        load_checkpoint(tiny_dit(seed=0), {"model": tiny_dit(seed=0).state_dict(), "steps": 5})
     with pytest.raises(CheckpointError, match="expected a state dict"):
-        load_checkpoint(tiny_dit(), [1, 2, 3])
+        load_checkpoint(tiny_dit(seed=0), [1, 2, 3])
 
 
 class Untrusted:  # pickled by reference: weights_only loading must refuse it
     pass
 
 
-def test_arbitrary_pickles_are_refused_by_default(tmp_path):
+def test_arbitrary_pickles_are_refused_by_default(tmp_path, tiny_dit):
     path = tmp_path / "odd.pt"
     model = tiny_dit(seed=1)
     torch.save({"ema": model.state_dict(), "extra": Untrusted()}, path)
     with pytest.raises(CheckpointError, match="weights_only=False"):
-        load_checkpoint(tiny_dit(), path)
+        load_checkpoint(tiny_dit(seed=0), path)
     target = tiny_dit(seed=2)
     load_checkpoint(target, path, weights_only=False)
     assert_same_weights(model, target)
@@ -125,12 +127,14 @@ class RenamingDiT(DiT):
         return {k.replace("legacy_blocks.", "blocks."): v for k, v in state.items()}
 
 
-def test_convert_official_state_dict_hook_runs_first():
+def test_convert_official_state_dict_hook_runs_first(tiny_dit):
     source = tiny_dit(seed=1)
     state = {k.replace("blocks.", "legacy_blocks."): v for k, v in source.state_dict().items()}
     torch.manual_seed(2)
-    target = RenamingDiT(input_size=8, patch_size=2, hidden_size=32, depth=2, num_heads=4, num_classes=10)
+    target = RenamingDiT(
+        input_size=8, patch_size=2, hidden_size=32, depth=2, num_heads=4, num_classes=10
+    )
     load_checkpoint(target, state)
     assert_same_weights(source, target)
     with pytest.raises(CheckpointError, match="missing keys"):
-        load_checkpoint(tiny_dit(), state)  # without the hook the names do not match
+        load_checkpoint(tiny_dit(seed=0), state)  # without the hook the names do not match

@@ -12,24 +12,20 @@
 - Label dropout stays inside the model's LabelEmbedder: a forward pre-hook hands it a
   drop mask (force_drop) drawn from the per-sample generators. Each embedder draws its
   own coin, as the official U-DiT's three embedders each call torch.rand.
-- EMA (DiT recipe): an exact copy at start, ema = d * ema + (1 - d) * model after each step.
 - RNG states of torch / cuda / numpy / python for the checkpoint, stored as tensors and
   lists so torch.load(weights_only=True) reads them.
 """
 
-import copy
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 from torch import nn
 
+from udit.diffusion.noise import seeded_generator
+from udit.errors import BadValueError
 from udit.models.embed import LabelEmbedder
-
-SEED_WORDS = 2  # uint32 words drawn from SeedSequence -> one 64-bit generator seed
-FLIP_PROB = 0.5  # random horizontal flip of image inputs, as DiT's RandomHorizontalFlip()
-
 
 #################################################################################
 #                                   Data order                                  #
@@ -46,12 +42,12 @@ class DataOrder:
 
     def __post_init__(self):
         if self.global_batch % self.world_size:
-            raise ValueError(
+            raise BadValueError(
                 f"global batch {self.global_batch} is not divisible by world size "
                 f"{self.world_size}: the global batch is fixed, so each rank needs an equal share"
             )
         if self.num_items < self.global_batch:
-            raise ValueError(
+            raise BadValueError(
                 f"dataset has {self.num_items} items, fewer than one global batch "
                 f"({self.global_batch}); lower --global-batch"
             )
@@ -112,95 +108,8 @@ class StepBatchSampler(torch.utils.data.Sampler):
 
 
 #################################################################################
-#                                  Data sources                                 #
-#################################################################################
-
-
-def build_train_data(
-    *,
-    latents: str | None,
-    images: str | None,
-    pixel: bool,
-    vae: str,
-    image_size: int,
-    num_classes: int,
-    device: torch.device,
-):
-    """-> (dataset, kind, shape (C, H, W) the model sees, prepare(x, draws) -> model input).
-
-    kind 'latents': cached VAE moments, a fresh z ~ N(mean, var) per step (per-sample noise);
-    'vae': images encoded online; 'pixels': images as they are (toy runs, no VAE). Image
-    flips use the per-sample coin, not the dataset's transform, so they do not depend on
-    the rank or DataLoader worker (the latent cache stores both flips as separate items).
-    """
-    # Imported per branch: a latent cache needs neither torchvision nor diffusers (~5 s).
-    from udit.data.latents import sample_latent
-
-    if latents is not None:
-        from udit.data.latents import LatentDataset
-
-        dataset = LatentDataset(latents)
-        if dataset.image_size != image_size:
-            raise ValueError(
-                f"latent cache {latents} was extracted at {dataset.image_size} px, "
-                f"but --image-size is {image_size}"
-            )
-        _check_classes(dataset, source=latents, num_classes=num_classes)
-        moments, _ = dataset[0]
-        shape = (moments.shape[0] // 2, *moments.shape[1:])  # moments = [mean; logvar]
-
-        def draw_latent(x, draws):
-            return sample_latent(x.to(device), draws.latent_noise.to(device))  # (N, C, h, w)
-
-        return dataset, "latents", shape, draw_latent
-
-    from udit.data.imagenet import build_image_dataset
-
-    dataset = build_image_dataset(images, image_size, flip=False)
-    _check_classes(dataset, source=images, num_classes=num_classes)
-
-    def flip(x, draws):
-        x = x.to(device)
-        return torch.where(draws.flip.to(device)[:, None, None, None], x.flip(-1), x)
-
-    if pixel:
-        return dataset, "pixels", (3, image_size, image_size), flip
-
-    from udit.data.vae import load_vae
-
-    autoencoder = load_vae(vae, device=device)
-    factor = 2 ** (len(autoencoder.config.block_out_channels) - 1)  # encoder downsampling
-    if image_size % factor:
-        raise ValueError(f"--image-size {image_size} is not divisible by the VAE factor {factor}")
-    side = image_size // factor
-    shape = (autoencoder.config.latent_channels, side, side)
-
-    @torch.no_grad()
-    def encode(x, draws):
-        posterior = autoencoder.encode(flip(x, draws)).latent_dist
-        moments = torch.cat([posterior.mean, posterior.logvar], dim=1)  # (N, 2C, h, w)
-        return sample_latent(moments, draws.latent_noise.to(device))  # (N, C, h, w)
-
-    return dataset, "vae", shape, encode
-
-
-def _check_classes(dataset, *, source: str, num_classes: int) -> None:
-    if dataset.num_classes > num_classes:
-        raise ValueError(
-            f"{source} has {dataset.num_classes} classes but --num-classes is {num_classes}"
-        )
-
-
-#################################################################################
 #                             Per-sample randomness                             #
 #################################################################################
-
-
-def sample_generator(*, seed: int, step: int, index: int) -> torch.Generator:
-    """CPU generator for global sample `index` of step `step`; SeedSequence mixes the three
-    integers so neighbouring (step, index) pairs give unrelated streams."""
-    words = np.random.SeedSequence([seed, step, index]).generate_state(SEED_WORDS, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(words[0]) << 32 | int(words[1]))
 
 
 @dataclass
@@ -210,6 +119,17 @@ class SampleDraws:
     latent_noise: torch.Tensor | None  # (N, C, H, W) noise for sampling z from the VAE moments
     label_drop: torch.Tensor  # (N, K) bool, one coin per label embedder
     flip: torch.Tensor  # (N,) bool, horizontal flip of image inputs
+
+    def to(self, device: torch.device) -> "SampleDraws":
+        """All draws on `device`; on CUDA through pinned memory without waiting for the GPU (a
+        plain .to(cuda) from pageable memory synchronises the host with the GPU every step)."""
+        if device.type != "cuda":
+            return self
+
+        def move(x):
+            return None if x is None else x.pin_memory().to(device, non_blocking=True)
+
+        return SampleDraws(*(move(getattr(self, f.name)) for f in fields(self)))
 
 
 def draw_samples(
@@ -228,7 +148,7 @@ def draw_samples(
     """Draws for global samples offset..offset+count-1 of `step`, in a fixed order per sample."""
     noise, ts, lat, drops, flips = [], [], [], [], []
     for g in range(offset, offset + count):
-        gen = sample_generator(seed=seed, step=step, index=g)
+        gen = seeded_generator(seed, step, g)
         noise.append(torch.randn(shape, generator=gen))
         ts.append(torch.randint(0, num_timesteps, (1,), generator=gen))
         lat.append(torch.randn(shape, generator=gen) if latent else None)
@@ -284,30 +204,6 @@ class LabelDropControl:
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
-
-
-#################################################################################
-#                                      EMA                                      #
-#################################################################################
-
-
-def make_ema(model: nn.Module) -> nn.Module:
-    """Exact copy of the model, frozen and in eval mode (DiT: update_ema(decay=0))."""
-    ema = copy.deepcopy(model)
-    for p in ema.parameters():
-        p.requires_grad_(False)
-    return ema.eval()
-
-
-@torch.no_grad()
-def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model over parameters; buffers are copied."""
-    ema_params = dict(ema.named_parameters())
-    for name, p in model.named_parameters():
-        ema_params[name].mul_(decay).add_(p.detach(), alpha=1 - decay)
-    ema_buffers = dict(ema.named_buffers())
-    for name, b in model.named_buffers():
-        ema_buffers[name].copy_(b)
 
 
 #################################################################################

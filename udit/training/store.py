@@ -3,7 +3,7 @@ and the save / resume of a full training state (model, EMA, optimiser, RNGs, dat
 
 Layout inside a run directory:
 
-    checkpoints/ckpt-0050000.pt          torch.save of the training state (see udit.train)
+    checkpoints/ckpt-0050000.pt          torch.save of the training state (see udit.training.loop)
     checkpoints/ckpt-0050000.pt.sha256   sidecar: SHA-256 of the .pt file, written after it
 
 A file is written to a temporary name in the same directory, flushed, fsync'ed and moved
@@ -12,10 +12,15 @@ never half a file under the final name. The sidecar lets `find_latest` reject a 
 was truncated or corrupted later (disk full, partial copy between clusters) without
 unpickling it; a file with no sidecar (job killed between the two writes) is accepted
 only if torch.load reads it.
+
+Rotation trusts only verified files: a checkpoint that fails `verify_checkpoint` is moved
+aside (ckpt-N.pt.corrupt, named in a warning) and never counts as a kept one; the checkpoint
+just written and the one this job resumed from are never deleted. Temp files a killed job
+left (udit.io.atomic_open: .<name>.<random>.tmp) are removed when the next job starts.
 """
 
 import json
-import re
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -23,19 +28,19 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from udit.io import atomic_torch_save, atomic_write_bytes, atomic_write_json, sha256_file
-from udit.train_state import capture_rng, restore_rng
+from udit.errors import BadValueError
+from udit.io import atomic_torch_save, atomic_write_bytes, atomic_write_json, read_json, sha256_file
+from udit.paths import CKPT_DIR, CKPT_PATTERN, TRAIN_LOG, checkpoint_name
+from udit.training.determinism import capture_rng, restore_rng
 
-CKPT_DIR = "checkpoints"
-LOG_NAME = "log.jsonl"  # one JSON object per logged step
 OPTIONS_NAME = "options.json"  # the resolved options of the run
-CKPT_PATTERN = re.compile(r"^ckpt-(\d{7,})\.pt$")
 SIDECAR_SUFFIX = ".sha256"
-
-
-def ckpt_name(step: int) -> str:
-    """Zero-padded like the official repos' 0400000.pt, so names sort by step."""
-    return f"ckpt-{step:07d}.pt"
+CORRUPT_SUFFIX = ".corrupt"  # ckpt-N.pt -> ckpt-N.pt.corrupt: out of CKPT_PATTERN, kept for a look
+# udit.io.atomic_open's temp names (.<target>.<random>.tmp) for the files a run writes
+STALE_TEMP_GLOBS = {
+    ".": (f".{OPTIONS_NAME}.*.tmp", f".{TRAIN_LOG}.*.tmp"),
+    CKPT_DIR: (".ckpt-*.tmp",),
+}
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -71,7 +76,8 @@ def verify_checkpoint(path: Path) -> str | None:
 
 
 def find_latest(run_dir: Path) -> tuple[int, Path] | None:
-    """Newest checkpoint that passes `verify_checkpoint`; invalid ones are skipped with a warning."""
+    """Newest checkpoint that passes `verify_checkpoint`; invalid ones are skipped with a
+    warning."""
     for step, path in reversed(list_checkpoints(run_dir)):
         problem = verify_checkpoint(path)
         if problem is None:
@@ -87,31 +93,90 @@ def save_checkpoint(
     step: int,
     keep_last: int,
     milestones: tuple[int, ...] = (),
+    resumed: Path | None = None,
 ) -> Path:
     """Write ckpt-<step>.pt (+ sidecar) atomically, then rotate: keep the newest `keep_last`
-    ordinary checkpoints and every milestone step forever. Returns the written path."""
+    valid ordinary checkpoints, every milestone step, the written file and `resumed` (the
+    checkpoint this job started from). Returns the written path."""
     if keep_last < 1:
         raise ValueError(f"keep_last must be >= 1, got {keep_last}")
     directory = Path(run_dir) / CKPT_DIR
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / ckpt_name(step)
+    path = directory / checkpoint_name(step)
     digest = atomic_torch_save(state, path)
     atomic_write_bytes(
         path.with_name(path.name + SIDECAR_SUFFIX), f"{digest}  {path.name}\n".encode()
     )
-    rotate(run_dir=run_dir, keep_last=keep_last, milestones=milestones)
+    rotate(run_dir=run_dir, keep_last=keep_last, milestones=milestones, protect=(path, resumed))
     return path
 
 
-def rotate(*, run_dir: Path, keep_last: int, milestones: tuple[int, ...] = ()) -> list[Path]:
-    """Delete ordinary checkpoints older than the newest `keep_last`; milestones are never deleted."""
+def rotate(
+    *,
+    run_dir: Path,
+    keep_last: int,
+    milestones: tuple[int, ...] = (),
+    protect: tuple[Path | None, ...] = (),
+) -> list[Path]:
+    """Keep the newest `keep_last` valid ordinary checkpoints and every milestone; delete the
+    older ordinary ones and return them. `protect` (the file just written, the one resumed
+    from) is never deleted and counts as kept without re-hashing it; any other candidate for
+    keeping is verified first, and a corrupt one is moved aside instead of counted (a stray
+    corrupt ckpt-9999999.pt must not push the good files out)."""
     keep = set(milestones)
+    protected = {Path(p).resolve() for p in protect if p is not None}
     ordinary = [(s, p) for s, p in list_checkpoints(run_dir) if s not in keep]
+    kept, removed = 0, []
+    for _, path in reversed(ordinary):  # newest first
+        if path.resolve() in protected:
+            kept += 1
+        elif kept < keep_last:
+            problem = verify_checkpoint(path)
+            if problem is None:
+                kept += 1
+            else:
+                move_aside(path, problem)
+        else:
+            path.unlink(missing_ok=True)
+            path.with_name(path.name + SIDECAR_SUFFIX).unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def move_aside(path: Path, problem: str) -> Path:
+    """Rename a corrupt checkpoint (and its sidecar) to *.corrupt, out of every listing; the
+    bytes stay for a post-mortem rather than being deleted."""
+    target, n = path.with_name(path.name + CORRUPT_SUFFIX), 1
+    while target.exists():  # an earlier corrupt file of the same step
+        target, n = path.with_name(f"{path.name}{CORRUPT_SUFFIX}.{n}"), n + 1
+    os.replace(path, target)
+    sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
+    if sidecar.exists():
+        os.replace(sidecar, target.with_name(target.name + SIDECAR_SUFFIX))
+    warnings.warn(
+        f"moved corrupt checkpoint {path} aside to {target.name}: {problem}", stacklevel=3
+    )
+    return target
+
+
+def remove_stale_temp(run_dir: Path) -> list[Path]:
+    """Delete the temp files a killed job left in the run folder (checkpoint temps are as big
+    as a checkpoint); call before this job writes anything, on one process only."""
     removed = []
-    for _, path in ordinary[: max(len(ordinary) - keep_last, 0)]:
-        path.unlink(missing_ok=True)
-        path.with_name(path.name + SIDECAR_SUFFIX).unlink(missing_ok=True)
-        removed.append(path)
+    for sub, patterns in STALE_TEMP_GLOBS.items():
+        directory = Path(run_dir) / sub
+        for pattern in patterns:
+            for path in sorted(directory.glob(pattern)) if directory.is_dir() else []:
+                if path.is_file():
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+    if removed:
+        print(
+            f"removed {len(removed)} temp file(s) a killed job left in {run_dir}: "
+            + ", ".join(p.name for p in removed[:4])
+            + (" ..." if len(removed) > 4 else ""),
+            file=sys.stderr,
+        )
     return removed
 
 
@@ -132,27 +197,38 @@ def check_same_run(run_dir: Path, *, options: dict, identity_fields: tuple[str, 
     path = Path(run_dir) / OPTIONS_NAME
     if not path.exists() or not list_checkpoints(run_dir):
         return
-    old, new = json.loads(path.read_text()), json.loads(json.dumps(options))
+    old, new = read_json(path, what="run options"), json.loads(json.dumps(options))
     diff = [
         f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
         for k in identity_fields
         if old.get(k) != new.get(k)
     ]
     if diff:
-        raise ValueError(
+        raise BadValueError(
             f"{run_dir} holds a run with different options ({'; '.join(diff)}); "
             f"use another --run-dir or the original options"
         )
 
 
 def truncate_log(path: Path, *, step: int) -> None:
-    """Drop JSONL lines past `step`: a killed job may have logged beyond its last checkpoint."""
+    """Drop JSONL lines past `step` (a killed job may have logged beyond its last checkpoint)
+    and lines that do not parse: a job killed mid-write leaves a torn last line, which the
+    report's reader (udit.report.figures.read_log) skips too."""
     path = Path(path)
     if not path.exists():
         return
-    lines = [
-        ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step
-    ]
+    lines, torn = [], 0
+    for ln in path.read_text(errors="replace").splitlines():
+        if not ln.strip():
+            continue
+        try:
+            logged = json.loads(ln)["step"]
+            if logged <= step:
+                lines.append(ln)
+        except (json.JSONDecodeError, TypeError, KeyError):  # torn or foreign: not a log record
+            torn += 1
+    if torn:
+        print(f"note: dropped {torn} unreadable line(s) of {path} (torn write)", file=sys.stderr)
     atomic_write_bytes(path, "".join(ln + "\n" for ln in lines).encode())
 
 
@@ -176,10 +252,10 @@ def resume_training_state(
         ckpt = Path(resume)
         problem = verify_checkpoint(ckpt) if ckpt.is_file() else "missing"
         if problem:
-            raise ValueError(f"--resume {ckpt}: not a usable checkpoint ({problem})")
+            raise BadValueError(f"--resume {ckpt}: not a usable checkpoint ({problem})")
     if ckpt is None:
         if info.is_main:  # fresh start: lines of an earlier, checkpoint-less attempt go
-            truncate_log(run_dir / LOG_NAME, step=0)
+            truncate_log(run_dir / TRAIN_LOG, step=0)
         return 0, None
     state = load_checkpoint_state(ckpt, map_location=info.device)
     model.load_state_dict(state["model"])
@@ -187,7 +263,7 @@ def resume_training_state(
     opt.load_state_dict(state["opt"])
     step = int(state["step"])
     if state["data"] != order.state(step):
-        raise ValueError(
+        raise BadValueError(
             f"{ckpt}: data position {state['data']} does not match this run's "
             f"{order.state(step)} (dataset or batch size changed)"
         )
@@ -201,7 +277,7 @@ def resume_training_state(
             file=sys.stderr,
         )
     if info.is_main:  # a killed job may have logged past its last checkpoint
-        truncate_log(run_dir / LOG_NAME, step=step)
+        truncate_log(run_dir / TRAIN_LOG, step=step)
         print(f"resumed from {ckpt} at step {step}", file=sys.stderr)
     return step, ckpt
 
@@ -218,9 +294,11 @@ def save_training_state(
     args: dict,
     keep_last: int,
     milestones: tuple[int, ...],
+    resumed: Path | None = None,
 ) -> Path | None:
     """Rank 0 writes {"model","ema","opt","step","args","rng","data"} with every rank's RNGs;
-    every rank must call it (it gathers RNG states and ends on a barrier)."""
+    every rank must call it (it gathers RNG states and ends on a barrier). `resumed`: the
+    checkpoint this job started from, which rotation never deletes."""
     rng = [None] * info.world_size
     if info.enabled:
         dist.all_gather_object(rng, capture_rng())
@@ -238,7 +316,12 @@ def save_training_state(
             "data": order.state(step),
         }
         path = save_checkpoint(
-            state, run_dir=Path(run_dir), step=step, keep_last=keep_last, milestones=milestones
+            state,
+            run_dir=Path(run_dir),
+            step=step,
+            keep_last=keep_last,
+            milestones=milestones,
+            resumed=resumed,
         )
     if info.enabled:
         dist.barrier()

@@ -1,0 +1,45 @@
+"""Fixtures shared by several test files."""
+
+import pytest
+import torch
+
+from udit.models.dit import DiT
+
+# A 2-block DiT on 4x8x8 latents, 10 classes: small enough for float64 checks in milliseconds.
+TINY_DIT = {
+    "input_size": 8,
+    "patch_size": 2,
+    "in_channels": 4,
+    "hidden_size": 32,
+    "depth": 2,
+    "num_heads": 4,
+    "num_classes": 10,
+}
+
+
+def build_tiny_dit(*, seed: int | None = None, std: float = 1.0, **overrides) -> DiT:
+    """TINY_DIT with `overrides`. With a seed every parameter is redrawn from N(0, std^2):
+    adaLN-Zero initialisation would otherwise make the output identically zero."""
+    model = DiT(**{**TINY_DIT, **overrides})
+    if seed is not None:
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(std * torch.randn(p.shape, generator=gen))
+    return model
+
+
+@pytest.fixture
+def one_thread():
+    """2 shared cores: intra-op threads only add contention for models this small (and one
+    thread fixes the float summation order where a test compares with stored outputs)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def tiny_dit():
+    """build_tiny_dit, as a fixture so test files share one definition."""
+    return build_tiny_dit

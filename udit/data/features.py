@@ -1,0 +1,180 @@
+"""`udit import-features`: the official pre-extracted ImageNet VAE features -> a latent cache.
+
+The U-DiT README offers ImageNet-256 as VAE features in fast-DiT's layout, read by the official
+utils/fastdit_kit.py CustomDataset:
+
+    imagenet_feature/
+        imagenet256_features/{n}_{rank}.npy   (1, 4, 32, 32) float32 = posterior SAMPLE x 0.18215
+        imagenet256_labels/{n}_{rank}.npy     (1,) int64 class index
+
+The official train.py feeds a feature to the model as is (no VAE, no scale, no flip), so each
+image has ONE latent: drawn once from the posterior of a randomly flipped crop at extraction.
+CustomDataset sorts files by n * 8 + rank and drops the last one (its count must then be
+1,281,167: we read the one extra file as the DistributedSampler's padding of 1,281,167 images
+over 8 ranks); --keep-last keeps it.
+
+Into udit.data.latents' format (moments (n, 2 flips, 2C, h, w) = [mean; logvar]): mean =
+feature / 0.18215 and logvar = -inf (std 0), so sample_latent returns the stored feature for
+every noise draw, and both flip slots hold the same latent. Training then sees exactly the
+official data, which differs from `udit extract-latents`: no fresh posterior sample per step
+and one fixed flip per image instead of a random one of both (README).
+"""
+
+import argparse
+import math
+import os
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from udit.errors import BadValueError, command_main
+
+OFFICIAL_NAME = re.compile(r"^(\d+)_(\d)\.npy$")  # '{n}_{rank}.npy', one-digit rank
+
+
+def _official_key(name: str):
+    match = OFFICIAL_NAME.match(name)
+    return (0, int(match.group(1)) * 8 + int(match.group(2)), name) if match else (1, 0, name)
+
+
+def feature_files(root: str | Path, *, keep_last: bool = False) -> list[tuple[Path, Path]]:
+    """(feature, label) file pairs in the official order (same file name in both folders)."""
+    root = Path(root)
+    dirs = {p.name.rsplit("_", 1)[-1]: p for p in root.iterdir() if p.is_dir() and "_" in p.name}
+    if "features" not in dirs or "labels" not in dirs:
+        raise BadValueError(
+            f"{root}: expected a *_features and a *_labels folder (fast-DiT layout, e.g. "
+            f"imagenet256_features/ and imagenet256_labels/), found {sorted(os.listdir(root))}"
+        )
+    feats = {p.name for p in dirs["features"].glob("*.npy")}
+    labels = {p.name for p in dirs["labels"].glob("*.npy")}
+    if feats != labels or not feats:
+        odd = sorted(feats ^ labels)[:5]
+        raise BadValueError(
+            f"{root}: feature and label files must pair by name ({len(feats)} features, "
+            f"{len(labels)} labels; unpaired: {odd})"
+        )
+    names = sorted(feats, key=_official_key)
+    names = names if keep_last else names[:-1]  # as the official CustomDataset
+    return [(dirs["features"] / n, dirs["labels"] / n) for n in names]
+
+
+def _load(path: Path, *, side: int) -> np.ndarray:
+    feature = np.load(path, allow_pickle=False)
+    feature = feature[0] if feature.ndim == 4 and feature.shape[0] == 1 else feature
+    if feature.shape != (4, side, side) or not np.isfinite(feature).all():
+        raise BadValueError(
+            f"{path}: feature of shape {feature.shape} (finite: {np.isfinite(feature).all()}), "
+            f"expected finite (1, 4, {side}, {side})"
+        )
+    return feature.astype(np.float32)  # (4, side, side)
+
+
+def import_features(
+    *,
+    features: str,
+    out: str,
+    image_size: int = 256,
+    vae: str = "stabilityai/sd-vae-ft-ema",
+    shard_size: int = 1024,
+    keep_last: bool = False,
+) -> dict:
+    import torch
+    from safetensors.torch import save
+
+    from udit.data import latents as lt
+    from udit.data.vae import LATENT_SCALE
+    from udit.io import atomic_write_bytes, atomic_write_json, sha256_file
+
+    if shard_size < 1:
+        raise BadValueError(f"--shard-size must be >= 1, got {shard_size}")
+    side = image_size // 8  # sd-vae-ft-ema
+    pairs = feature_files(features, keep_last=keep_last)
+    os.makedirs(out, exist_ok=True)
+    shards, all_labels = [], []
+    for s in range(math.ceil(len(pairs) / shard_size)):
+        chunk = pairs[s * shard_size : (s + 1) * shard_size]
+        means, labels = [], []
+        for feature_path, label_path in chunk:
+            means.append(
+                _load(feature_path, side=side) / LATENT_SCALE
+            )  # (4, h, w): sample_latent multiplies it back
+            label = np.load(label_path, allow_pickle=False).reshape(-1)
+            if label.size != 1 or not np.issubdtype(label.dtype, np.integer):
+                raise BadValueError(f"{label_path}: expected one integer label, got {label!r}")
+            labels.append(int(label[0]))
+        mean = torch.from_numpy(np.stack(means))  # (n, 4, h, w)
+        logvar = torch.full_like(mean, -math.inf)  # std 0: the draw is the stored sample
+        moments = torch.cat([mean, logvar], dim=1)  # (n, 8, h, w)
+        tensors = {
+            "moments": torch.stack([moments, moments], dim=1).contiguous(),  # both flip slots
+            "labels": torch.tensor(labels, dtype=torch.int64),
+        }
+        path = os.path.join(out, lt.shard_name(s))
+        atomic_write_bytes(path, save(tensors))
+        shards.append(
+            {
+                "file": lt.shard_name(s),
+                "start": s * shard_size,
+                "count": len(chunk),
+                "bytes": os.path.getsize(path),
+                "sha256": sha256_file(path),
+            }
+        )
+        all_labels += labels
+    if min(all_labels) < 0:
+        raise BadValueError(f"{features}: negative class labels")
+    manifest = {
+        "format_version": lt.FORMAT_VERSION,
+        "vae": {"name": vae, "imported": True},
+        "image_size": image_size,
+        "num_images": len(pairs),
+        "classes": [str(c) for c in range(max(all_labels) + 1)],
+        "dataset_sha256": None,
+        "flips": list(lt.FLIPS),
+        "shard_size": shard_size,
+        "dtype": "float32",
+        "moments_shape": [8, side, side],
+        "latent_scale": LATENT_SCALE,
+        "source": {
+            "features": str(features),
+            "format": "fast-DiT features (posterior sample x latent_scale, one flip per image)",
+            "dropped_last": not keep_last,
+        },
+        "shards": shards,
+    }
+    atomic_write_json(os.path.join(out, lt.MANIFEST), manifest)
+    return manifest
+
+
+@command_main("udit import-features")
+def main(argv: list[str] | None = None) -> int:
+    """`udit import-features`: the official pre-extracted VAE features into a latent cache."""
+    parser = argparse.ArgumentParser(prog="udit import-features", description=main.__doc__)
+    parser.add_argument("--features", required=True, help="folder with *_features/, *_labels/")
+    parser.add_argument(
+        "--out", required=True, help="latent cache, e.g. results/data/imagenet256/latents"
+    )
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--vae", default="stabilityai/sd-vae-ft-ema", help="VAE to record")
+    parser.add_argument("--shard-size", type=int, default=1024)
+    parser.add_argument(
+        "--keep-last", action="store_true", help="keep the file the official loader drops"
+    )
+    args = parser.parse_args(argv)
+    manifest = import_features(
+        features=args.features,
+        out=args.out,
+        image_size=args.image_size,
+        vae=args.vae,
+        shard_size=args.shard_size,
+        keep_last=args.keep_last,
+    )
+    print(f"latent cache {args.out}: {manifest['num_images']} imported images")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
