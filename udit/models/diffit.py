@@ -23,14 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from udit.models.dit import (
-    INIT_STD_EMBED,
     LN_EPS,
     Mlp,
-    PatchEmbed,
-    sincos_pos_embed_2d,
-    unpatchify,
+    PatchModel,
 )
-from udit.models.embed import LabelEmbedder, TimestepEmbedder
 from udit.models.spec import ModelSpec
 from udit.paper import paper_numbers
 
@@ -108,7 +104,7 @@ class DiffiTFinalLayer(nn.Module):
         return self.linear(F.silu(self.norm_final(x)))  # (N, T, p*p*C_out)
 
 
-class DiffiT(nn.Module):
+class DiffiT(PatchModel):
     """Class-conditional latent DiffiT: forward(x (N,C,H,W), t (N,), y (N,)) -> (N, 2C, H, W)."""
 
     def __init__(
@@ -125,19 +121,14 @@ class DiffiT(nn.Module):
         learn_sigma: bool = True,  # output 2 x in_channels (eps and variance)
     ):
         super().__init__()
-        if input_size % patch_size:
-            raise ValueError(f"input_size {input_size} is not divisible by patch_size {patch_size}")
-        self.input_size = input_size
-        self.patch_size = patch_size
-        self.in_channels = in_channels
-        self.out_channels = 2 * in_channels if learn_sigma else in_channels
-        self.learn_sigma = learn_sigma
-        self.num_classes = num_classes
-        self.grid_size = input_size // patch_size  # DiffiT's window = the whole grid
-
-        self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
-        self.t_embedder = TimestepEmbedder(hidden_size)
-        self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
+        self.set_geometry(
+            input_size=input_size,
+            patch_size=patch_size,
+            in_channels=in_channels,
+            learn_sigma=learn_sigma,
+            num_classes=num_classes,
+        )
+        self.add_dit_embedders(hidden_size, class_dropout_prob)  # grid = DiffiT's window
         self.pos_embed = nn.Parameter(
             torch.zeros(1, self.grid_size**2, hidden_size), requires_grad=False
         )
@@ -148,20 +139,7 @@ class DiffiT(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        # DiffiT _initialize_weights (= DiT's without adaLN-Zero): xavier linears, zero bias.
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-        self.pos_embed.data.copy_(
-            sincos_pos_embed_2d(self.pos_embed.shape[-1], self.grid_size)[None]
-        )
-        w = self.x_embedder.proj.weight.data  # patchify conv initialised as a linear map
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.proj.bias)
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=INIT_STD_EMBED)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=INIT_STD_EMBED)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=INIT_STD_EMBED)
+        self.init_dit_embedders()  # DiffiT _initialize_weights = DiT's without adaLN-Zero
         for block in self.blocks:
             nn.init.trunc_normal_(block.attn.relative_position_bias_table, std=INIT_STD_BIAS)
         # The output starts at zero (the blocks are not zero-gated).
@@ -169,17 +147,13 @@ class DiffiT(nn.Module):
         nn.init.zeros_(self.final_layer.linear.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if x.shape[1:] != (self.in_channels, self.input_size, self.input_size):
-            raise ValueError(
-                f"expected latents (N, {self.in_channels}, {self.input_size}, "
-                f"{self.input_size}), got {tuple(x.shape)}"
-            )
+        self.check_latents(x)
         x = self.x_embedder(x) + self.pos_embed  # (N, T, D)
         c = self.t_embedder(t) + self.y_embedder(y)  # (N, D): the "time" token of TMSA
         for block in self.blocks:
             x = block(x, c)  # (N, T, D)
         x = self.final_layer(x)  # (N, T, p*p*C_out)
-        return unpatchify(x, patch_size=self.patch_size, channels=self.out_channels)
+        return self.unpatchify(x)  # (N, C_out, H, W)
 
 
 DIFFIT_ROW = "DiffiT-XL/2* (TMSA re-implemented)"

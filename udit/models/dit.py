@@ -173,16 +173,81 @@ class FinalLayer(nn.Module):
 
 
 #################################################################################
+#                    What the patch-token models share                          #
+#################################################################################
+
+
+class PatchModel(nn.Module):
+    """Base of the patch-token models (DiT, U-ViT, PixArt-alpha, DiffiT): the latent geometry
+    their constructors take, the input check and unpatchify, written once.
+
+    forward(x (N, C, H, W), t (N,), y (N,)) -> (N, C_out, H, W); with learn_sigma the output
+    stacks eps (first in_channels) and the sigma interpolation values (last in_channels).
+    """
+
+    def set_geometry(
+        self,
+        *,
+        input_size: int,
+        patch_size: int,
+        in_channels: int,
+        learn_sigma: bool,
+        num_classes: int,
+    ) -> None:
+        if input_size % patch_size:
+            raise ValueError(f"input_size {input_size} is not divisible by patch_size {patch_size}")
+        self.input_size = input_size
+        self.patch_size = patch_size
+        self.in_channels = in_channels
+        self.out_channels = 2 * in_channels if learn_sigma else in_channels
+        self.learn_sigma = learn_sigma
+        self.num_classes = num_classes  # also the null label guidance uses (udit.diffusion.cfg)
+        self.grid_size = input_size // patch_size
+
+    def add_dit_embedders(self, hidden_size: int, class_dropout_prob: float) -> None:
+        """DiT's patchify conv, timestep MLP and label table (with its null row)."""
+        self.x_embedder = PatchEmbed(self.patch_size, self.in_channels, hidden_size)
+        self.t_embedder = TimestepEmbedder(hidden_size)
+        self.y_embedder = LabelEmbedder(self.num_classes, hidden_size, class_dropout_prob)
+
+    def init_dit_embedders(self) -> None:
+        """DiT's initialisation up to the model-specific part, in upstream order (so seeded
+        weights match the official code): xavier-uniform linears with zero bias, the fixed
+        sin-cos positions, the patchify conv as the linear map it is, small normal weights for
+        the label table and the timestep MLP."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        self.pos_embed.data.copy_(
+            sincos_pos_embed_2d(self.pos_embed.shape[-1], self.grid_size)[None]
+        )
+        w = self.x_embedder.proj.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.proj.bias)
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=INIT_STD_EMBED)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=INIT_STD_EMBED)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=INIT_STD_EMBED)
+
+    def check_latents(self, x: torch.Tensor) -> None:
+        if x.shape[1:] != (self.in_channels, self.input_size, self.input_size):
+            raise ValueError(
+                f"expected latents (N, {self.in_channels}, {self.input_size}, "
+                f"{self.input_size}), got {tuple(x.shape)}"
+            )
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, T, p*p*C_out) -> (N, C_out, H, W)."""
+        return unpatchify(x, patch_size=self.patch_size, channels=self.out_channels)
+
+
+#################################################################################
 #                                    DiT model                                  #
 #################################################################################
 
 
-class DiT(nn.Module):
-    """Class-conditional latent DiT: forward(x (N,C,H,W), t (N,), y (N,)) -> (N, C_out, H, W).
-
-    With learn_sigma the output stacks eps (first in_channels) and the sigma interpolation
-    values (last in_channels), as the learned-range-variance diffusion expects.
-    """
+class DiT(PatchModel):
+    """Class-conditional latent DiT: forward(x (N,C,H,W), t (N,), y (N,)) -> (N, C_out, H, W)."""
 
     def __init__(
         self,
@@ -198,19 +263,14 @@ class DiT(nn.Module):
         learn_sigma: bool = True,  # output 2 x in_channels (eps and variance)
     ):
         super().__init__()
-        if input_size % patch_size:
-            raise ValueError(f"input_size {input_size} is not divisible by patch_size {patch_size}")
-        self.input_size = input_size
-        self.patch_size = patch_size
-        self.in_channels = in_channels
-        self.out_channels = 2 * in_channels if learn_sigma else in_channels
-        self.learn_sigma = learn_sigma
-        self.num_classes = num_classes
-        self.grid_size = input_size // patch_size
-
-        self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
-        self.t_embedder = TimestepEmbedder(hidden_size)
-        self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
+        self.set_geometry(
+            input_size=input_size,
+            patch_size=patch_size,
+            in_channels=in_channels,
+            learn_sigma=learn_sigma,
+            num_classes=num_classes,
+        )
+        self.add_dit_embedders(hidden_size, class_dropout_prob)
         # A frozen Parameter rather than a buffer: upstream does so, which puts it in the
         # state dict (strict loading of released checkpoints) and in the parameter count.
         self.pos_embed = nn.Parameter(
@@ -223,23 +283,7 @@ class DiT(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        # Every linear layer: xavier-uniform weights, zero bias.
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-        # Fixed sin-cos position table (never trained).
-        self.pos_embed.data.copy_(
-            sincos_pos_embed_2d(self.pos_embed.shape[-1], self.grid_size)[None]
-        )
-        # Patchify conv initialised as the linear map it is (xavier over the flattened kernel).
-        w = self.x_embedder.proj.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.proj.bias)
-        # Conditioning embedders: small normal weights.
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=INIT_STD_EMBED)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=INIT_STD_EMBED)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=INIT_STD_EMBED)
+        self.init_dit_embedders()
         # adaLN-Zero: every block starts as the identity, the output as zero.
         for block in self.blocks:
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
@@ -248,15 +292,8 @@ class DiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        return unpatchify(x, patch_size=self.patch_size, channels=self.out_channels)
-
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if x.shape[1:] != (self.in_channels, self.input_size, self.input_size):
-            raise ValueError(
-                f"expected latents (N, {self.in_channels}, {self.input_size}, "
-                f"{self.input_size}), got {tuple(x.shape)}"
-            )
+        self.check_latents(x)
         x = self.x_embedder(x) + self.pos_embed  # (N, T, D)
         c = self.t_embedder(t) + self.y_embedder(y)  # (N, D)
         for block in self.blocks:

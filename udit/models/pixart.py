@@ -27,11 +27,9 @@ from udit.models.dit import (
     LN_EPS,
     Attention,
     Mlp,
-    PatchEmbed,
-    sincos_pos_embed_2d,
-    unpatchify,
+    PatchModel,
 )
-from udit.models.embed import LabelEmbedder, TimestepEmbedder, modulate
+from udit.models.embed import modulate
 from udit.models.spec import ModelSpec
 from udit.paper import paper_numbers
 
@@ -73,7 +71,7 @@ class PixArtFinalLayer(nn.Module):
         return self.linear(modulate(self.norm_final(x), shift, scale))  # (N, T, p*p*C_out)
 
 
-class PixArtAlpha(nn.Module):
+class PixArtAlpha(PatchModel):
     """Class-conditional PixArt-α: forward(x (N,C,H,W), t (N,), y (N,)) -> (N, 2C, H, W)."""
 
     def __init__(
@@ -90,19 +88,14 @@ class PixArtAlpha(nn.Module):
         learn_sigma: bool = True,  # PixArt's pred_sigma: output 2 x in_channels
     ):
         super().__init__()
-        if input_size % patch_size:
-            raise ValueError(f"input_size {input_size} is not divisible by patch_size {patch_size}")
-        self.input_size = input_size
-        self.patch_size = patch_size
-        self.in_channels = in_channels
-        self.out_channels = 2 * in_channels if learn_sigma else in_channels
-        self.learn_sigma = learn_sigma
-        self.num_classes = num_classes
-        self.grid_size = input_size // patch_size
-
-        self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
-        self.t_embedder = TimestepEmbedder(hidden_size)
-        self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
+        self.set_geometry(
+            input_size=input_size,
+            patch_size=patch_size,
+            in_channels=in_channels,
+            learn_sigma=learn_sigma,
+            num_classes=num_classes,
+        )
+        self.add_dit_embedders(hidden_size, class_dropout_prob)
         self.register_buffer("pos_embed", torch.zeros(1, self.grid_size**2, hidden_size))
         self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, MODULATIONS * hidden_size))
         self.blocks = nn.ModuleList(
@@ -112,35 +105,23 @@ class PixArtAlpha(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        # PixArt.initialize_weights: xavier-uniform linears with zero bias, then the exceptions.
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-        self.pos_embed.copy_(sincos_pos_embed_2d(self.pos_embed.shape[-1], self.grid_size)[None])
-        w = self.x_embedder.proj.weight.data  # patchify conv initialised as a linear map
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.proj.bias)
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=INIT_STD_EMBED)  # DiT's
-        for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2], self.t_block[1]):
-            nn.init.normal_(layer.weight, std=INIT_STD_EMBED)
+        # PixArt.initialize_weights: DiT's (xavier linears, sin-cos table, patchify conv, label
+        # table, timestep MLP), then the shared t_block like the timestep MLP.
+        self.init_dit_embedders()
+        nn.init.normal_(self.t_block[1].weight, std=INIT_STD_EMBED)
         # The output starts at zero; blocks are not zero-gated (the tables start random).
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if x.shape[1:] != (self.in_channels, self.input_size, self.input_size):
-            raise ValueError(
-                f"expected latents (N, {self.in_channels}, {self.input_size}, "
-                f"{self.input_size}), got {tuple(x.shape)}"
-            )
+        self.check_latents(x)
         x = self.x_embedder(x) + self.pos_embed  # (N, T, D)
         c = self.t_embedder(t) + self.y_embedder(y)  # (N, D)
         t0 = self.t_block(c)  # (N, 6D), shared by every block
         for block in self.blocks:
             x = block(x, t0)  # (N, T, D)
         x = self.final_layer(x, c)  # (N, T, p*p*C_out)
-        return unpatchify(x, patch_size=self.patch_size, channels=self.out_channels)
+        return self.unpatchify(x)  # (N, C_out, H, W)
 
 
 PIXART_ROW = "PixArt-alpha-XL/2* (text cross-attention removed)"

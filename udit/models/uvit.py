@@ -24,7 +24,7 @@ import functools
 import torch
 from torch import nn
 
-from udit.models.dit import Attention, Mlp, PatchEmbed, unpatchify
+from udit.models.dit import Attention, Mlp, PatchEmbed, PatchModel
 from udit.models.embed import LabelEmbedder, timestep_features
 from udit.models.spec import ModelSpec
 from udit.paper import paper_numbers
@@ -51,7 +51,7 @@ class UViTBlock(nn.Module):
         return x + self.mlp(self.norm2(x))  # (N, L, D)
 
 
-class UViT(nn.Module):
+class UViT(PatchModel):
     """Class-conditional latent U-ViT: forward(x (N,C,H,W), t (N,), y (N,)) -> (N, 2C, H, W)."""
 
     def __init__(
@@ -68,18 +68,17 @@ class UViT(nn.Module):
         learn_sigma: bool = True,  # output 2 x in_channels (eps and variance)
     ):
         super().__init__()
-        if input_size % patch_size:
-            raise ValueError(f"input_size {input_size} is not divisible by patch_size {patch_size}")
         if depth < 2 or depth % 2:
             raise ValueError(f"U-ViT depth must be even and >= 2 (in/out halves), got {depth}")
-        self.input_size = input_size
-        self.patch_size = patch_size
-        self.in_channels = in_channels
-        self.out_channels = 2 * in_channels if learn_sigma else in_channels
-        self.learn_sigma = learn_sigma
-        self.num_classes = num_classes
+        self.set_geometry(
+            input_size=input_size,
+            patch_size=patch_size,
+            in_channels=in_channels,
+            learn_sigma=learn_sigma,
+            num_classes=num_classes,
+        )
         self.hidden_size = hidden_size
-        tokens = (input_size // patch_size) ** 2
+        tokens = self.grid_size**2
 
         self.patch_embed = PatchEmbed(patch_size, in_channels, hidden_size)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
@@ -104,11 +103,7 @@ class UViT(nn.Module):
                     nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if x.shape[1:] != (self.in_channels, self.input_size, self.input_size):
-            raise ValueError(
-                f"expected latents (N, {self.in_channels}, {self.input_size}, "
-                f"{self.input_size}), got {tuple(x.shape)}"
-            )
+        self.check_latents(x)
         x = self.patch_embed(x)  # (N, T, D)
         time = timestep_features(t, self.hidden_size).to(x.dtype)  # (N, D), no MLP in U-ViT
         label = self.y_embedder(y)  # (N, D)
@@ -121,7 +116,7 @@ class UViT(nn.Module):
         for blk in self.out_blocks:
             x = blk(x, skips.pop())  # the deepest in-block feeds the first out-block
         x = self.decoder_pred(self.norm(x))[:, EXTRA_TOKENS:]  # (N, T, p*p*C_out)
-        x = unpatchify(x, patch_size=self.patch_size, channels=self.out_channels)
+        x = self.unpatchify(x)  # (N, C_out, H, W)
         return self.final_layer(x)  # (N, C_out, H, W)
 
 
