@@ -60,3 +60,25 @@ def test_bad_feature_folders(tmp_path):
         )
     with pytest.raises(BadValueError, match="_features and a \\*_labels"):
         features.feature_files(tmp_path)
+
+
+def test_rerun_keeps_finished_shards_and_rewrites_a_corrupt_one(tmp_path):
+    write_features(tmp_path / "feat", 11)
+    out = tmp_path / "latents"
+    kw = dict(features=str(tmp_path / "feat"), out=str(out), image_size=32, shard_size=4)
+    first = features.import_features(**kw)
+    shard0, shard1 = out / first["shards"][0]["file"], out / first["shards"][1]["file"]
+    before = shard0.stat().st_mtime_ns
+    shard1.write_bytes(b"torn")  # as if a reader found garbage there
+    second = features.import_features(**kw)
+    assert shard0.stat().st_mtime_ns == before  # kept, not rewritten
+    assert second["shards"] == first["shards"]  # the corrupt one is rewritten byte-identical
+
+
+def test_dry_run_counts_pairs_and_writes_nothing(tmp_path, capsys):
+    write_features(tmp_path / "feat", 11)
+    out = tmp_path / "latents"
+    argv = ["--features", str(tmp_path / "feat"), "--out", str(out), "--dry-run"]
+    assert features.main(argv) == 0
+    assert "11 feature/label pairs" in capsys.readouterr().out
+    assert not out.exists()

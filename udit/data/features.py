@@ -28,7 +28,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from udit.cli import add_dry_run, dry_run
 from udit.errors import BadValueError, command_main
 
 OFFICIAL_NAME = re.compile(r"^(\d+)_(\d)\.npy$")  # '{n}_{rank}.npy', one-digit rank
@@ -72,6 +74,26 @@ def _load(path: Path, *, side: int) -> np.ndarray:
     return feature.astype(np.float32)  # (4, side, side)
 
 
+def _load_label(path: Path) -> int:
+    label = np.load(path, allow_pickle=False).reshape(-1)
+    if label.size != 1 or not np.issubdtype(label.dtype, np.integer):
+        raise BadValueError(f"{path}: expected one integer label, got {label!r}")
+    return int(label[0])
+
+
+def _shard_holds(path: str, labels: list[int]) -> bool:
+    """Whether an existing shard file is readable and carries exactly these labels."""
+    if not os.path.exists(path):
+        return False
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="np") as f:
+            return f.get_tensor("labels").tolist() == labels
+    except (SafetensorError, OSError, KeyError):
+        return False  # unreadable: written again
+
+
 def import_features(
     *,
     features: str,
@@ -94,26 +116,23 @@ def import_features(
     pairs = feature_files(features, keep_last=keep_last)
     os.makedirs(out, exist_ok=True)
     shards, all_labels = [], []
+    bar = tqdm(total=len(pairs), unit="img", desc="import features", file=sys.stderr)
     for s in range(math.ceil(len(pairs) / shard_size)):
         chunk = pairs[s * shard_size : (s + 1) * shard_size]
-        means, labels = [], []
-        for feature_path, label_path in chunk:
-            means.append(
-                _load(feature_path, side=side) / LATENT_SCALE
-            )  # (4, h, w): sample_latent multiplies it back
-            label = np.load(label_path, allow_pickle=False).reshape(-1)
-            if label.size != 1 or not np.issubdtype(label.dtype, np.integer):
-                raise BadValueError(f"{label_path}: expected one integer label, got {label!r}")
-            labels.append(int(label[0]))
-        mean = torch.from_numpy(np.stack(means))  # (n, 4, h, w)
-        logvar = torch.full_like(mean, -math.inf)  # std 0: the draw is the stored sample
-        moments = torch.cat([mean, logvar], dim=1)  # (n, 8, h, w)
-        tensors = {
-            "moments": torch.stack([moments, moments], dim=1).contiguous(),  # both flip slots
-            "labels": torch.tensor(labels, dtype=torch.int64),
-        }
+        labels = [_load_label(label_path) for _, label_path in chunk]
         path = os.path.join(out, lt.shard_name(s))
-        atomic_write_bytes(path, save(tensors))
+        # Resume: a shard a killed import already wrote (atomically) is kept when it holds the
+        # same labels in the same order, so only the 16 KB feature reads are skipped.
+        if not _shard_holds(path, labels):
+            means = [_load(f, side=side) / LATENT_SCALE for f, _ in chunk]  # sample_latent: x scale
+            mean = torch.from_numpy(np.stack(means))  # (n, 4, h, w)
+            logvar = torch.full_like(mean, -math.inf)  # std 0: the draw is the stored sample
+            moments = torch.cat([mean, logvar], dim=1)  # (n, 8, h, w)
+            tensors = {
+                "moments": torch.stack([moments, moments], dim=1).contiguous(),  # both flips
+                "labels": torch.tensor(labels, dtype=torch.int64),
+            }
+            atomic_write_bytes(path, save(tensors))
         shards.append(
             {
                 "file": lt.shard_name(s),
@@ -124,6 +143,8 @@ def import_features(
             }
         )
         all_labels += labels
+        bar.update(len(chunk))
+    bar.close()
     if min(all_labels) < 0:
         raise BadValueError(f"{features}: negative class labels")
     manifest = {
@@ -163,7 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keep-last", action="store_true", help="keep the file the official loader drops"
     )
+    add_dry_run(parser)
     args = parser.parse_args(argv)
+    if dry_run(args):
+        pairs = feature_files(args.features, keep_last=args.keep_last)
+        print(f"{args.features}: {len(pairs)} feature/label pairs to import")
+        return 0
     manifest = import_features(
         features=args.features,
         out=args.out,
