@@ -286,12 +286,11 @@ def test_two_agent_job_stops_before_its_limit_and_matches_one_process(tmp_path):
 
 def test_profile_retries_a_user_gets(tmp_path):
     """Which `retries` a user gets from `snakemake --profile slurm` in this repository's layout
-    (Snakefile at the root, workflow/profiles/default/config.yaml with retries 1,
-    slurm/config.yaml with retries 2): a rule that fails on its first two attempts and
-    succeeds on the third tells them apart. Snakemake 9 looks for the workflow profile at
-    profiles/default (next to the Snakefile or in the working directory), never at
-    workflow/profiles/default, so only slurm/config.yaml applies: retries 2 (README)."""
-    shutil.copytree(ROOT / "workflow" / "profiles", tmp_path / "workflow" / "profiles")
+    (Snakefile at the root, the workflow profile profiles/default/config.yaml, the global
+    profile slurm/config.yaml with retries 2): a rule that fails on its first two attempts and
+    succeeds on the third tells them apart. Snakemake loads both profiles and the workflow
+    profile wins key by key, so it must not set `retries` (README)."""
+    shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
     (tmp_path / "Snakefile").write_text('''
 rule all:
     input: "flaky.txt"
@@ -316,8 +315,8 @@ rule flaky:
         *FAST_STATUS,
     )
     out = run.stdout + run.stderr
-    # moving the workflow profile where Snakemake finds it would make it override --profile
-    assert "workflow specific profile" not in out, out[-3000:]
+    assert "workflow specific profile" in out, out[-3000:]  # both profiles were loaded
+    assert "retries" not in yaml.safe_load((ROOT / "profiles/default/config.yaml").read_text())
     attempts = (tmp_path / "attempts.txt").read_text().split()
     assert yaml.safe_load((ROOT / "slurm" / "config.yaml").read_text())["retries"] == 2
     assert len(attempts) == 3, (attempts, out[-3000:])  # first try + 2 retries
