@@ -65,7 +65,7 @@ def test_bad_feature_folders(tmp_path):
 def test_rerun_keeps_finished_shards_and_rewrites_a_corrupt_one(tmp_path):
     write_features(tmp_path / "feat", 11)
     out = tmp_path / "latents"
-    kw = dict(features=str(tmp_path / "feat"), out=str(out), image_size=32, shard_size=4)
+    kw = {"features": str(tmp_path / "feat"), "out": str(out), "image_size": 32, "shard_size": 4}
     first = features.import_features(**kw)
     shard0, shard1 = out / first["shards"][0]["file"], out / first["shards"][1]["file"]
     before = shard0.stat().st_mtime_ns
