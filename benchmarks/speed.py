@@ -37,6 +37,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from udit.cli import check_minimums
 from udit.diffusion import ClassifierFreeGuidance, create_diffusion
 from udit.models import MODELS, create_model
 from udit.paper import recipe
@@ -482,7 +483,23 @@ def resolve(args) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = resolve(build_parser().parse_args(argv))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_minimums(
+        parser,
+        args,
+        batch=1,
+        input_size=1,
+        pairs=1,
+        warmup=0,
+        sample_batch=1,
+        sample_steps=1,
+        vae_batch=1,
+        inception_batch=1,
+        repeats=1,
+        threads=1,
+    )
+    args = resolve(args)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("speed: --device cuda but no CUDA device is visible", file=sys.stderr)
         return 2

@@ -26,7 +26,7 @@ import pytest
 
 from udit import errors, plan, sample
 from udit import experiments as ex
-from udit.data import latents, toy, vae
+from udit.data import features, latents, toy, vae
 from udit.metrics import evaluate, reference, standin
 from udit.report import render
 from udit.training import loop
@@ -401,6 +401,17 @@ def case_snakemake_runs_rule_with_hostile_results(tmp_path):
 
 
 # ----------------------------------------------------------------------------- udit train
+
+
+@case("clear-error")
+def case_import_features_missing_folder(tmp_path):
+    out = tmp_path / "latents"
+    argv = ["--features", str(tmp_path / "no-such-features"), "--out", str(out)]
+    return Case(
+        lambda: features.main(argv),
+        ("udit import-features: error:", "--features", "no-such-features", "imagenet_feature"),
+        not_created=(out,),
+    )
 
 
 @case("clear-error")

@@ -193,3 +193,19 @@ def test_bf16_sampling_forward_runs_in_bf16_and_returns_fp32(one_thread):
         got = AutocastForward(model, set_precision("bf16", torch.device("cpu")))(x, t, y=y)
     assert got.dtype == torch.float32 and not torch.equal(got, want)  # bf16 really ran
     torch.testing.assert_close(got, want, rtol=5e-2, atol=5e-2 * want.abs().max().item())
+
+
+@pytest.mark.parametrize("option", ["--batch=0", "--pairs=0", "--warmup=-1", "--repeats=0"])
+def test_speed_refuses_non_positive_sizes_before_any_work(option):
+    result = subprocess.run(
+        [sys.executable, "benchmarks/speed.py", "--device", "cpu", "--quick", option],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    flag, value = option.split("=")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"{flag} must be >=" in result.stderr and f"got {value}" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""

@@ -44,6 +44,11 @@ def _official_key(name: str):
 def feature_files(root: str | Path, *, keep_last: bool = False) -> list[tuple[Path, Path]]:
     """(feature, label) file pairs in the official order (same file name in both folders)."""
     root = Path(root)
+    if not root.is_dir():
+        raise BadValueError(
+            f"--features {root}: no such folder (the U-DiT README's imagenet_feature/ download, "
+            "holding imagenet256_features/ and imagenet256_labels/)"
+        )
     dirs = {p.name.rsplit("_", 1)[-1]: p for p in root.iterdir() if p.is_dir() and "_" in p.name}
     if "features" not in dirs or "labels" not in dirs:
         raise BadValueError(
