@@ -99,19 +99,7 @@ def test_smoke_part_runs_through_sbatch(tmp_path):
         f"{results}/data/toy32/latents/manifest.json",
         f"{results}/toy-dit-s-4/train/checkpoints/ckpt-0000008.pt",
     ]
-    # --profile slurm as a user writes it, from the repository root (./slurm/)
-    run = snakemake(
-        "--profile",
-        "slurm",
-        "--configfile",
-        str(config),
-        "--directory",
-        str(tmp_path),
-        "--snakefile",
-        str(ROOT / "Snakefile"),
-        *FAST_STATUS,
-        *targets,
-    )
+    run = slurm_run(config, tmp_path, *targets)
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-6000:]
     for target in targets:
@@ -160,6 +148,24 @@ rule flaky:
     assert states[first] == "FAILED" and states[second] == "COMPLETED", states
 
 
+def slurm_run(config: Path, tmp_path: Path, *targets, env=None):
+    """`snakemake --profile slurm` as a user writes it, from the repository root (./slurm/), on
+    a config whose results lie under tmp_path."""
+    return snakemake(
+        "--profile",
+        "slurm",
+        "--configfile",
+        str(config),
+        "--directory",
+        str(tmp_path),
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        *FAST_STATUS,
+        *targets,
+        env=env,
+    )
+
+
 def _smoke_part_config(tmp_path, **train_resources) -> Path:
     """The smoke config cut to one experiment (toy-dit-s-4, 8 steps), results under tmp_path."""
     raw = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
@@ -192,19 +198,7 @@ def test_train_job_stops_before_its_time_limit_and_the_retry_resumes(tmp_path):
     target = run_dir / "checkpoints" / "ckpt-0000008.pt"
     # 8 steps take > 64 s: the timer (~30 s in) fires mid-run even on a quiet, fast-starting machine
     env = {**os.environ, "UDIT_PAUSE_AFTER_STEP": "8"}
-    run = snakemake(
-        "--profile",
-        "slurm",
-        "--configfile",
-        str(config),
-        "--directory",
-        str(tmp_path),
-        "--snakefile",
-        str(ROOT / "Snakefile"),
-        *FAST_STATUS,
-        str(target),
-        env=env,
-    )
+    run = slurm_run(config, tmp_path, str(target), env=env)
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-6000:]
     steps = [int(p.name[5:12]) for p in sorted((run_dir / "checkpoints").glob("ckpt-*.pt"))]
