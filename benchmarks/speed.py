@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import copy
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -426,6 +425,8 @@ def print_table(result: dict) -> None:
             f"{s['cfg']}: {s['images_per_s']:.3f} img/s, 50K samples = {s['gpu_hours_50k']:.2f} "
             f"GPU-h (incl. VAE decode)"
         )
+    if "vae_decode" not in result:  # --only-train
+        return
     v, i, e = result["vae_decode"], result["inception"], result["ema"]
     print(f"VAE decode ({v['vae']}): {v['images_per_s']:.1f} img/s")
     print(f"Inception features ({i['weights']}, 299 px): {i['images_per_s']:.1f} img/s")
@@ -541,11 +542,7 @@ def main(argv: list[str] | None = None) -> int:
         result["ema"] = time_ema(args.sample_model, args=args, device=device)
     print(f"all figures: {time.perf_counter() - clock:.1f} s", file=sys.stderr)
     result["load_avg_1m"] = [load_before, os.getloadavg()[0]]
-    if not args.only_train:
-        print_table(result)
-    else:
-        for r in result["train"]:
-            print(json.dumps({k: v for k, v in r.items() if k != "step_s"}))
+    print_table(result)
     if args.json:
         from udit.io import atomic_write_json
 
