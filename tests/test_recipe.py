@@ -362,6 +362,7 @@ def test_recipe_defaults_are_the_official_codes():
         0,
     )
     assert (r.fid_samples, r.sampling_steps, r.sample_seed, r.ckpt_every) == (50000, 250, 0, 50000)
+    assert r.log_every == 100 and TrainOptions.log_every == 100  # DiT train.py --log-every
     assert (r.cfg_scale, r.guidance_channels, r.num_classes, r.class_dropout) == (1.0, 3, 1000, 0.1)
     assert r.vae == "stabilityai/sd-vae-ft-ema" and r.image_size == 256
     from udit import experiments
@@ -369,6 +370,7 @@ def test_recipe_defaults_are_the_official_codes():
     assert experiments.DEFAULTS == {
         "global_batch": 256,
         "ckpt_every": 50000,
+        "log_every": 100,
         "seed": 0,
         "fid_samples": 50000,
         "sampling_steps": 250,

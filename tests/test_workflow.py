@@ -171,6 +171,18 @@ def test_paper_dry_run_passes_a_precision_to_every_train_and_sample_command():
         assert re.search(r"--precision (tf32|bf16)\b", args), (kind, args)
 
 
+@pytest.mark.parametrize(("config", "every"), [("paper.yaml", 100), ("smoke.yaml", 1)])
+def test_train_commands_log_as_configured(config, every):
+    """DiT's 100 steps between log lines at paper scale; every step in smoke, whose 8-step runs
+    would otherwise log one line each and draw no loss curve in the report."""
+    result = run_snakemake("-n", "-p", "--forceall", "--configfile", f"config/{config}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    commands = re.findall(r"launch\.sh [^\n]*? train ([^>]*)>", result.stdout + result.stderr)
+    assert commands
+    for args in commands:
+        assert f"--log-every {every} " in args, args
+
+
 @pytest.mark.slow
 def test_smoke_dry_run_and_slurm_profile_resolve():
     result = run_snakemake("-n", "--forceall")  # default configfile = smoke; whole DAG

@@ -34,6 +34,7 @@ MODEL_INDEX_PATH = Path(__file__).resolve().parent / "models" / "registry.json"
 DEFAULTS = {  # the paper's recipe (udit.paper.recipe), keyed as the config's `defaults`
     "global_batch": recipe().global_batch,
     "ckpt_every": recipe().ckpt_every,
+    "log_every": recipe().log_every,
     "seed": recipe().global_seed,
     "fid_samples": recipe().fid_samples,
     "sampling_steps": recipe().sampling_steps,
@@ -166,6 +167,7 @@ class Experiment:
     precision: str = DEFAULT_PRECISION  # tf32 | bf16 | fp32, for its train and sample jobs
     grad_accum: int = 1  # micro-batches per optimiser step (fewer or smaller GPUs)
     checkpoint_minutes: float = 30  # also checkpoint this often
+    log_every: int = recipe().log_every  # steps between training-log lines
 
     @property
     def milestones(self) -> list[int]:
@@ -302,6 +304,8 @@ def _scaled(exp: dict, *, base: dict, scale: dict, eid: str) -> dict:
     ]
     for key in ("global_batch", "ckpt_every", "fid_samples", "sampling_steps"):
         out[key] = scale[key]
+    if "log_every" in scale:  # optional: short toy runs log every step
+        out["log_every"] = scale["log_every"]
     out["size"] = scale.get("size", exp["size"])
     prefixes = [p for p in scale.get("model_kw", {}) if exp["model"].startswith(p)]
     if prefixes:  # longest prefix wins: 'DiT-UNet' before 'DiT-'
@@ -366,6 +370,7 @@ def resolve_experiments(config: dict) -> dict[str, Experiment]:
             iterations=exp["iterations"],
             global_batch=exp.get("global_batch", defaults["global_batch"]),
             ckpt_every=exp.get("ckpt_every", defaults["ckpt_every"]),
+            log_every=exp.get("log_every", defaults["log_every"]),
             seed=exp.get("seed", defaults["seed"]),
             evaluations=evaluations,
             title=exp.get("title", exp["model"]),

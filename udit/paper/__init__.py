@@ -40,6 +40,7 @@ class Recipe:
     fid_samples: int
     sample_seed: int
     ckpt_every: int
+    log_every: int  # training-log lines
     cfg_scale: float
     guidance_channels: int
     num_classes: int

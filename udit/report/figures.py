@@ -254,6 +254,9 @@ def read_log(path: Path) -> pd.DataFrame:
     return frame if {"step", "loss"} <= set(frame.columns) else pd.DataFrame()
 
 
+SHORT_LOG = 30  # log lines up to which each is marked
+
+
 def training_loss(panels: dict[str, dict[str, Path]], out_dir: Path) -> str:
     """Training loss (mse + vb) from each run's log.jsonl: one small panel per paper table
     (title -> {run: log}), log-scaled steps, the legend beside the panel, not on the data."""
@@ -273,7 +276,9 @@ def training_loss(panels: dict[str, dict[str, Path]], out_dir: Path) -> str:
     for ax, (title, runs) in zip(axes.flat, drawn.items()):
         for eid, log in runs.items():
             log = log[log["step"] > 0]
-            ax.plot(log["step"], log["loss"], label=eid, linewidth=1)
+            # A marker where a run has few log lines: a line through one point draws nothing.
+            marker = "o" if len(log) <= SHORT_LOG else None
+            ax.plot(log["step"], log["loss"], label=eid, linewidth=1, marker=marker, markersize=3)
         ax.set(xscale="log", yscale="log", title=title)
         ax.xaxis.set_major_formatter(ticker.EngFormatter())  # 1, 10, 100, 1k, 100k, 1M
         ax.xaxis.set_minor_formatter(ticker.NullFormatter())

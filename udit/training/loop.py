@@ -73,7 +73,7 @@ class TrainOptions:
     resume: str = "auto"  # 'auto' newest valid ckpt, 'never', or a ckpt path
     precision: str = DEFAULT_PRECISION  # tf32 as the official train.py; bf16 autocast; fp32
     compile: bool = False  # torch.compile the model
-    log_every: int = 100  # steps between JSONL log lines
+    log_every: int = recipe().log_every  # steps between JSONL log lines (DiT: 100)
     num_workers: int = 4  # DataLoader workers per rank
     device: str | None = None  # 'cpu' / 'cuda'; None: cuda when available
     pause_after_ckpt: float = 0.0  # seconds to sleep after each checkpoint (kill tests)

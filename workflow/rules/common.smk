@@ -297,6 +297,8 @@ def train_args(wildcards):
         exp.global_batch,
         "--ckpt-every",
         exp.ckpt_every,
+        "--log-every",
+        exp.log_every,
         "--milestones",  # chunk ends too: each is the next node's input, kept like a milestone
         ",".join(map(str, TRAIN_STEPS[exp.id])),
         "--stop-at",
