@@ -261,7 +261,9 @@ def test_two_agent_job_stops_before_its_limit_and_matches_one_process(tmp_path):
         )
         return job, job.stdout + job.stderr + (out.read_text() if out.exists() else "")
 
-    first, log = sbatch("first", UDIT_PAUSE_AFTER_STEP="4")  # 8 steps > 32 s: the timer fires
+    # 8 steps > 64 s: the timer (30 s in) fires mid-run. With 4 s a step a quiet machine finished
+    # all 8 just before it, and the signal then hit the torchrun agents on their way out.
+    first, log = sbatch("first", UDIT_PAUSE_AFTER_STEP="8")
     assert first.returncode != 0, log[-4000:]
     assert "SIGUSR1: stopped after step" in log, log[-4000:]
     assert "another rank's stop signal" not in log  # srun + agents reached both ranks
