@@ -82,3 +82,11 @@ def test_dry_run_counts_pairs_and_writes_nothing(tmp_path, capsys):
     assert features.main(argv) == 0
     assert "11 feature/label pairs" in capsys.readouterr().out
     assert not out.exists()
+
+
+def test_rerun_at_another_image_size_does_not_keep_the_old_shards(tmp_path):
+    write_features(tmp_path / "feat", 11)
+    kw = {"features": str(tmp_path / "feat"), "out": str(tmp_path / "latents"), "shard_size": 4}
+    features.import_features(image_size=32, **kw)
+    with pytest.raises(BadValueError, match="expected finite \\(1, 4, 8, 8\\)"):
+        features.import_features(image_size=64, **kw)  # 4x4 features are not 64 px latents

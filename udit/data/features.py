@@ -86,15 +86,19 @@ def _load_label(path: Path) -> int:
     return int(label[0])
 
 
-def _shard_holds(path: str, labels: list[int]) -> bool:
-    """Whether an existing shard file is readable and carries exactly these labels."""
+def _shard_holds(path: str, labels: list[int], side: int) -> bool:
+    """Whether an existing shard file is readable, of this latent size, with exactly these
+    labels in this order."""
     if not os.path.exists(path):
         return False
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(path, framework="np") as f:
-            return f.get_tensor("labels").tolist() == labels
+            shape = f.get_slice("moments").get_shape()
+            return shape == [len(labels), 2, 8, side, side] and (
+                f.get_tensor("labels").tolist() == labels
+            )
     except (SafetensorError, OSError, KeyError):
         return False  # unreadable: written again
 
@@ -128,7 +132,7 @@ def import_features(
         path = os.path.join(out, lt.shard_name(s))
         # Resume: a shard a killed import already wrote (atomically) is kept when it holds the
         # same labels in the same order, so only the 16 KB feature reads are skipped.
-        if not _shard_holds(path, labels):
+        if not _shard_holds(path, labels, side):
             means = [_load(f, side=side) / LATENT_SCALE for f, _ in chunk]  # sample_latent: x scale
             mean = torch.from_numpy(np.stack(means))  # (n, 4, h, w)
             logvar = torch.full_like(mean, -math.inf)  # std 0: the draw is the stored sample
