@@ -281,7 +281,10 @@ def training_loss(panels: dict[str, dict[str, Path]], out_dir: Path) -> str:
             ax.plot(log["step"], log["loss"], label=eid, linewidth=1, marker=marker, markersize=3)
         ax.set(xscale="log", yscale="log", title=title)
         ax.xaxis.set_major_formatter(ticker.EngFormatter())  # 1, 10, 100, 1k, 100k, 1M
-        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        left, right = ax.get_xlim()
+        # Within one decade (short toy runs) only one major tick shows: label the minor ones.
+        minor = ticker.EngFormatter() if right / left < 10 else ticker.NullFormatter()
+        ax.xaxis.set_minor_formatter(minor)
         plain_log_ticks(ax.yaxis)
         low, high = ax.get_ylim()
         if high / low < 10:  # within one decade no major tick may show: label the minor ones
