@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_diffusion import np_gaussian_kl, np_tanh_cdf
 
 from udit.data.toy import generate_toy_data
 from udit.diffusion import DEFAULT_SAMPLING_STEPS, NUM_TRAIN_TIMESTEPS, create_diffusion
@@ -271,20 +272,12 @@ def _vb_reference(x0, xt, eps, v, t):
     if t == 0:
         # -log of the probability of x0's bin (width 2/255, open-ended edge bins) under
         # N(p_mean, p_var), with ADM's tanh approximation of the normal CDF.
-        def cdf(u):
-            return 0.5 * (1 + np.tanh(np.sqrt(2 / np.pi) * (u + 0.044715 * u**3)))
-
         std = np.exp(0.5 * p_logvar)
-        upper, lower = cdf((x0 - p_mean + 1 / 255) / std), cdf((x0 - p_mean - 1 / 255) / std)
+        upper = np_tanh_cdf((x0 - p_mean + 1 / 255) / std)
+        lower = np_tanh_cdf((x0 - p_mean - 1 / 255) / std)
         prob = np.where(x0 < -0.999, upper, np.where(x0 > 0.999, 1 - lower, upper - lower))
         return -np.log(np.maximum(prob, 1e-12)).mean() / LN2
-    kl = 0.5 * (
-        p_logvar
-        - q_logvar
-        + np.exp(q_logvar - p_logvar)
-        + (q_mean - p_mean) ** 2 / np.exp(p_logvar)
-        - 1
-    )
+    kl = np_gaussian_kl(q_mean, q_logvar, p_mean, p_logvar)
     return kl.mean() / LN2
 
 
