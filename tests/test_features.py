@@ -88,5 +88,6 @@ def test_rerun_at_another_image_size_does_not_keep_the_old_shards(tmp_path):
     write_features(tmp_path / "feat", 11)
     kw = {"features": str(tmp_path / "feat"), "out": str(tmp_path / "latents"), "shard_size": 4}
     features.import_features(image_size=32, **kw)
-    with pytest.raises(BadValueError, match="expected finite \\(1, 4, 8, 8\\)"):
-        features.import_features(image_size=64, **kw)  # 4x4 features are not 64 px latents
+    # the shards hold 4x4 latents: refused before any feature is read, as extract-latents does
+    with pytest.raises(BadValueError, match="other settings \\(image_size, moments_shape\\)"):
+        features.import_features(image_size=64, **kw)

@@ -86,23 +86,6 @@ def _load_label(path: Path) -> int:
     return int(label[0])
 
 
-def _shard_holds(path: str, labels: list[int], side: int) -> bool:
-    """Whether an existing shard file is readable, of this latent size, with exactly these
-    labels in this order."""
-    if not os.path.exists(path):
-        return False
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(path, framework="np") as f:
-            shape = f.get_slice("moments").get_shape()
-            return shape == [len(labels), 2, 8, side, side] and (
-                f.get_tensor("labels").tolist() == labels
-            )
-    except (SafetensorError, OSError, KeyError):
-        return False  # unreadable: written again
-
-
 def import_features(
     *,
     features: str,
@@ -113,6 +96,7 @@ def import_features(
     keep_last: bool = False,
 ) -> dict:
     import torch
+    from safetensors import safe_open
     from safetensors.torch import save
 
     from udit.data import latents as lt
@@ -123,45 +107,11 @@ def import_features(
         raise BadValueError(f"--shard-size must be >= 1, got {shard_size}")
     side = image_size // 8  # sd-vae-ft-ema
     pairs = feature_files(features, keep_last=keep_last)
-    os.makedirs(out, exist_ok=True)
-    shards, all_labels = [], []
-    bar = tqdm(total=len(pairs), unit="img", desc="import features", file=sys.stderr)
-    for s in range(math.ceil(len(pairs) / shard_size)):
-        chunk = pairs[s * shard_size : (s + 1) * shard_size]
-        labels = [_load_label(label_path) for _, label_path in chunk]
-        path = os.path.join(out, lt.shard_name(s))
-        # Resume: a shard a killed import already wrote (atomically) is kept when it holds the
-        # same labels in the same order, so only the 16 KB feature reads are skipped.
-        if not _shard_holds(path, labels, side):
-            means = [_load(f, side=side) / LATENT_SCALE for f, _ in chunk]  # sample_latent: x scale
-            mean = torch.from_numpy(np.stack(means))  # (n, 4, h, w)
-            logvar = torch.full_like(mean, -math.inf)  # std 0: the draw is the stored sample
-            moments = torch.cat([mean, logvar], dim=1)  # (n, 8, h, w)
-            tensors = {
-                "moments": torch.stack([moments, moments], dim=1).contiguous(),  # both flips
-                "labels": torch.tensor(labels, dtype=torch.int64),
-            }
-            atomic_write_bytes(path, save(tensors))
-        shards.append(
-            {
-                "file": lt.shard_name(s),
-                "start": s * shard_size,
-                "count": len(chunk),
-                "bytes": os.path.getsize(path),
-                "sha256": sha256_file(path),
-            }
-        )
-        all_labels += labels
-        bar.update(len(chunk))
-    bar.close()
-    if min(all_labels) < 0:
-        raise BadValueError(f"{features}: negative class labels")
-    manifest = {
+    settings = {  # what the shards depend on: udit.data.latents refuses to mix other ones
         "format_version": lt.FORMAT_VERSION,
         "vae": {"name": vae, "imported": True},
         "image_size": image_size,
         "num_images": len(pairs),
-        "classes": [str(c) for c in range(max(all_labels) + 1)],
         "dataset_sha256": None,
         "flips": list(lt.FLIPS),
         "shard_size": shard_size,
@@ -173,9 +123,54 @@ def import_features(
             "format": "fast-DiT features (posterior sample x latent_scale, one flip per image)",
             "dropped_last": not keep_last,
         },
-        "shards": shards,
     }
-    atomic_write_json(os.path.join(out, lt.MANIFEST), manifest)
+    os.makedirs(out, exist_ok=True)
+    manifest_path = os.path.join(out, lt.MANIFEST)
+    # Resume as extract-latents does: shards of an interrupted import whose bytes still match
+    # the manifest are kept; the manifest is rewritten after every new shard.
+    shards = lt.previous_shards(manifest_path, settings=settings, out=out)
+    num_shards = math.ceil(len(pairs) / shard_size)
+    all_labels = []
+    bar = tqdm(total=len(pairs), unit="img", desc="import features", file=sys.stderr)
+    for s in range(num_shards):
+        chunk = pairs[s * shard_size : (s + 1) * shard_size]
+        name = lt.shard_name(s)
+        path = os.path.join(out, name)
+        if lt.shard_is_intact(out, shards.get(name)):
+            with safe_open(path, framework="np") as f:
+                labels = f.get_tensor("labels").tolist()
+        else:
+            labels = [_load_label(label_path) for _, label_path in chunk]
+            means = [_load(f, side=side) / LATENT_SCALE for f, _ in chunk]  # sample_latent: x scale
+            mean = torch.from_numpy(np.stack(means))  # (n, 4, h, w)
+            logvar = torch.full_like(mean, -math.inf)  # std 0: the draw is the stored sample
+            moments = torch.cat([mean, logvar], dim=1)  # (n, 8, h, w)
+            tensors = {
+                "moments": torch.stack([moments, moments], dim=1).contiguous(),  # both flips
+                "labels": torch.tensor(labels, dtype=torch.int64),
+            }
+            atomic_write_bytes(path, save(tensors))
+            shards[name] = {
+                "file": name,
+                "start": s * shard_size,
+                "count": len(chunk),
+                "bytes": os.path.getsize(path),
+                "sha256": sha256_file(path),
+            }
+            atomic_write_json(
+                manifest_path, {**settings, "shards": [shards[k] for k in sorted(shards)]}
+            )
+        all_labels += labels
+        bar.update(len(chunk))
+    bar.close()
+    if min(all_labels) < 0:
+        raise BadValueError(f"{features}: negative class labels")
+    manifest = {
+        **settings,
+        "classes": [str(c) for c in range(max(all_labels) + 1)],
+        "shards": [shards[lt.shard_name(s)] for s in range(num_shards)],
+    }
+    atomic_write_json(manifest_path, manifest)
     return manifest
 
 

@@ -151,9 +151,9 @@ def extract_latents(
     )
     os.makedirs(out, exist_ok=True)
     manifest_path = os.path.join(out, MANIFEST)
-    shards = _previous_shards(manifest_path, settings=settings, out=out)
+    shards = previous_shards(manifest_path, settings=settings, out=out)
     num_shards = math.ceil(len(dataset) / shard_size)
-    done = [s for s in range(num_shards) if _shard_is_intact(out, shards.get(shard_name(s)))]
+    done = [s for s in range(num_shards) if shard_is_intact(out, shards.get(shard_name(s)))]
     bar = tqdm(
         total=len(dataset),
         initial=sum(shards[shard_name(s)]["count"] for s in done),
@@ -214,7 +214,7 @@ def _cache_settings(
     }
 
 
-def _previous_shards(manifest_path: str, *, settings: dict, out: str) -> dict[str, dict]:
+def previous_shards(manifest_path: str, *, settings: dict, out: str) -> dict[str, dict]:
     """Shard entries of an earlier (maybe interrupted) extraction into `out`, by file name; a
     cache made with other settings is refused rather than mixed with this one."""
     if not os.path.exists(manifest_path):
@@ -229,7 +229,7 @@ def _previous_shards(manifest_path: str, *, settings: dict, out: str) -> dict[st
     return {entry["file"]: entry for entry in previous.get("shards", [])}
 
 
-def _shard_is_intact(out: str, entry: dict | None) -> bool:
+def shard_is_intact(out: str, entry: dict | None) -> bool:
     if entry is None:
         return False
     path = os.path.join(out, entry["file"])
