@@ -1,15 +1,19 @@
 """One error style for every `udit` command.
 
-An expected failure (bad input; a missing, corrupt or contradicting file) raises `UserError`
-(or one of the project's error classes below, which subclass it) with a message that names the
-file, key or value and the fix. `command_main` turns it into one `udit <cmd>: error: ...` line
-on stderr and exit code 2, never a traceback; `--debug` or UDIT_DEBUG=1 shows the traceback
-too. Anything else is a bug and keeps its traceback.
+An expected failure (bad input; a missing, corrupt or contradicting file; an OS fault such as a
+full disk) raises `UserError` (or one of the project's error classes below, which subclass it)
+with a message that names the file, key or value and the fix. `command_main` turns it into one
+`udit <cmd>: error: ...` line on stderr and exit code 2, never a traceback; `--debug` or
+UDIT_DEBUG=1 shows the traceback too. Anything else is a bug and keeps its traceback.
 
     @command_main("udit sample")
     def main(argv: list[str] | None = None) -> int: ...
+
+Ctrl-C (SIGINT) in a command that does not checkpoint ends it with one line and exit 130 (the
+shell's 128 + SIGINT); `udit train` / `udit sample` treat it as a stop signal (udit.stop).
 """
 
+import errno
 import functools
 import os
 import sys
@@ -17,6 +21,9 @@ import traceback
 
 DEBUG_ENV = "UDIT_DEBUG"
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C'd command
+MAX_MESSAGE_LINES = 20  # no error fills more than a screen (a YAML bomb's expansion would)
+MAX_MESSAGE_CHARS = 2000
 
 
 class UserError(Exception):
@@ -30,24 +37,86 @@ class BadValueError(UserError, ValueError):
     catch ValueError keep working; a plain ValueError stays a bug and keeps its traceback."""
 
 
+class OSFaultError(UserError, OSError):
+    """An OS fault (disk full, read-only, permission, symlink loop, name too long) on a path,
+    explained: still an OSError for callers that catch it."""
+
+
+# errno -> what to do; these are faults of the machine or the path the user gave, not bugs
+OS_FAULT_FIXES = {
+    errno.ENOSPC: "no space left on the device: free space there or choose another folder",
+    errno.EDQUOT: "disk quota exceeded: free space in your quota or choose another folder",
+    errno.EROFS: "read-only file system: choose a writable folder",
+    errno.EACCES: "permission denied: fix the permissions or choose another path",
+    errno.EPERM: "operation not permitted: fix the permissions or choose another path",
+    errno.ELOOP: "too many levels of symbolic links (a symlink loop): fix the link",
+    errno.ENAMETOOLONG: "the path or one of its names is too long: choose a shorter path",
+    errno.ENOENT: "no such file or folder: check the path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
+    errno.EISDIR: "it is a folder, where a file is expected: name a file",
+    errno.EEXIST: "it exists already: choose another path or remove it",
+    errno.ENOTEMPTY: "the folder is not empty: choose another path or empty it",
+    errno.EMFILE: "too many open files: raise `ulimit -n` or use fewer workers",
+    errno.ENFILE: "too many open files on the system: retry later or use fewer workers",
+    errno.EXDEV: "the path crosses file systems where a rename is needed: use one file system",
+}
+
+
+# raised by this package with a message that names the file (e.g. "checkpoint not found: X")
+PATH_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
+
+
+def explain_os_error(err: OSError) -> OSFaultError | None:
+    """An OSError with a known errno -> OSFaultError naming the path(s) and the fix; None for
+    other errnos (a bug or an unknown fault keeps its traceback)."""
+    if isinstance(err, UserError):
+        return err
+    if err.errno is None and isinstance(err, PATH_ERRORS):  # raised by us with a full message
+        return OSFaultError(str(err))
+    fix = OS_FAULT_FIXES.get(err.errno)
+    if fix is None:
+        return None
+    where = " -> ".join(str(p) for p in (err.filename, err.filename2) if p is not None)
+    return OSFaultError(err.errno, f"{where or 'a file'}: {fix}")
+
+
 def user_error(err: BaseException) -> bool:
-    """Whether `err` is an expected failure: a UserError, or one of the exceptions the standard
-    library raises for a missing or unreadable path (their messages name the file)."""
-    return isinstance(
-        err,
-        (
-            UserError,
-            FileNotFoundError,
-            FileExistsError,  # e.g. --out names a file where a folder is made
-            NotADirectoryError,
-            IsADirectoryError,
-            PermissionError,
-        ),
+    """Whether `err` is an expected failure: a UserError, or an OSError whose errno says the
+    machine or the path is at fault (their messages name the path)."""
+    return isinstance(err, UserError) or (
+        isinstance(err, OSError) and explain_os_error(err) is not None
     )
 
 
+def one_screen(text: str) -> str:
+    """`text` cut to MAX_MESSAGE_LINES lines and MAX_MESSAGE_CHARS characters, saying so."""
+    lines = text.splitlines() or [""]
+    cut = "\n".join(lines[:MAX_MESSAGE_LINES])
+    if len(cut) > MAX_MESSAGE_CHARS:
+        cut = cut[:MAX_MESSAGE_CHARS]
+    if cut != text:
+        cut += f" ... [{len(text) - len(cut)} more characters not shown]"
+    return cut
+
+
+def message(err: BaseException) -> str:
+    """The one-line (at most one-screen) text of an expected failure."""
+    if isinstance(err, OSError) and not isinstance(err, UserError):
+        err = explain_os_error(err) or err
+    if isinstance(err, OSFaultError):
+        return one_screen(err.strerror or (err.args[0] if err.args else str(err)))
+    return one_screen(str(err))
+
+
 def command_main(prog: str):
-    """Decorator for a command's `main(argv) -> int`: expected failures exit 2 with one line."""
+    """Decorator for a command's `main(argv) -> int`: expected failures exit 2 with one line,
+    Ctrl-C exits 130 with one line."""
 
     def wrap(main):
         @functools.wraps(main)
@@ -57,12 +126,18 @@ def command_main(prog: str):
             argv = [a for a in argv if a != "--debug"]
             try:
                 return main(argv)
+            except KeyboardInterrupt:
+                if debug:
+                    traceback.print_exc()
+                # every output goes through udit.io.atomic_open: nothing partial is left
+                print(f"{prog}: interrupted (Ctrl-C); no partial output was kept", file=sys.stderr)
+                return EXIT_INTERRUPTED
             except Exception as err:  # sorted into expected / bug just below
                 if not user_error(err):
                     raise
                 if debug:
                     traceback.print_exc()
-                print(f"{prog}: error: {err}", file=sys.stderr)
+                print(f"{prog}: error: {message(err)}", file=sys.stderr)
                 return getattr(err, "exit_code", EXIT_USER_ERROR)
 
         return run
