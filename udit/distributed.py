@@ -4,6 +4,7 @@ torchrun sets RANK / WORLD_SIZE / LOCAL_RANK (and MASTER_ADDR / MASTER_PORT); wi
 we run as rank 0 of 1 and never touch torch.distributed. Backend: nccl on CUDA, gloo on CPU.
 """
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -88,3 +89,23 @@ def all_reduce_max(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def rank0_lock(path, info: DistInfo, *, flag: str):
+    """One writer per output (udit.outputs.locked): rank 0 holds the lock of `path` for the
+    block and every rank learns whether it got it, so all of them refuse together (a requeued
+    job can meet its own earlier attempt still running on another node)."""
+    from udit.outputs import LockedError, locked
+
+    with contextlib.ExitStack() as stack:
+        refused = None
+        if info.is_main:
+            try:
+                stack.enter_context(locked(path, flag=flag))
+            except LockedError as err:
+                refused = err
+        failed = torch.tensor([float(refused is not None)], device=info.device)
+        if all_reduce_max(failed, info).item():
+            raise refused or LockedError(f"{flag} {path} is locked by another process")
+        yield

@@ -15,6 +15,9 @@ and row of udit/paper/paper_numbers.yaml and they are read from there.
 import difflib
 import functools
 import json
+import math
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +45,15 @@ DEFAULTS = {  # the paper's recipe (udit.paper.recipe), keyed as the config's `d
     "precision": DEFAULT_PRECISION,  # TF32 as the official train.py / sample_ddp.py
 }
 PAPER_COLUMNS_KEY = "columns"
+# Bounded work: config/paper.yaml is 15 KB and about 1,200 YAML nodes. Far above any real config
+# (a bigger file is refused as not a config, checked before it is read)
+# and far below what hangs a reader: pure-Python PyYAML parses about 2 MB/s, and a document
+# whose aliases expand to millions of nodes ("billion laughs") hangs the schema check and
+# fills its error message with the expansion.
+MAX_CONFIG_BYTES = 5_000_000
+MAX_YAML_NODES = 100_000
+MAX_SCHEMA_ERRORS = 10  # schema errors listed, each cut to MAX_SCHEMA_LINE characters: one
+MAX_SCHEMA_LINE = 160  # screen, however large the offending value
 
 
 class ConfigError(ValueError, UserError):
@@ -73,22 +85,103 @@ class UniqueKeyLoader(yaml.SafeLoader):
 
 
 def load_yaml(path: str | Path):
-    """Parse a YAML file with UniqueKeyLoader; any YAML error names the file, line and column."""
+    """Parse a YAML config with UniqueKeyLoader, bounded: a file over MAX_CONFIG_BYTES or a
+    document whose aliases expand past MAX_YAML_NODES is refused before it is built. Every
+    error names the file (and the line and column where YAML gives one)."""
     path = Path(path)
+    text = read_bounded_text(path, what="config file", max_bytes=MAX_CONFIG_BYTES)
+    loader = UniqueKeyLoader(text)
     try:
-        with open(path, encoding="utf-8") as f:
-            return yaml.load(f, Loader=UniqueKeyLoader)  # a SafeLoader subclass: no code runs
+        node = loader.get_single_node()
+        if node is None:  # an empty file
+            return None
+        _check_expanded_size(node, path)
+        return loader.construct_document(node)  # a SafeLoader subclass: no code runs
     except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        what = err.problem or err.context
-        if err.problem and err.context and err.context_mark:  # where the broken part began
-            what += f" ({err.context} from line {err.context_mark.line + 1})"
-        raise ConfigError(f"{where}: {what}") from err
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(_yaml_error_text(err, path)) from err
+    except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    except (FileNotFoundError, IsADirectoryError):
-        raise ConfigError(f"config file {path} does not exist") from None
+    except RecursionError:  # PyYAML composes and builds recursively
+        raise ConfigError(f"{path}: nested too deeply for a config; flatten it") from None
+    finally:
+        loader.dispose()
+
+
+def read_bounded_text(
+    path: str | Path, *, what: str, max_bytes: int, error: type[UserError] | None = None
+) -> str:
+    """The UTF-8 text of `path`, refused (as `error`, default ConfigError) unless it is a
+    regular file of at most `max_bytes`: checked with stat before reading, and the read stops
+    there should the file grow. `what` names the kind of file in messages ('config file')."""
+    error = error or ConfigError
+    try:
+        info = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise error(f"{what} {path} does not exist") from None
+    if not stat.S_ISREG(info.st_mode):  # a folder, a FIFO, /dev/zero: no end or no text
+        raise error(f"{what} {path} is not a regular file")
+    too_big = f"{what} {path} is over {max_bytes:,} bytes: check that it is the file you meant"
+    if info.st_size > max_bytes:
+        raise error(too_big)
+    with open(path, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise error(too_big)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise error(f"{what} {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+def _yaml_error_text(err: yaml.MarkedYAMLError, path: Path) -> str:
+    mark = err.problem_mark or err.context_mark
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+    what = err.problem or err.context
+    if err.problem and err.context and err.context_mark:  # where the broken part began
+        what += f" ({err.context} from line {err.context_mark.line + 1})"
+    return f"{where}: {what}"
+
+
+def _node_children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []  # a scalar
+
+
+def _check_expanded_size(root: yaml.Node, path: Path) -> None:
+    """Refuse a document whose nodes, each alias counted as a full copy of its anchor, exceed
+    MAX_YAML_NODES, or whose alias refers to itself. The composer gives an alias the very node
+    of its anchor, so sizes memoised per node make this linear in the file, even for a
+    "billion laughs" document whose expansion would never fit in memory."""
+    sizes: dict[int, int] = {}  # id(node) -> expanded size, capped at MAX_YAML_NODES + 1
+    on_path: set[int] = set()  # nodes being counted: meeting one again is a cycle
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            total = 1 + sum(sizes[id(child)] for child in _node_children(node))
+            sizes[key] = min(total, MAX_YAML_NODES + 1)
+            on_path.discard(key)
+            if total > MAX_YAML_NODES:  # the root holds this node: it is over the cap too
+                raise ConfigError(
+                    f"{path}:{node.start_mark.line + 1}: its aliases (*name) expand to more than "
+                    f"{MAX_YAML_NODES} YAML nodes (a workflow config has a few thousand); "
+                    "write the values out or repeat fewer aliases"
+                )
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            raise ConfigError(
+                f"{path}:{node.start_mark.line + 1}: an alias refers to the node that holds it "
+                "(a recursive structure); a config cannot be recursive"
+            )
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _node_children(node) if id(child) not in sizes)
 
 
 @functools.lru_cache(maxsize=1)
@@ -225,16 +318,44 @@ def load_schema() -> dict:
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
+def _finite_number(checker, instance) -> bool:
+    base = jsonschema.Draft202012Validator.TYPE_CHECKER
+    return base.is_type(instance, "number") and math.isfinite(instance)
+
+
+# The schema's `number` is a finite one: YAML's .nan passes every bound (NaN compares false) and
+# .inf every minimum, and no config value means either.
+ConfigValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("number", _finite_number),
+)
+
+
+def _schema_message(err: jsonschema.ValidationError) -> str:
+    value = err.instance
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value} is not a finite number"
+    return _cut(err.message)
+
+
 def validate_config(config: dict, *, source: str = "config") -> None:
-    """Validate against workflow/schemas/config.schema.yaml; the error names the offending key."""
-    validator = jsonschema.Draft202012Validator(load_schema())
+    """Validate against workflow/schemas/config.schema.yaml (numbers finite); the error names
+    the offending key and fits on a screen."""
+    validator = ConfigValidator(load_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         lines = [
-            f"  at {'/'.join(map(str, e.absolute_path)) or '<top level>'}: {e.message}"
-            for e in errors
+            f"  at {'/'.join(map(str, e.absolute_path)) or '<top level>'}: {_schema_message(e)}"
+            for e in errors[:MAX_SCHEMA_ERRORS]
         ]
+        if len(errors) > MAX_SCHEMA_ERRORS:
+            lines.append(f"  ... and {len(errors) - MAX_SCHEMA_ERRORS} more")
         raise ConfigError(f"{source} does not match {SCHEMA_PATH.name}:\n" + "\n".join(lines))
+
+
+def _cut(text: str, limit: int = MAX_SCHEMA_LINE) -> str:
+    """jsonschema's messages quote the offending value, which may be a whole subtree."""
+    return text if len(text) <= limit else f"{text[:limit]}... [{len(text) - limit} more]"
 
 
 def load_config(path: str | Path, *, root: str | Path | None = None) -> dict:

@@ -7,16 +7,18 @@ any point leaves either the old file or the new one under the final name, never 
 """
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from udit.errors import BadValueError
+from udit.errors import BadValueError, OSFaultError
 
 HASH_CHUNK = 1 << 20  # bytes read at a time while hashing
 
@@ -113,13 +115,54 @@ def atomic_write_json(path: str | Path, obj, *, sort_keys: bool = False, indent:
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n")
 
 
+def tensor_bytes(obj) -> int:
+    """Bytes of every tensor in a nested dict/list/tuple (a checkpoint's size, give or take its
+    pickled metadata)."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+def check_free_space(folder: str | Path, need: int, *, what: str) -> None:
+    """Refuse to start writing `need` bytes into `folder` when it has less free space, saying
+    both numbers (a full disk mid-write ends in torch's `unexpected pos`, which says neither)."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise OSFaultError(
+            errno.ENOSPC,
+            f"{folder}: not enough free space for {what} ({_size(need)} needed, {_size(free)} "
+            f"free); free space there or choose another folder",
+        )
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
 def atomic_torch_save(obj, path: str | Path, *, check=None, file_mode: int | None = None) -> str:
     """torch.save `obj` atomically; returns the SHA-256 of the bytes written.
 
+    Checks free space first (the tensors' bytes); a disk that fills up anyway (another writer)
+    raises OSError ENOSPC naming the path, not torch's zip-writer RuntimeError.
     `check(tmp_path)` runs on the complete temp file before it replaces `path`.
     """
     import torch  # here, not at the top: commands that never save a tensor skip ~2 s of import
 
+    path = Path(path)
+    check_free_space(path.parent, tensor_bytes(obj), what=f"{path.name}")
     digest = {}
 
     def hash_then_check(tmp: Path) -> None:
@@ -127,8 +170,18 @@ def atomic_torch_save(obj, path: str | Path, *, check=None, file_mode: int | Non
         if check is not None:
             check(tmp)
 
-    with atomic_open(path, "wb", check=hash_then_check, file_mode=file_mode) as f:
-        torch.save(obj, f)
+    try:
+        with atomic_open(path, "wb", check=hash_then_check, file_mode=file_mode) as f:
+            torch.save(obj, f)
+    except RuntimeError as err:  # torch's zip writer reports a full disk as "unexpected pos"
+        if "unexpected pos" not in str(err) and "file write failed" not in str(err):
+            raise
+        free = shutil.disk_usage(path.parent).free
+        raise OSFaultError(
+            errno.ENOSPC,
+            f"{path}: the disk filled up while writing it ({_size(free)} free now); nothing was "
+            f"replaced; free space there or choose another folder",
+        ) from err
     return digest["sha256"]
 
 

@@ -17,7 +17,7 @@ naming what differs, unless `--overwrite` was given.
 
 `locked(path)` is the one-run-one-writer guarantee: an advisory `fcntl` lock on a run folder or
 an output file. A second process refuses at once, naming the holder's PID and host; the kernel
-drops the lock when its holder dies, so a lock left by a dead process never blocks.
+drops the lock when its holder dies, so a lock file left by a dead process never blocks.
 """
 
 import contextlib
@@ -178,22 +178,42 @@ def lock_file(path: str | Path) -> Path:
 @contextlib.contextmanager
 def locked(path: str | Path, *, flag: str = "--out") -> Iterator[Path]:
     """Hold an exclusive advisory lock on the folder or file `path` for the block; a second
-    holder gets LockedError at once with the first one's PID and host. The lock file stays
-    (removing it would let a third process lock a fresh inode while the second holds the old)."""
+    holder gets LockedError at once with the first one's PID and host. The lock file is removed
+    on release; a process that locked a lock file just removed sees that it no longer is the
+    file at the path and tries again, so two holders never coexist."""
     lock = lock_file(path)
     lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
+    for _ in range(LOCK_ATTEMPTS):
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown process"
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
             raise LockedError(
                 f"{flag} {path} is being written by {holder} (lock {lock}); wait for it to "
                 f"finish or stop it; a lock of a process that has died does not block"
             ) from None
+        if _is_current(fd, lock):
+            break
+        os.close(fd)  # we locked a file its holder removed on release: lock the new one
+    else:
+        raise LockedError(f"{flag} {path}: could not take its lock {lock}; try again")
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"PID {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
         yield lock
     finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)  # while still held: no one can lock it in between
         os.close(fd)  # closing releases the flock
+
+
+LOCK_ATTEMPTS = 5
+
+
+def _is_current(fd: int, lock: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(lock).st_ino
+    except FileNotFoundError:
+        return False

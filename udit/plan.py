@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from udit import experiments as ex
+from udit.argtypes import POSITIVE
 from udit.errors import BadValueError, command_main
 from udit.paper import recipe
 
@@ -56,6 +57,16 @@ PRECISION_FACTOR = {"tf32": 1.0, "bf16": 1.0, "fp32": 1 / 8}
 DEFAULT_PRECISION = "tf32"
 RUNTIME_MARGIN = 1.25  # SLURM runtime of a job = planned minutes x this + start-up
 STARTUP_MINUTES = 15  # imports, data loading, checkpoint resume and the final save
+FORWARD_RATES = ("vae_decode", "inception")  # speed JSON sections with a forward-only rate
+MAX_SPEED_JSON_BYTES = 10_000_000  # speed.py writes a few KB
+# Bounded plan: the training nodes a config may create, checked by arithmetic before any list
+# of steps is built. config/paper.yaml with 24 h jobs has 80 (at most 15 per run, U-DiT-L).
+# 1000 chunks of its longest run (1M steps) are jobs of 1000 steps, 20 min at the paper's
+# U-DiT-L speed, each paying STARTUP_MINUTES of start-up: a max_job_hours typo, not a plan.
+# The total keeps the DAG small enough for `snakemake -n` to build (0.001 h once built chunks
+# until MemoryError).
+MAX_CHUNKS_PER_EXPERIMENT = 1000
+MAX_TRAIN_NODES = 20_000
 
 
 # --- MACs ----------------------------------------------------------------------------------
@@ -145,27 +156,44 @@ def t11_rates() -> dict[str, dict[str, tuple[float, float]]]:
 
 
 def load_speed_json(path: str | Path) -> dict:
-    """A benchmarks/speed.py --json file (schema 1), checked for what the plan reads."""
+    """A benchmarks/speed.py --json file (schema 1), checked for everything the plan reads:
+    every rate a positive finite number, else an error naming the file, field and value."""
+    text = ex.read_bounded_text(
+        path, what="speed JSON", max_bytes=MAX_SPEED_JSON_BYTES, error=BadValueError
+    )
     try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise BadValueError(f"speed JSON {path} does not exist (benchmarks/speed.py --json)")
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
         raise BadValueError(f"speed JSON {path} is not JSON: {err}") from None
     if not isinstance(data, dict) or data.get("schema") != 1:
         raise BadValueError(f"speed JSON {path}: expected schema 1 from benchmarks/speed.py")
-    for i, row in enumerate(data.get("train", [])):
-        ok = isinstance(row, dict) and all(k in row for k in ("model", "path", "precision"))
-        if (
-            not ok
-            or not _positive(row.get("images_per_s"))
-            or not _positive(row.get("gmacs_per_image"))
-        ):
-            raise BadValueError(
-                f"speed JSON {path}: train[{i}] lacks model/path/precision or a positive "
-                "images_per_s and gmacs_per_image"
-            )
+    train = data.get("train", [])
+    if not isinstance(train, list):
+        raise BadValueError(f"speed JSON {path}: train is {_shown(train)}, expected a list")
+    for i, row in enumerate(train):
+        if not isinstance(row, dict) or not all(k in row for k in ("model", "path", "precision")):
+            raise BadValueError(f"speed JSON {path}: train[{i}] lacks model, path or precision")
+        for key in ("images_per_s", "gmacs_per_image"):
+            _check_rate(path, f"train[{i}].{key}", row.get(key))
+    for section in FORWARD_RATES:  # optional (speed.py --only-train leaves them out)
+        if section in data:
+            value = data[section]
+            rate = value.get("images_per_s") if isinstance(value, dict) else value
+            _check_rate(path, f"{section}.images_per_s", rate)
     return data
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
+
+
+def _check_rate(path, field: str, value) -> None:
+    if not _positive(value):
+        raise BadValueError(
+            f"speed JSON {path}: {field} is {_shown(value)}, expected a positive finite number "
+            "(re-run benchmarks/speed.py --json or fix the file)"
+        )
 
 
 def _positive(x) -> bool:
@@ -216,10 +244,9 @@ class Throughput:
         )
 
     def images_per_s(self, key: str) -> float | None:
-        """A measured forward-only rate (vae_decode, inception) per GPU, if the JSON has it."""
-        value = (self.speed or {}).get(key, {})
-        rate = value.get("images_per_s") if isinstance(value, dict) else None
-        return rate if _positive(rate) else None
+        """A measured forward-only rate (vae_decode, inception) per GPU, if the JSON has it
+        (load_speed_json has checked that a rate it has is positive)."""
+        return (self.speed or {}).get(key, {}).get("images_per_s")
 
 
 # --- partitions and chunks -----------------------------------------------------------------
@@ -228,10 +255,14 @@ def resource_entry(config: dict, rule: str, size: str) -> dict:
     return table.get(size) or table.get("default") or {}
 
 
+def partition_name(config: dict, rule: str, size: str) -> str:
+    """The partition a rule's job goes to ('default' where its resources name none)."""
+    return resource_entry(config, rule, size).get("slurm_partition", "default")
+
+
 def partition_limits(config: dict, rule: str, size: str) -> dict | None:
     """The config `partitions` entry of the partition a rule's job goes to (None: no limits)."""
-    name = resource_entry(config, rule, size).get("slurm_partition", "default")
-    return config.get("partitions", {}).get(name)
+    return config.get("partitions", {}).get(partition_name(config, rule, size))
 
 
 def check_partitions(config: dict) -> None:
@@ -258,13 +289,18 @@ def job_gpus(config: dict, rule: str, size: str) -> int:
     return max(int(resource_entry(config, rule, size).get("gpu", 0)), 1)
 
 
-def split_stretch(start: int, end: int, max_steps: int) -> list[int]:
-    """Chunk ends of (start, end] with at most max_steps each, as even as possible, on whole
-    thousands when the stretch allows: (200000, 400000, 80000) -> [266000, 333000, 400000]."""
+def _stretch_units(start: int, end: int, max_steps: int) -> tuple[int, int, int]:
+    """(unit, units, chunks) of the stretch (start, end]: whole thousands when it allows."""
     span = end - start
     unit = 1000 if span % 1000 == 0 and max_steps >= 1000 else 1
     units, per_chunk = span // unit, max_steps // unit
-    n = -(-units // per_chunk)  # ceil
+    return unit, units, -(-units // per_chunk)  # ceil
+
+
+def split_stretch(start: int, end: int, max_steps: int) -> list[int]:
+    """Chunk ends of (start, end] with at most max_steps each, as even as possible, on whole
+    thousands when the stretch allows: (200000, 400000, 80000) -> [266000, 333000, 400000]."""
+    unit, units, n = _stretch_units(start, end, max_steps)
     return [start + (units * k // n) * unit for k in range(1, n + 1)]
 
 
@@ -278,24 +314,71 @@ def hours_per_step(exp, config: dict, throughput: Throughput) -> tuple[float, st
     return gmacs * 1e9 * BACKWARD_FACTOR * exp.global_batch / rate / gpus / 3600, source
 
 
-def train_steps(exp, config: dict, throughput: Throughput | None = None) -> list[int]:
-    """The steps with a training node: every milestone plus the chunk ends that keep each job
-    within its partition's max_job_hours (only milestones when the partition has no limits)."""
+def max_steps_per_job(exp, config: dict, throughput: Throughput) -> int | None:
+    """Training steps that fit one job of `exp`'s partition (None: the partition has no
+    limits); refused when not even one step fits."""
     limits = partition_limits(config, "train", exp.size)
     if not limits:
-        return exp.milestones
-    per_step, _ = hours_per_step(exp, config, throughput or Throughput.from_config(config))
+        return None
+    per_step, _ = hours_per_step(exp, config, throughput)
     max_steps = math.floor(limits["max_job_hours"] / per_step)
     if max_steps < 1:
         raise ex.ConfigError(
             f"experiments/{exp.id}: one training step takes {per_step:.3g} h, longer than "
             f"max_job_hours {limits['max_job_hours']}"
         )
-    steps, start = [], 0
-    for milestone in exp.milestones:
-        steps += split_stretch(start, milestone, max_steps)
-        start = milestone
-    return steps
+    return max_steps
+
+
+def _stretches(exp) -> list[tuple[int, int]]:
+    starts = [0, *exp.milestones[:-1]]
+    return list(zip(starts, exp.milestones))
+
+
+def train_node_count(exp, config: dict, throughput: Throughput) -> int:
+    """How many training nodes train_steps would make, by arithmetic (no list is built);
+    refused past MAX_CHUNKS_PER_EXPERIMENT, naming the partition, experiment and count."""
+    max_steps = max_steps_per_job(exp, config, throughput)
+    if max_steps is None:
+        return len(exp.milestones)
+    count = sum(_stretch_units(a, b, max_steps)[2] for a, b in _stretches(exp))
+    if count > MAX_CHUNKS_PER_EXPERIMENT:
+        name = partition_name(config, "train", exp.size)
+        hours = config["partitions"][name]["max_job_hours"]
+        raise ex.ConfigError(
+            f"experiments/{exp.id}: partitions/{name}/max_job_hours {hours} fits {max_steps} "
+            f"steps per job, so its {exp.iterations} steps need {count} chained training "
+            f"chunks, over the cap of {MAX_CHUNKS_PER_EXPERIMENT} per experiment; "
+            "raise max_job_hours"
+        )
+    return count
+
+
+def train_steps(exp, config: dict, throughput: Throughput | None = None) -> list[int]:
+    """The steps with a training node: every milestone plus the chunk ends that keep each job
+    within its partition's max_job_hours (only milestones when the partition has no limits).
+    The count is checked against MAX_CHUNKS_PER_EXPERIMENT before the list is built."""
+    throughput = throughput or Throughput.from_config(config)
+    train_node_count(exp, config, throughput)
+    max_steps = max_steps_per_job(exp, config, throughput)
+    if max_steps is None:
+        return exp.milestones
+    return [end for a, b in _stretches(exp) for end in split_stretch(a, b, max_steps)]
+
+
+def all_train_steps(experiments: dict, config: dict, throughput: Throughput) -> dict:
+    """Experiment id -> train_steps, once every count (and their sum, against MAX_TRAIN_NODES)
+    is known to be within its cap."""
+    counts = {eid: train_node_count(e, config, throughput) for eid, e in experiments.items()}
+    total = sum(counts.values())
+    if total > MAX_TRAIN_NODES:
+        largest = max(counts, key=counts.get)
+        raise ex.ConfigError(
+            f"the experiments need {total} training nodes in all (most: {largest}, "
+            f"{counts[largest]}), over the cap of {MAX_TRAIN_NODES}; raise the partitions' "
+            "max_job_hours or run fewer experiments"
+        )
+    return {eid: train_steps(e, config, throughput) for eid, e in experiments.items()}
 
 
 def scaled(key: str, value: float, attempt: int, limits: dict | None) -> float:
@@ -346,6 +429,7 @@ class SampleRow:
 
 def plan_rows(config: dict, *, throughput: Throughput) -> list[PlanRow]:
     experiments = ex.resolve_experiments(config)
+    steps_of = all_train_steps(experiments, config, throughput)
     rows = []
     for exp in experiments.values():
         gflops = gmacs_of(exp, config)
@@ -354,7 +438,7 @@ def plan_rows(config: dict, *, throughput: Throughput) -> list[PlanRow]:
             model=exp.model, gmacs=gflops, precision=precision_of(config, exp.id)
         )
         start = 0
-        for step in train_steps(exp, config, throughput):
+        for step in steps_of[exp.id]:
             images = (step - start) * exp.global_batch
             macs = gflops * 1e9 * BACKWARD_FACTOR * images
             gpu_hours = macs / rate / 3600
@@ -492,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--gpu-macs-per-s",
-        type=float,
+        type=POSITIVE,
         default=None,
         help="sustained MACs/s per GPU for every model (default: config plan.gpu_macs_per_s, "
         "else the speed JSON, else T11 per model family)",
@@ -504,8 +588,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--format", choices=("table", "json"), default="table")
     args = parser.parse_args(argv)
-    if args.gpu_macs_per_s is not None and not args.gpu_macs_per_s > 0:  # 0 and nan too
-        parser.error(f"--gpu-macs-per-s must be positive, got {args.gpu_macs_per_s}")
     config = ex.load_config(args.configfile)
     ex.resolve_released(config)  # not planned, but checked as `snakemake -n` checks it
     check_partitions(config)

@@ -27,12 +27,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from udit import distributed
+from udit import argtypes, distributed, outputs
 from udit.cli import add_dry_run, dry_run
 from udit.diffusion import ClassifierFreeGuidance, create_diffusion
 from udit.diffusion.noise import seeded_generator
 from udit.errors import BadValueError, UserError, command_main
-from udit.io import atomic_open, atomic_savez, atomic_write_json, read_json, sha256_file
+from udit.io import (
+    atomic_open,
+    atomic_savez,
+    atomic_write_json,
+    check_free_space,
+    read_json,
+    sha256_file,
+)
 from udit.models.spec import parse_model_kw
 from udit.paper import recipe
 from udit.precision import DEFAULT_PRECISION, PRECISIONS, check_precision, set_precision
@@ -51,6 +58,18 @@ LABEL_MODES = ("random", "uniform")
 # value must agree with them, since the weights only fit the architecture they were trained with.
 MODEL_FIELDS = ("model", "model_kw", "num_classes", "image_size", "pixel", "vae")
 SIDECAR_SUFFIX = ".sha256"  # the trainer's checkpoint hash (udit.training.store)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# The range of every numeric option, for the CLI's argparse types and generate()'s own check
+RANGES = {
+    "num_samples": argtypes.SAMPLES,
+    "seed": argtypes.SEED,
+    "cfg_scale": argtypes.GUIDANCE,
+    "steps": argtypes.Range("int", 1, 1000),  # respaced steps of the 1000-step diffusion
+    "eta": argtypes.NONNEG,
+    "batch_size": argtypes.BATCH,
+    "num_classes": argtypes.CLASSES,
+    "image_size": argtypes.IMAGE_SIZE,
+}
 
 
 class UnusableCheckpointError(BadValueError):
@@ -386,12 +405,21 @@ def generate(
     keep_parts: bool = False,
     precision: str = DEFAULT_PRECISION,
     pause_after_shard: float = 0.0,
+    overwrite: bool = False,
 ) -> dict:
     """Write `out` (.npz), its grid PNG and out.json; returns the summary written to out.json."""
+    numbers = {
+        "num_samples": num_samples,
+        "seed": seed,
+        "cfg_scale": cfg_scale,
+        "steps": steps,
+        "eta": eta,
+        "batch_size": batch_size,
+        "num_classes": num_classes,
+        "image_size": image_size,
+    }
     _check_options(
-        num_samples=num_samples,
-        batch_size=batch_size,
-        steps=steps,
+        numbers=numbers,
         sampler=sampler,
         labels=labels,
         weights=weights,
@@ -400,133 +428,166 @@ def generate(
     )
     guidance_channels = "all" if str(guidance_channels) == "all" else int(guidance_channels)
     ckpt_path, out = Path(checkpoint), Path(out)
+    grid_path = Path(grid) if grid else out.with_suffix(".png")
+    summary_path = Path(str(out) + ".json")
+    outputs.check(
+        inputs={"--checkpoint": ckpt_path, "--vae": vae if vae and Path(vae).exists() else None},
+        outputs={"--out": out, "--grid": grid_path, "--out's summary": summary_path},
+    )
     check_precision(precision)
 
     info = distributed.setup(device)
     try:
-        autocast = set_precision(precision, info.device)  # TF32 as sample_ddp.py; bf16 autocast
-        # hashed and checked before anything is unpickled, created or sampled
-        ckpt_sha256 = checkpoint_sha256(ckpt_path)
-        state = read_sampling_checkpoint(ckpt_path, weights=weights)
-        given = {
-            "model": model,
-            "model_kw": model_kw,
-            "num_classes": num_classes,
-            "image_size": image_size,
-            "pixel": pixel,
-            "vae": vae,
-        }
-        opts = resolve_options(given=given, stored=checkpoint_options(state))
-        autoencoder, shape = load_space(opts, device=info.device)
-        # everything a sample depends on; batch size, device and process count do not count
-        config = {
-            "checkpoint_sha256": ckpt_sha256,
-            "weights": weights,
-            **opts,
-            "vae_fingerprint": None if autoencoder is None else _vae_fingerprint(autoencoder),
-            "seed": seed,
-            "cfg_scale": float(cfg_scale),
-            "guidance_channels": guidance_channels,
-            "steps": steps,
-            "sampler": sampler,
-            "eta": float(eta) if sampler == "ddim" else None,
-            "labels": labels,
-            "clip_denoised": False,
-            "precision": precision,  # tf32/bf16 change the numbers: shards never mix them
-        }
-        summary_path = Path(str(out) + ".json")
-        summary = {"out": out.name, "num_samples": num_samples, "config": config}
-        if out.is_file() and summary_path.is_file():
-            previous = read_json(summary_path, what="sample summary")
-            if {k: previous.get(k) for k in summary} == summary:
+        with distributed.rank0_lock(out, info, flag="--out"):
+            autocast = set_precision(precision, info.device)  # TF32 as sample_ddp.py; bf16 autocast
+            # hashed and checked before anything is unpickled, created or sampled
+            ckpt_sha256 = checkpoint_sha256(ckpt_path)
+            state = read_sampling_checkpoint(ckpt_path, weights=weights)
+            given = {
+                "model": model,
+                "model_kw": model_kw,
+                "num_classes": num_classes,
+                "image_size": image_size,
+                "pixel": pixel,
+                "vae": vae,
+            }
+            opts = resolve_options(given=given, stored=checkpoint_options(state))
+            autoencoder, shape = load_space(opts, device=info.device)
+            # everything a sample depends on; batch size, device and process count do not count
+            config = {
+                "checkpoint_sha256": ckpt_sha256,
+                "weights": weights,
+                **opts,
+                "vae_fingerprint": None if autoencoder is None else _vae_fingerprint(autoencoder),
+                "seed": seed,
+                "cfg_scale": float(cfg_scale),
+                "guidance_channels": guidance_channels,
+                "steps": steps,
+                "sampler": sampler,
+                "eta": float(eta) if sampler == "ddim" else None,
+                "labels": labels,
+                "clip_denoised": False,
+                "precision": precision,  # tf32/bf16 change the numbers: shards never mix them
+            }
+            summary = {"out": out.name, "num_samples": num_samples, "config": config}
+            if outputs.replace_result(
+                out, flag="--out", options=summary, recorded=_recorded_summary, overwrite=overwrite
+            ):
                 if info.is_main:
                     print(
                         f"{out} already holds these {num_samples} samples; nothing to do",
                         file=sys.stderr,
                     )
-                return previous
-
-        parts = Path(str(out) + PARTS_SUFFIX)
-        mine, total = claim_indices(parts=parts, config=config, num_samples=num_samples, info=info)
-        net = build_model(
-            checkpoint=state,
-            options=opts,
-            in_channels=shape[0],
-            input_size=shape[-1],
-            weights=weights,
-            device=info.device,
-        )
-        del state
-        if precision == "bf16":  # the network in bf16; guidance, sampler and VAE stay fp32
-            net = AutocastForward(net, autocast)
-        diffusion = create_diffusion(str(steps))
-        bar = tqdm(
-            total=total, disable=not info.is_main, desc="sampling", unit="img", file=sys.stderr
-        )
-        # SIGUSR1 / SIGTERM: finish the shard in flight, then exit EXIT_STOPPED (a re-run
-        # resumes); shards are per rank, so each rank stops on its own, no agreement needed
-        with StopFlag() as flag:
-            for start in range(0, len(mine), batch_size):
-                indices = mine[start : start + batch_size]
-                try:
-                    images, ys = sample_batch(
-                        model=net,
-                        diffusion=diffusion,
-                        vae=autoencoder,
-                        indices=indices,
-                        seed=seed,
-                        num_classes=opts["num_classes"],
-                        labels=labels,
-                        cfg_scale=cfg_scale,
-                        guidance_channels=guidance_channels,
-                        sampler=sampler,
-                        eta=eta,
-                        shape=shape,
-                        device=info.device,
-                    )
-                except NonFiniteSamplesError as err:  # nothing of this batch was written
-                    raise NonFiniteSamplesError(
-                        f"sampling {ckpt_path} ({weights} weights, cfg scale {cfg_scale}): {err}; "
-                        f"the weights or the VAE are unusable, no image was written"
-                    ) from None
-                write_npz(
-                    parts / f"shard-{indices[0]:08d}-{len(indices):05d}.npz",
-                    indices=np.asarray(indices, dtype=np.int64),
-                    images=images,
-                    labels=ys,
-                )
-                bar.update(len(indices) * info.world_size)  # rank 0 speaks for all ranks
-                time.sleep(pause_after_shard)  # lets kill tests stop a run between shards
-                if flag.signal is not None and start + batch_size < len(mine):
-                    raise StoppedEarly(
-                        f"{flag.name}: stopped after {start + len(indices)} of this rank's "
-                        f"{len(mine)} samples (shards in {parts}); run the same command "
-                        f"again to make the rest"
-                    )
-        bar.close()
-        distributed.barrier(info)
-
-        if info.is_main:
-            _write_outputs(
-                parts=parts,
-                out=out,
-                grid=Path(grid) if grid else out.with_suffix(".png"),
-                summary=summary,
-                num_samples=num_samples,
-                keep_parts=keep_parts,
+                return read_json(summary_path, what="sample summary")
+            # the grid is ours to replace only if it is a PNG (a default out.png of an earlier run)
+            outputs.replace_result(
+                grid_path,
+                flag="--grid",
+                options={"png": True},
+                recorded=lambda p: {"png": True} if p.read_bytes()[:8] == PNG_MAGIC else None,
+                overwrite=overwrite,
             )
-        distributed.barrier(info)
-        return summary
+            # the finished npz plus its shards (at most twice its bytes) must fit before any work
+            per_image = 3 * opts["image_size"] ** 2
+            check_free_space(out.parent, 2 * num_samples * per_image, what=f"{num_samples} samples")
+
+            parts = Path(str(out) + PARTS_SUFFIX)
+            if overwrite and info.is_main and parts.is_dir():
+                shutil.rmtree(parts)  # shards of other options would be refused below
+            distributed.barrier(info)
+            mine, total = claim_indices(
+                parts=parts, config=config, num_samples=num_samples, info=info
+            )
+            net = build_model(
+                checkpoint=state,
+                options=opts,
+                in_channels=shape[0],
+                input_size=shape[-1],
+                weights=weights,
+                device=info.device,
+            )
+            del state
+            if precision == "bf16":  # the network in bf16; guidance, sampler and VAE stay fp32
+                net = AutocastForward(net, autocast)
+            diffusion = create_diffusion(str(steps))
+            bar = tqdm(
+                total=total, disable=not info.is_main, desc="sampling", unit="img", file=sys.stderr
+            )
+            # SIGUSR1 / SIGTERM: finish the shard in flight, then exit EXIT_STOPPED (a re-run
+            # resumes); shards are per rank, so each rank stops on its own, no agreement needed
+            with StopFlag() as flag:
+                for start in range(0, len(mine), batch_size):
+                    indices = mine[start : start + batch_size]
+                    try:
+                        images, ys = sample_batch(
+                            model=net,
+                            diffusion=diffusion,
+                            vae=autoencoder,
+                            indices=indices,
+                            seed=seed,
+                            num_classes=opts["num_classes"],
+                            labels=labels,
+                            cfg_scale=cfg_scale,
+                            guidance_channels=guidance_channels,
+                            sampler=sampler,
+                            eta=eta,
+                            shape=shape,
+                            device=info.device,
+                        )
+                    except NonFiniteSamplesError as err:  # nothing of this batch was written
+                        raise NonFiniteSamplesError(
+                            f"sampling {ckpt_path} ({weights} weights, cfg scale {cfg_scale}): "
+                            f"{err}; the weights or the VAE are unusable, no image was written"
+                        ) from None
+                    write_npz(
+                        parts / f"shard-{indices[0]:08d}-{len(indices):05d}.npz",
+                        indices=np.asarray(indices, dtype=np.int64),
+                        images=images,
+                        labels=ys,
+                    )
+                    bar.update(len(indices) * info.world_size)  # rank 0 speaks for all ranks
+                    time.sleep(pause_after_shard)  # lets kill tests stop a run between shards
+                    if flag.signal is not None and start + batch_size < len(mine):
+                        raise StoppedEarly(
+                            f"{flag.name}: stopped after {start + len(indices)} of this rank's "
+                            f"{len(mine)} samples (shards in {parts}); run the same command "
+                            f"again to make the rest"
+                        )
+            bar.close()
+            distributed.barrier(info)
+
+            if info.is_main:
+                _write_outputs(
+                    parts=parts,
+                    out=out,
+                    grid=grid_path,
+                    summary=summary,
+                    num_samples=num_samples,
+                    keep_parts=keep_parts,
+                )
+            distributed.barrier(info)
+            return summary
     finally:
         distributed.cleanup(info)
 
 
-def _check_options(*, num_samples, batch_size, steps, sampler, labels, weights, checkpoint, out):
-    if num_samples < 1 or batch_size < 1 or steps < 1:
-        raise BadValueError(
-            f"--num-samples, --batch-size and --steps must be >= 1, "
-            f"got {num_samples}, {batch_size}, {steps}"
-        )
+def _recorded_summary(out: Path) -> dict | None:
+    """What a finished samples file at `out` was made with (its OUT.json), or None when `out`
+    is not a finished `udit sample` result (no summary, or a summary of another file)."""
+    summary = Path(str(out) + ".json")
+    if not summary.is_file():
+        return None
+    previous = read_json(summary, what="sample summary")
+    if not isinstance(previous, dict) or previous.get("out") != out.name:
+        return None
+    return {k: previous.get(k) for k in ("out", "num_samples", "config")}
+
+
+def _check_options(*, numbers: dict, sampler, labels, weights, checkpoint, out):
+    for name, value in numbers.items():
+        why = None if value is None else RANGES[name].check(value)
+        if why:
+            raise BadValueError(f"--{name.replace('_', '-')} {why}")
     if sampler not in SAMPLERS:
         raise BadValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
     if labels not in LABEL_MODES:
@@ -594,8 +655,10 @@ def claim_indices(*, parts: Path, config: dict, num_samples: int, info) -> tuple
         )
     done = finished_indices(parts)
     distributed.barrier(info)  # every rank has scanned before any rank adds a shard
-    missing = [i for i in range(num_samples) if i not in done]
-    return missing[info.rank :: info.world_size], len(missing)
+    todo = np.ones(num_samples, dtype=bool)  # bounded: num_samples <= argtypes.MAX_SAMPLES
+    todo[[i for i in done if i < num_samples]] = False
+    missing = np.flatnonzero(todo)
+    return missing[info.rank :: info.world_size].tolist(), len(missing)
 
 
 def _vae_fingerprint(vae) -> dict:
@@ -636,14 +699,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="model constructor overrides; default: the checkpoint's (must match training)",
     )
     p.add_argument(
-        "--num-samples", type=int, default=RECIPE.fid_samples, help="FID-50K as the paper"
+        "--num-samples",
+        type=RANGES["num_samples"],
+        default=RECIPE.fid_samples,
+        help="FID-50K as the paper",
     )
     p.add_argument(
-        "--seed", type=int, default=RECIPE.sample_seed, help="sample i depends only on (seed, i)"
+        "--seed",
+        type=RANGES["seed"],
+        default=RECIPE.sample_seed,
+        help="sample i depends only on (seed, i)",
     )
     p.add_argument(
         "--cfg-scale",
-        type=float,
+        type=RANGES["cfg_scale"],
         default=RECIPE.cfg_scale,
         help="1.0: no guidance (the paper's T2); T4 uses 1.5",
     )
@@ -653,12 +722,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="eps channels guided: 3 as DiT/U-DiT, or 'all'",
     )
     p.add_argument(
-        "--steps", type=int, default=RECIPE.sampling_steps, help="respaced sampling steps"
+        "--steps",
+        type=RANGES["steps"],
+        default=RECIPE.sampling_steps,
+        help="respaced sampling steps",
     )
     p.add_argument(
         "--sampler", choices=SAMPLERS, default="ddpm", help="ancestral DDPM as the paper, or DDIM"
     )
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
+    p.add_argument("--eta", type=RANGES["eta"], default=0.0, help="DDIM eta (0: deterministic)")
     p.add_argument(
         "--labels",
         choices=LABEL_MODES,
@@ -675,9 +747,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--vae", help="VAE hub id or local dir; default: the checkpoint's, else sd-vae-ft-ema"
     )
     p.add_argument("--pixel", action="store_true", default=None, help="pixel-space model: no VAE")
-    p.add_argument("--num-classes", type=int, help="default: the checkpoint's, else 1000")
-    p.add_argument("--image-size", type=int, help="pixels; default: the checkpoint's, else 256")
-    p.add_argument("--batch-size", type=int, default=32, help="samples per forward on each process")
+    p.add_argument(
+        "--num-classes", type=RANGES["num_classes"], help="default: the checkpoint's, else 1000"
+    )
+    p.add_argument(
+        "--image-size",
+        type=RANGES["image_size"],
+        help="pixels; default: the checkpoint's, else 256",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=RANGES["batch_size"],
+        default=32,
+        help="samples per forward on each process",
+    )
     p.add_argument("--grid", help="PNG of the first 64 samples; default: OUT with .png")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument("--keep-parts", action="store_true", help="keep OUT.parts/ after assembling OUT")
@@ -690,6 +773,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pause-after-shard", type=float, default=0.0, help=argparse.SUPPRESS
     )  # kill tests
+    outputs.add_overwrite(p)
     add_dry_run(p)
     return p
 

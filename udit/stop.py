@@ -1,11 +1,14 @@
 """Stop cleanly before a cluster time limit, and checkpoint on a clock.
 
-SIGUSR1 or SIGTERM (the job's warning before its time limit, `scancel --signal`, a preemption)
-does not kill `udit train` / `udit sample`: the handler only raises a flag. The command
+SIGUSR1, SIGTERM (the job's warning before its time limit, `scancel --signal`, a preemption) or
+SIGINT (Ctrl-C) does not kill `udit train` / `udit sample`: the handler only raises a flag (a
+second Ctrl-C interrupts at once). The command
 finishes the step (or shard) in flight, writes a checkpoint of exactly that step, and exits
 with EXIT_STOPPED, so Snakemake (--retries) submits the job again and the retry resumes from
 that checkpoint. Under DDP every rank must stop at the same step: `StopFlag.poll` all-reduces
-the flags, so one rank's signal stops them all after the same step.
+the flags, so one rank's signal stops them all after the same step. That all-reduce (and its
+host read, which waits for the GPU queue) happens every `poll_every` steps, the same steps on
+every rank, not every step.
 """
 
 import signal
@@ -20,7 +23,8 @@ from udit import distributed
 from udit.errors import UserError
 
 EXIT_STOPPED = 75  # sysexits.h EX_TEMPFAIL: "temporary failure; the user is invited to retry"
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+POLL_EVERY = 10  # steps between the ranks' stop agreements under DDP (seconds of work at most)
 
 
 class StoppedEarly(UserError):
@@ -41,9 +45,10 @@ class StopFlag:
     the process; the previous handlers come back on exit. `checkpoint_minutes` > 0 also makes
     `poll` report a time-based checkpoint due that many minutes after the last `reset_clock`."""
 
-    def __init__(self, *, checkpoint_minutes: float = 0.0):
+    def __init__(self, *, checkpoint_minutes: float = 0.0, poll_every: int = POLL_EVERY):
         self.signal: int | None = None  # the first stop signal received
         self.period_s = checkpoint_minutes * 60.0
+        self.poll_every = poll_every
         self.last = time.monotonic()
         self._previous = {}
 
@@ -59,6 +64,8 @@ class StopFlag:
         self._previous.clear()
 
     def _handle(self, signum, _frame) -> None:
+        if signum == signal.SIGINT and self.signal == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: the user does not want to wait
         if self.signal is None:
             self.signal = signum
             name = signal.Signals(signum).name
@@ -67,13 +74,17 @@ class StopFlag:
     def reset_clock(self) -> None:
         self.last = time.monotonic()
 
-    def poll(self, info: distributed.DistInfo) -> tuple[bool, bool]:
-        """-> (stop, checkpoint due), the same on every rank (the max over ranks)."""
+    def poll(self, info: distributed.DistInfo, step: int = 0) -> tuple[bool, bool]:
+        """-> (stop, checkpoint due) after `step` (1-based), the same on every rank (the max over
+        ranks). Under DDP the ranks agree only at steps divisible by `poll_every`; in between
+        this returns (False, False) without any communication."""
         due = self.period_s > 0 and time.monotonic() - self.last >= self.period_s
         flags = (self.signal is not None, due)
         if not info.enabled:
             return flags
-        # one tiny all-reduce per step: every rank must leave the loop after the same step
+        if step % self.poll_every:
+            return False, False
+        # one tiny all-reduce per poll: every rank must leave the loop after the same step
         t = torch.tensor([float(f) for f in flags], device=info.device)
         return tuple(bool(v) for v in distributed.all_reduce_max(t, info).tolist())
 

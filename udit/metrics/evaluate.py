@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from udit.cli import add_dry_run, check_minimums, dry_run
+from udit import argtypes, outputs
+from udit.cli import add_dry_run, dry_run
 from udit.errors import BadValueError, command_main
-from udit.io import atomic_write_json
+from udit.io import atomic_write_json, read_json, sha256_file
 from udit.metrics import inception, provenance, scores
 from udit.metrics.npz import NpzImages
 from udit.metrics.reference import load_reference
@@ -193,19 +194,72 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, required=True, help="metrics JSON to write (atomically)"
     )
     parser.add_argument(
-        "--num-samples", type=int, default=None, help="use the first N samples (default: all)"
+        "--num-samples",
+        type=argtypes.SAMPLES,
+        default=None,
+        help="use the first N samples (default: all)",
     )
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
+    parser.add_argument("--batch-size", type=argtypes.BATCH, default=64)
+    parser.add_argument(
+        "--num-workers", type=argtypes.WORKERS, default=0, help="DataLoader workers"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--progress", action="store_true", help="print extraction progress")
+    outputs.add_overwrite(parser)
     add_dry_run(parser)
     args = parser.parse_args(argv)
-    check_minimums(parser, args, num_samples=1, batch_size=1, num_workers=0)
     if dry_run(args):
         return 0
 
     weights = inception.weights_from_args(parser, args)
+    outputs.check(
+        inputs={
+            "--samples": args.samples,
+            "--reference": args.reference,
+            "--inception-weights": weights,
+        },
+        outputs={"--out": args.out},
+    )
+    with outputs.locked(args.out):
+        return _evaluate_to(args, weights)
+
+
+def scored_inputs(samples: Path, reference: Path, weights: Path, num_samples: int | None) -> dict:
+    """What a metrics file is the result of: the three input files' hashes and the sample
+    count asked for; a re-run with the same is a no-op, with others it would replace a result."""
+    return {
+        "samples": sha256_file(samples),
+        "reference": sha256_file(reference),
+        "inception_weights": sha256_file(weights),
+        "num_samples": num_samples,
+    }
+
+
+def _recorded_inputs(path: Path) -> dict | None:
+    """scored_inputs() of an existing metrics JSON, or None when it is not one."""
+    data = read_json(path, what="metrics file")
+    if not isinstance(data, dict) or not isinstance(data.get("provenance"), dict):
+        return None
+    prov = data["provenance"]
+    return {
+        "samples": prov.get("sha256", {}).get("samples"),
+        "reference": prov.get("sha256", {}).get("reference"),
+        "inception_weights": prov.get("inception_weights", {}).get("sha256"),
+        "num_samples": data.get("num_samples_requested"),
+    }
+
+
+def _evaluate_to(args, weights: Path) -> int:
+    # hashed only when a result is there to compare with (a missing input is named below)
+    if args.out.exists() and outputs.replace_result(
+        args.out,
+        flag="--out",
+        options=scored_inputs(args.samples, args.reference, weights, args.num_samples),
+        recorded=_recorded_inputs,
+        overwrite=args.overwrite,
+    ):
+        print(f"{args.out} already holds the metrics of these inputs; nothing to do")
+        return 0
     result = evaluate(
         samples=args.samples,
         reference=args.reference,
@@ -216,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         num_workers=args.num_workers,
         progress=args.progress,
     )
+    result["num_samples_requested"] = args.num_samples
     atomic_write_json(args.out, result)
     flag = "  [UNCALIBRATED: not the official Inception weights]" if result["uncalibrated"] else ""
     print(

@@ -58,7 +58,16 @@ def check_model_options(name: str, model_kw: dict) -> ModelSpec:
 
 def create_model(name: str, **overrides) -> nn.Module:
     """Build a registry model; overrides (input_size, num_classes, ...) go to its constructor."""
-    return get_spec(name).build(**overrides)
+    spec = get_spec(name)
+    try:
+        return spec.build(**overrides)
+    except (ValueError, AssertionError) as err:  # e.g. a width the head count does not divide
+        if isinstance(err, BadValueError):
+            raise
+        raise BadValueError(
+            f"model {spec.name} cannot be built with {overrides}: {err}; fix --model-kw "
+            f"(or model_kw in the config)"
+        ) from None
 
 
 __all__ = [

@@ -28,7 +28,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from udit import distributed, paths
+from udit import argtypes, distributed, outputs, paths
 from udit.cli import add_dry_run
 from udit.errors import BadValueError, UserError, command_main
 from udit.models.spec import parse_model_kw
@@ -39,6 +39,26 @@ from udit.training import store
 from udit.training.data import FLIP_PROB, build_train_data
 from udit.training.determinism import DataOrder, LabelDropControl, StepBatchSampler, draw_samples
 from udit.training.ema import make_ema, update_ema
+
+# The range of every numeric option: the CLI's argparse types and TrainOptions.validate (the
+# DAG and tests build TrainOptions directly) check the same table (udit.argtypes).
+RANGES = {
+    "total_steps": argtypes.STEPS,
+    "global_batch": argtypes.BATCH,
+    "grad_accum": argtypes.BATCH,
+    "lr": argtypes.LEARNING_RATE,
+    "weight_decay": argtypes.NONNEG,
+    "ema_decay": argtypes.DECAY,
+    "seed": argtypes.SEED,
+    "num_classes": argtypes.CLASSES,
+    "image_size": argtypes.IMAGE_SIZE,
+    "ckpt_every": argtypes.STEPS,
+    "keep_last": argtypes.POSITIVE_INT,
+    "checkpoint_minutes": argtypes.NONNEG,
+    "log_every": argtypes.STEPS,
+    "num_workers": argtypes.WORKERS,
+    "stop_at": argtypes.STEPS,
+}
 
 # Options that define the trajectory: a resumed run must match them exactly.
 IDENTITY_FIELDS = tuple(
@@ -98,22 +118,16 @@ class TrainOptions:
             )
         if self.images is not None and not Path(self.images).is_dir():
             raise FileNotFoundError(f"--images {self.images}: not a directory")
-        positive = "total_steps global_batch grad_accum ckpt_every keep_last log_every image_size"
-        positive += " num_classes"
-        for name in positive.split():
-            if getattr(self, name) < 1:
-                raise BadValueError(
-                    f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
-                )
+        for name, allowed in RANGES.items():
+            value = getattr(self, name)
+            why = None if value is None else allowed.check(value)
+            if why:
+                raise BadValueError(f"--{name.replace('_', '-')} {why}")
         if self.global_batch % self.grad_accum:
             raise BadValueError(
                 f"--global-batch {self.global_batch} is not divisible by --grad-accum "
                 f"{self.grad_accum}: every micro-batch must hold the same number of samples"
             )
-        if self.checkpoint_minutes < 0:
-            raise BadValueError(f"--checkpoint-minutes must be >= 0, got {self.checkpoint_minutes}")
-        if self.num_workers < 0:
-            raise BadValueError(f"--num-workers must be >= 0, got {self.num_workers}")
         if self.stop_at is not None and not 1 <= self.stop_at <= self.total_steps:
             raise BadValueError(
                 f"--stop-at {self.stop_at} must lie in [1, --total-steps {self.total_steps}]"
@@ -137,10 +151,18 @@ class TrainOptions:
 def train(opts: TrainOptions) -> dict:
     """Train from the newest valid checkpoint (or from scratch) up to stop_at / total_steps."""
     opts.validate()
+    outputs.check(
+        inputs={"--latents": opts.latents, "--images": opts.images},
+        outputs={"--run-dir": opts.run_dir},
+        folders=("--run-dir",),
+    )
     opts = with_cache_vae(opts)
     info = distributed.setup(opts.device)
     try:  # a stop signal from here on waits for the first step to finish (no work lost)
-        with StopFlag(checkpoint_minutes=opts.checkpoint_minutes) as flag:
+        with (
+            distributed.rank0_lock(opts.run_dir, info, flag="--run-dir"),
+            StopFlag(checkpoint_minutes=opts.checkpoint_minutes) as flag,
+        ):
             return _train(opts, info, flag)
     finally:
         distributed.cleanup(info)
@@ -456,7 +478,7 @@ def _run_steps(run: Run, loader, *, start: int, stop: int, last_path, flag: Stop
                 run_dir=run.run_dir,
             )
             bar.set_postfix(loss=f"{loss:.4f}")
-        stop_now, clock_due = flag.poll(info)  # the same on every rank
+        stop_now, clock_due = flag.poll(info, done)  # the same on every rank
         scheduled = done % opts.ckpt_every == 0 or done in milestones or done == stop
         if scheduled or stop_now or clock_due:
             window.check_finite(info, last_path=last_path)  # never save weights a NaN step touched
@@ -512,28 +534,31 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--images", help="ImageFolder root (online VAE encode, or --pixel)")
     p.add_argument("--pixel", action="store_true", help="pixel space, no VAE")
     p.add_argument("--vae", default=d.vae, help="VAE hub id or local dir (images mode)")
-    p.add_argument("--total-steps", type=int, required=True)
-    p.add_argument("--global-batch", type=int, default=d.global_batch)
+    p.add_argument("--total-steps", type=argtypes.STEPS, required=True)
+    p.add_argument("--global-batch", type=argtypes.BATCH, default=d.global_batch)
     p.add_argument(
-        "--grad-accum", type=int, default=d.grad_accum, help="micro-batches per step (same maths)"
+        "--grad-accum",
+        type=argtypes.BATCH,
+        default=d.grad_accum,
+        help="micro-batches per step (same maths)",
     )
-    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
-    p.add_argument("--keep-last", type=int, default=d.keep_last)
+    p.add_argument("--ckpt-every", type=argtypes.STEPS, default=d.ckpt_every)
+    p.add_argument("--keep-last", type=argtypes.POSITIVE_INT, default=d.keep_last)
     p.add_argument(
         "--checkpoint-minutes",
-        type=float,
+        type=argtypes.NONNEG,
         default=d.checkpoint_minutes,
         help="also checkpoint every this many minutes (0: off)",
     )
     p.add_argument(
         "--milestones", type=_parse_steps, default=d.milestones, help="e.g. 400000,1000000"
     )
-    p.add_argument("--stop-at", type=int, default=None, help="exit after this step")
+    p.add_argument("--stop-at", type=argtypes.STEPS, default=None, help="exit after this step")
     p.add_argument("--resume", default=d.resume, help="auto | never | PATH")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--ema-decay", type=float, default=d.ema_decay)
+    p.add_argument("--seed", type=argtypes.SEED, default=d.seed)
+    p.add_argument("--lr", type=argtypes.LEARNING_RATE, default=d.lr)
+    p.add_argument("--weight-decay", type=argtypes.NONNEG, default=d.weight_decay)
+    p.add_argument("--ema-decay", type=argtypes.DECAY, default=d.ema_decay)
     p.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -541,11 +566,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="tf32 (official train.py), bf16 autocast (faster, a deviation) or strict fp32",
     )
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--num-classes", type=int, default=d.num_classes)
-    p.add_argument("--image-size", type=int, default=d.image_size)
+    p.add_argument("--num-classes", type=argtypes.CLASSES, default=d.num_classes)
+    p.add_argument("--image-size", type=argtypes.IMAGE_SIZE, default=d.image_size)
     p.add_argument("--model-kw", nargs="*", default=[], metavar="KEY=VAL", help="model overrides")
-    p.add_argument("--log-every", type=int, default=d.log_every)
-    p.add_argument("--num-workers", type=int, default=d.num_workers)
+    p.add_argument("--log-every", type=argtypes.STEPS, default=d.log_every)
+    p.add_argument("--num-workers", type=argtypes.WORKERS, default=d.num_workers)
     p.add_argument("--device", choices=("cpu", "cuda"), default=None)
     # Seconds to sleep after each checkpoint: lets a test SIGKILL the job at a known step.
     p.add_argument("--pause-after-ckpt", type=float, default=0.0, help=argparse.SUPPRESS)

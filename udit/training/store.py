@@ -235,6 +235,9 @@ def truncate_log(path: Path, *, step: int) -> None:
 # ----------------------------------------------------------------------------- training state
 
 
+RESUME_SHOWN = ("model", "model_kw", "num_classes", "image_size", "pixel")  # in a misfit error
+
+
 def resume_training_state(
     *, run_dir: Path, resume: str, info, model, ema, opt, order
 ) -> tuple[int, Path | None]:
@@ -258,9 +261,17 @@ def resume_training_state(
             truncate_log(run_dir / TRAIN_LOG, step=0)
         return 0, None
     state = load_checkpoint_state(ckpt, map_location=info.device)
-    model.load_state_dict(state["model"])
-    ema.load_state_dict(state["ema"])
-    opt.load_state_dict(state["opt"])
+    try:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+    except (RuntimeError, ValueError, KeyError) as err:  # another model, width or class count
+        trained = {k: v for k, v in (state.get("args") or {}).items() if k in RESUME_SHOWN}
+        first = str(err).strip().splitlines()[-1].strip()[:200]
+        raise BadValueError(
+            f"--resume {ckpt}: its weights do not fit this run's model ({first}); it was "
+            f"trained with {trained}; resume it with those options or use another checkpoint"
+        ) from None
     step = int(state["step"])
     if state["data"] != order.state(step):
         raise BadValueError(
