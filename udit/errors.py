@@ -82,7 +82,7 @@ def explain_os_error(err: OSError) -> OSFaultError | None:
     fix = OS_FAULT_FIXES.get(err.errno)
     if fix is None:
         return None
-    where = " -> ".join(str(p) for p in (err.filename, err.filename2) if p is not None)
+    where = " -> ".join(shown(p) for p in (err.filename, err.filename2) if p is not None)
     return OSFaultError(err.errno, f"{where or 'a file'}: {fix}")
 
 
@@ -94,15 +94,20 @@ def user_error(err: BaseException) -> bool:
     )
 
 
+def shown(path) -> str:
+    """A path as an error message shows it: as is, or quoted with escapes when it holds a line
+    break or another unprintable character (the message must stay one line)."""
+    text = os.fsdecode(path) if isinstance(path, (bytes, os.PathLike)) else str(path)
+    return text if text.isprintable() else repr(text)
+
+
 def one_screen(text: str) -> str:
     """`text` cut to MAX_MESSAGE_LINES lines and MAX_MESSAGE_CHARS characters, saying so."""
-    lines = text.splitlines() or [""]
-    cut = "\n".join(lines[:MAX_MESSAGE_LINES])
-    if len(cut) > MAX_MESSAGE_CHARS:
-        cut = cut[:MAX_MESSAGE_CHARS]
-    if cut != text:
-        cut += f" ... [{len(text) - len(cut)} more characters not shown]"
-    return cut
+    lines = text.split("\n")
+    if len(lines) <= MAX_MESSAGE_LINES and len(text) <= MAX_MESSAGE_CHARS:
+        return text
+    cut = "\n".join(lines[:MAX_MESSAGE_LINES])[:MAX_MESSAGE_CHARS]
+    return f"{cut} ... [{len(text) - len(cut)} more characters not shown]"
 
 
 def message(err: BaseException) -> str:

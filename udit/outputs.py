@@ -98,7 +98,10 @@ def check(
                     f"{a} and {b} are the same file {outs[a]}; give them different paths"
                 )
     for flag, out in outs.items():
-        os.stat(_writable_parent(out))  # a symlink loop or permission fault, with its path
+        try:  # a symlink loop, a file used as a folder: the OS error names the path
+            os.stat(out)
+        except FileNotFoundError:
+            pass
         if flag not in folders and out.is_dir():
             raise OutputClashError(f"{flag} {out} is a folder; name a file inside it")
         if flag in folders and out.exists() and not out.is_dir():
@@ -119,13 +122,27 @@ def _is_within(path: Path, folder: Path) -> bool:
         return False
 
 
-def differing_keys(old: Mapping, new: Mapping) -> list[str]:
-    """Keys whose values differ; NaN equals NaN here (a float option read back from JSON)."""
+def differing_keys(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
+    """Dotted paths of the values that differ, nested dicts walked ('config.seed'); values are
+    compared as JSON, so NaN equals NaN and a tuple its list (options read back from a file)."""
 
     def norm(v):
         return json.dumps(v, sort_keys=True, default=str)
 
-    return sorted(k for k in set(old) | set(new) if norm(old.get(k)) != norm(new.get(k)))
+    changed = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            changed += differing_keys(a, b, f"{prefix}{key}.")
+        elif norm(a) != norm(b):
+            changed.append(f"{prefix}{key}")
+    return changed
+
+
+def _value_at(options: Mapping, dotted: str):
+    for part in dotted.split("."):
+        options = options.get(part) if isinstance(options, Mapping) else None
+    return options
 
 
 def replace_result(
@@ -159,7 +176,9 @@ def replace_result(
             f"missing): refusing to replace it; choose another {flag} or pass --overwrite"
         )
     changed = differing_keys(old, options)
-    shown = ", ".join(f"{k} {old.get(k)!r} -> {options.get(k)!r}" for k in changed[:6])
+    shown = ", ".join(
+        f"{k} {_value_at(old, k)!r} -> {_value_at(options, k)!r}" for k in changed[:6]
+    )
     more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
     raise OutputClashError(
         f"{flag} {path} holds a result made with other options ({shown}{more}); "
