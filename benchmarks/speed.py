@@ -36,7 +36,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from udit.cli import check_minimums
+from udit import argtypes
+from udit.cli import add_dry_run, dry_run
 from udit.diffusion import ClassifierFreeGuidance, create_diffusion
 from udit.models import MODELS, create_model
 from udit.paper import recipe
@@ -445,22 +446,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the figures here (schema 1)")
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=None, help="train rows")
     p.add_argument("--paths", nargs="+", choices=PATHS, default=None)
-    p.add_argument("--batch", type=int, default=None, help="per-GPU train batch (32)")
-    p.add_argument("--input-size", type=int, default=None, help="latent side (32)")
-    p.add_argument("--pairs", type=int, default=None, help="timed rounds per model")
-    p.add_argument("--warmup", type=int, default=None, help="untimed rounds (compile happens here)")
+    p.add_argument("--batch", type=argtypes.BATCH, default=None, help="per-GPU train batch (32)")
+    p.add_argument("--input-size", type=argtypes.IMAGE_SIZE, default=None, help="latent side (32)")
+    p.add_argument(
+        "--pairs", type=argtypes.POSITIVE_INT, default=None, help="timed rounds per model"
+    )
+    p.add_argument(
+        "--warmup",
+        type=argtypes.NONNEG_INT,
+        default=None,
+        help="untimed rounds (compile happens here)",
+    )
     p.add_argument("--sample-model", default="U-DiT-L", choices=list(MODELS))
-    p.add_argument("--sample-batch", type=int, default=None, help="256 on GPU")
-    p.add_argument("--sample-steps", type=int, default=3, help="timed DDPM steps (of 250)")
+    p.add_argument("--sample-batch", type=argtypes.BATCH, default=None, help="256 on GPU")
+    p.add_argument(
+        "--sample-steps", type=argtypes.POSITIVE_INT, default=3, help="timed DDPM steps (of 250)"
+    )
     p.add_argument("--vae", default=recipe().vae, help="VAE hub id or local dir")
-    p.add_argument("--vae-batch", type=int, default=None)
+    p.add_argument("--vae-batch", type=argtypes.BATCH, default=None)
     p.add_argument("--inception-weights", help="torch-fidelity Inception weights file")
-    p.add_argument("--inception-batch", type=int, default=None)
-    p.add_argument("--repeats", type=int, default=3, help="timed calls of VAE, Inception, EMA")
+    p.add_argument("--inception-batch", type=argtypes.BATCH, default=None)
+    p.add_argument(
+        "--repeats",
+        type=argtypes.POSITIVE_INT,
+        default=3,
+        help="timed calls of VAE, Inception, EMA",
+    )
     p.add_argument("--only-train", action="store_true", help="skip sampling, VAE, Inception, EMA")
     p.add_argument("--profile", action="store_true", help="torch.profiler top ops of each path")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--threads",
+        type=argtypes.Range("int", 1, 1024),
+        default=None,
+        help="torch intra-op threads",
+    )
+    p.add_argument("--seed", type=argtypes.SEED, default=0)
+    add_dry_run(p)
     return p
 
 
@@ -486,21 +507,9 @@ def resolve(args) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    check_minimums(
-        parser,
-        args,
-        batch=1,
-        input_size=1,
-        pairs=1,
-        warmup=0,
-        sample_batch=1,
-        sample_steps=1,
-        vae_batch=1,
-        inception_batch=1,
-        repeats=1,
-        threads=1,
-    )
     args = resolve(args)
+    if dry_run(args):
+        return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         print("speed: --device cuda but no CUDA device is visible", file=sys.stderr)
         return 2

@@ -466,3 +466,40 @@ def test_ddp_stop_poll_synchronises_once_every_poll_every_steps(monkeypatch):
     assert [s for s, (stop_now, _) in enumerate(results, 1) if stop_now] == list(range(10, 101, 10))
     single = distributed.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     assert flag.poll(single, 3) == (True, False)  # one process: every step, no communication
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_launch_exits_0_when_the_command_finished_before_a_late_stop_signal(tmp_path, finished):
+    """A job whose work ends inside its last stop_lead_s: the timer's SIGUSR1 reaches the
+    processes on their way out (torchrun agents then exit 1). The command had marked its work
+    done (udit.stop.mark_done), so launch.sh reports 0; without the mark the failure stands."""
+    fake_python = tmp_path / "python"
+    touch = 'echo "$$" > "$UDIT_DONE_FILE"; ' if finished else ""
+    fake_python.write_text(f"#!/usr/bin/env bash\n{touch}kill -USR1 $$; exit 1\n")
+    fake_python.chmod(0o755)
+    launch = ROOT / "workflow" / "scripts" / "launch.sh"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    proc = subprocess.run(
+        ["bash", str(launch), "1", "0", "1", "0", str(fake_python), "train"],
+        capture_output=True,
+        text=True,
+        env={**env, "TMPDIR": str(tmp_path)},
+        timeout=60,
+    )
+    assert proc.returncode == (0 if finished else 138), proc.stderr
+    assert not list(tmp_path.glob("udit-done.*"))  # the launcher cleans up its mark
+
+
+def test_mark_done_writes_the_launchers_file_and_ignores_late_stop_signals(tmp_path):
+    done = tmp_path / "done"
+    code = (
+        "import os, signal; from udit.stop import mark_done; mark_done(); "
+        "os.kill(os.getpid(), signal.SIGUSR1); os.kill(os.getpid(), signal.SIGTERM)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "UDIT_DONE_FILE": str(done), "RANK": "0"},
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert proc.returncode == 0 and done.read_text().strip().isdigit()

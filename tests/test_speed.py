@@ -207,5 +207,5 @@ def test_speed_refuses_non_positive_sizes_before_any_work(option):
     )
     flag, value = option.split("=")
     assert result.returncode == 2, result.stderr[-2000:]
-    assert f"{flag} must be >=" in result.stderr and f"got {value}" in result.stderr
+    assert f"argument {flag}: must be" in result.stderr and f"got {value}" in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""

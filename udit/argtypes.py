@@ -34,12 +34,15 @@ class Range:
     high_open: bool = False
 
     def describe(self) -> str:
-        lo = "-inf" if self.low is None else f"{self.low:g}"
-        hi = "inf" if self.high is None else f"{self.high:g}"
+        lo = "-inf" if self.low is None else self._number(self.low)
+        hi = "inf" if self.high is None else self._number(self.high)
         left = "(" if self.low_open or self.low is None else "["
         right = ")" if self.high_open or self.high is None else "]"
         what = "an integer" if self.kind == "int" else "a finite number"
         return f"{what} in {left}{lo}, {hi}{right}"
+
+    def _number(self, bound: float) -> str:
+        return str(int(bound)) if self.kind == "int" else f"{bound:g}"
 
     def check(self, value) -> str | None:
         """-> why `value` is out of range, or None."""

@@ -60,15 +60,6 @@ def dry_run(args) -> bool:
     return False
 
 
-def check_minimums(parser, args, **minimums: int) -> None:
-    """Exit 2 through parser.error (usage + one line) for a numeric option below its minimum,
-    e.g. check_minimums(parser, args, batch_size=1, num_workers=0); None (unset) passes."""
-    for name, low in minimums.items():
-        value = getattr(args, name)
-        if value is not None and value < low:
-            parser.error(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
-
-
 def _usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: udit <command> [options]", "", "commands:"]

@@ -43,7 +43,7 @@ from udit.io import (
 from udit.models.spec import parse_model_kw
 from udit.paper import recipe
 from udit.precision import DEFAULT_PRECISION, PRECISIONS, check_precision, set_precision
-from udit.stop import StopFlag, StoppedEarly
+from udit.stop import StopFlag, StoppedEarly, mark_done
 
 RECIPE = recipe()  # the paper's defaults (udit/paper/paper_numbers.yaml)
 PARTS_SUFFIX = ".parts"  # OUT.npz -> OUT.npz.parts/ holds the finished shards
@@ -787,6 +787,7 @@ def main(argv: list[str] | None = None) -> int:
     kwargs.pop("dry_run")
     try:
         generate(**kwargs)
+        mark_done()
     except (ValueError, KeyError) as err:
         if isinstance(err, UserError):
             raise

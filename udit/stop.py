@@ -11,6 +11,7 @@ host read, which waits for the GPU queue) happens every `poll_every` steps, the 
 every rank, not every step.
 """
 
+import os
 import signal
 import sys
 import threading
@@ -22,6 +23,7 @@ import torch
 from udit import distributed
 from udit.errors import UserError
 
+DONE_FILE_ENV = "UDIT_DONE_FILE"  # set by workflow/scripts/launch.sh
 EXIT_STOPPED = 75  # sysexits.h EX_TEMPFAIL: "temporary failure; the user is invited to retry"
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 POLL_EVERY = 10  # steps between the ranks' stop agreements under DDP (seconds of work at most)
@@ -91,3 +93,16 @@ class StopFlag:
     @property
     def name(self) -> str:
         return signal.Signals(self.signal).name if self.signal else "another rank's stop signal"
+
+
+def mark_done() -> None:
+    """Tell the launcher (workflow/scripts/launch.sh) that this job's work is complete, so a stop
+    signal that reaches the processes while they exit does not fail the finished job; then
+    ignore further stop signals (the default action would kill the exiting process)."""
+    path = os.environ.get(DONE_FILE_ENV)
+    if path and int(os.environ.get("RANK", "0")) == 0:
+        with open(path, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)

@@ -34,7 +34,7 @@ from udit.errors import BadValueError, UserError, command_main
 from udit.models.spec import parse_model_kw
 from udit.paper import recipe
 from udit.precision import DEFAULT_PRECISION, PRECISIONS, check_precision, set_precision
-from udit.stop import StopFlag, StoppedEarly, ignore_stop_signals
+from udit.stop import StopFlag, StoppedEarly, ignore_stop_signals, mark_done
 from udit.training import store
 from udit.training.data import FLIP_PROB, build_train_data
 from udit.training.determinism import DataOrder, LabelDropControl, StepBatchSampler, draw_samples
@@ -600,6 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(asdict(opts), indent=2))
         return 0
     result = train(opts)
+    mark_done()
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result))
     return 0

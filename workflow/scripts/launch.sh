@@ -49,6 +49,11 @@ else
     fi
 fi
 
+# The command touches this file once its work is done (udit.stop.mark_done): a stop signal that
+# arrives after that, while the processes exit, must not turn a finished job into a failure.
+done_file=$(mktemp -u "${TMPDIR:-/tmp}/udit-done.XXXXXX")
+export UDIT_DONE_FILE=$done_file
+
 "${cmd[@]}" &
 child=$!
 # A signal the shell gets (scancel --signal, the limit's SIGTERM) goes to the command; `wait`
@@ -69,7 +74,7 @@ if [ -n "${SLURM_JOB_ID:-}" ] && [ "$lead" -gt 0 ] && command -v squeue >/dev/nu
             sleep "$delay" &
             sleeper=$!
             wait "$sleeper"
-            kill -USR1 "$child" 2>/dev/null || true
+            if [ ! -e "$done_file" ]; then kill -USR1 "$child" 2>/dev/null || true; fi
         ) &
         timer=$!
     fi
@@ -81,4 +86,9 @@ while :; do
     kill -0 "$child" 2>/dev/null || break
 done
 if [ -n "$timer" ]; then kill "$timer" 2>/dev/null || true; fi
+if [ "$status" -ne 0 ] && [ -e "$done_file" ]; then
+    echo "launch.sh: the command had finished its work before it exited with $status; exit 0" >&2
+    status=0
+fi
+rm -f "$done_file"
 exit "$status"
