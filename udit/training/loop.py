@@ -378,7 +378,14 @@ def _train(opts: TrainOptions, info: distributed.DistInfo, flag: StopFlag) -> di
     )
     model, net, ema, drops, opt = _build_model(opts, info, shape)
     start, ckpt = store.resume_training_state(
-        run_dir=run_dir, resume=opts.resume, info=info, model=model, ema=ema, opt=opt, order=order
+        run_dir=run_dir,
+        resume=opts.resume,
+        info=info,
+        model=model,
+        ema=ema,
+        opt=opt,
+        order=order,
+        expected=asdict(opts),
     )
     stop = opts.stop_at or opts.total_steps
     if start >= stop:

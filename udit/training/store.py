@@ -71,7 +71,8 @@ def verify_checkpoint(path: Path) -> str | None:
     try:  # no sidecar: the job died between the two writes; trust the file only if it loads
         torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means unusable
-        return f"no sidecar and torch.load failed: {type(err).__name__}: {err}"
+        first = str(err).strip().split("\n")[0].split(". ")[0][:160]  # torch writes paragraphs
+        return f"no sidecar and torch.load failed: {type(err).__name__}: {first}"
     return None
 
 
@@ -239,10 +240,12 @@ RESUME_SHOWN = ("model", "model_kw", "num_classes", "image_size", "pixel")  # in
 
 
 def resume_training_state(
-    *, run_dir: Path, resume: str, info, model, ema, opt, order
+    *, run_dir: Path, resume: str, info, model, ema, opt, order, expected: dict | None = None
 ) -> tuple[int, Path | None]:
     """Load the checkpoint `resume` names ('auto': newest valid one, 'never', or a path) into
-    model / EMA / optimiser / RNGs; -> (step, path or None). `order` is the run's DataOrder."""
+    model / EMA / optimiser / RNGs; -> (step, path or None). `order` is the run's DataOrder;
+    `expected` this run's options: a checkpoint trained with other RESUME_SHOWN is refused."""
+    expected = json.loads(json.dumps(expected or {}))  # tuples -> lists, as the checkpoint has
     run_dir, ckpt = Path(run_dir), None
     if resume == "auto":
         found = find_latest(run_dir)
@@ -261,6 +264,16 @@ def resume_training_state(
             truncate_log(run_dir / TRAIN_LOG, step=0)
         return 0, None
     state = load_checkpoint_state(ckpt, map_location=info.device)
+    trained = state.get("args") or {}
+    misfit = [
+        k for k in RESUME_SHOWN if k in trained and k in expected and trained[k] != expected[k]
+    ]
+    if misfit:
+        shown = "; ".join(f"{k}: {trained[k]!r} there, {expected[k]!r} here" for k in misfit)
+        raise BadValueError(
+            f"--resume {ckpt}: trained with other model options ({shown}); resume it with "
+            f"those options or use another checkpoint"
+        )
     try:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
