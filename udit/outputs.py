@@ -25,6 +25,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -81,14 +82,25 @@ def check(
     `folders` are folders (a run dir, an output tree); the others are files."""
     ins = {flag: Path(p) for flag, p in inputs.items() if p is not None}
     outs = {flag: Path(p) for flag, p in outputs.items() if p is not None}
+    for in_flag, src in ins.items():
+        _check_readable_kind(in_flag, src)
     for out_flag, out in outs.items():
         for in_flag, src in ins.items():
-            inside = out_flag in folders and _is_within(src, out)
-            if _same(out, src) or inside:
-                where = "holds" if inside and not _same(out, src) else "is"
+            if _same(out, src):
                 raise OutputClashError(
-                    f"{out_flag} {out} {where} the input {in_flag} {src}: writing it would destroy "
+                    f"{out_flag} {out} is the input {in_flag} {src}: writing it would destroy "
                     f"that input; choose another {out_flag}"
+                )
+            if out_flag in folders and _is_within(src, out):
+                raise OutputClashError(
+                    f"{out_flag} {out} holds the input {in_flag} {src}: writing it could destroy "
+                    f"that input; choose another {out_flag}"
+                )
+            if src.is_dir() and _is_within(out, src):  # e.g. a run dir inside the image tree
+                raise OutputClashError(
+                    f"{out_flag} {out} lies inside the input folder {in_flag} {src}: the output "
+                    f"would change that input (a new class folder, a stray shard); choose "
+                    f"another {out_flag}"
                 )
     flags = list(outs)
     for i, a in enumerate(flags):
@@ -104,6 +116,10 @@ def check(
             pass
         if flag not in folders and out.is_dir():
             raise OutputClashError(f"{flag} {out} is a folder; name a file inside it")
+        if out.exists() and not (out.is_dir() or out.is_file()):
+            raise OutputClashError(
+                f"{flag} {out} is not a regular file (a device, pipe or socket); name a file"
+            )
         if flag in folders and out.exists() and not out.is_dir():
             raise OutputClashError(f"{flag} {out} is a file; name a folder")
         parent = out if flag in folders and out.is_dir() else _writable_parent(out)
@@ -112,6 +128,20 @@ def check(
                 f"{flag} {out}: cannot write in {parent} (read-only or no permission); "
                 f"choose a writable folder"
             )
+
+
+def _check_readable_kind(flag: str, path: Path) -> None:
+    """An existing input must be a regular file or a folder: reading a pipe, a socket or a
+    device such as /dev/zero would block forever or never end."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return  # the command's own loader names a missing input with its fix
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise BadValueError(
+            f"{flag} {path} is not a regular file (a device, pipe or socket): reading it would "
+            f"block or never end; give a file"
+        )
 
 
 def _is_within(path: Path, folder: Path) -> bool:

@@ -100,7 +100,9 @@ def mark_done() -> None:
     signal that reaches the processes while they exit does not fail the finished job; then
     ignore further stop signals (the default action would kill the exiting process)."""
     path = os.environ.get(DONE_FILE_ENV)
-    if path and int(os.environ.get("RANK", "0")) == 0:
+    if not path:  # not under the launcher (a shell, a test calling main()): nothing to tell
+        return
+    if int(os.environ.get("RANK", "0")) == 0:
         with open(path, "w") as f:
             f.write(f"{os.getpid()}\n")
     if threading.current_thread() is threading.main_thread():
