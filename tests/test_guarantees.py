@@ -242,9 +242,11 @@ def test_lock_is_exclusive_across_processes_and_released_on_exit(tmp_path):
     target = tmp_path / "out.npz"
     holder = hold_lock(target)
     try:
-        with pytest.raises(outputs.LockedError, match=f"PID {holder.pid} on host"):
-            with outputs.locked(target):
-                pass
+        with (
+            pytest.raises(outputs.LockedError, match=f"PID {holder.pid} on host"),
+            outputs.locked(target),
+        ):
+            pass
     finally:
         holder.kill()
         holder.wait()
@@ -482,6 +484,7 @@ def test_launch_exits_0_when_the_command_finished_before_a_late_stop_signal(tmp_
     proc = subprocess.run(
         ["bash", str(launch), "1", "0", "1", "0", str(fake_python), "train"],
         capture_output=True,
+        check=False,
         text=True,
         env={**env, "TMPDIR": str(tmp_path)},
         timeout=60,
@@ -498,8 +501,99 @@ def test_mark_done_writes_the_launchers_file_and_ignores_late_stop_signals(tmp_p
     )
     proc = subprocess.run(
         [sys.executable, "-c", code],
+        check=False,
         env={**os.environ, "UDIT_DONE_FILE": str(done), "RANK": "0"},
         cwd=ROOT,
         timeout=60,
     )
     assert proc.returncode == 0 and done.read_text().strip().isdigit()
+
+
+# ----------------------------------------------------------------------------- new kinds
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder"])
+def test_an_input_that_is_not_a_regular_file_is_refused_before_it_is_read(tmp_path, capsys, kind):
+    """A pipe would block the hash forever, /dev/zero never ends: refused by kind."""
+    if kind == "fifo":
+        odd = tmp_path / "odd.pt"
+        os.mkfifo(odd)
+    elif kind == "device":
+        odd = Path("/dev/zero")
+    else:
+        odd = tmp_path / "odd.pt"
+        odd.mkdir()
+    ckpt = write_ckpt(tmp_path / "ckpt.pt")
+    assert_refused(sample_main(tiny_sample_argv(odd, tmp_path / "s.npz")), capsys, str(odd))
+    (tmp_path / "r.npz").write_bytes(b"r")
+    argv = ["--samples", str(odd), "--reference", str(tmp_path / "r.npz")]
+    argv += ["--inception-weights", str(ckpt), "--out", str(tmp_path / "m.json")]
+    if kind != "folder":  # a folder is the npz loader's to name ("is a folder")
+        assert_refused(evaluate.main(argv), capsys, str(odd), "not a regular file")
+
+
+def test_a_run_dir_inside_the_image_tree_is_refused(tmp_path, capsys):
+    toy = tmp_path / "toy"
+    generate_toy_data(out=str(toy), num_classes=4, per_class=2, size=16, seed=0)
+    before = snapshot(toy)
+    code = train_main(train_argv(toy / "run", toy, total_steps=1))
+    assert_refused(code, capsys, "--run-dir", "inside the input folder --images")
+    assert snapshot(toy) == before
+
+
+@FEW
+@given(
+    key=st.sampled_from(["depth", "hidden_size", "num_heads", "patch_size", "mlp_ratio"]),
+    value=st.sampled_from([0, -1, -32, 10**6, 10**12]),
+)
+def test_model_sizes_out_of_range_are_refused_before_anything_is_built(key, value):
+    from udit.models import check_model_options
+
+    with pytest.raises(errors.BadValueError, match=f"--model-kw {key}="):
+        check_model_options("DiT-S/2", {key: value})
+
+
+def test_a_model_that_cannot_fit_in_memory_is_refused_with_both_sizes(monkeypatch, tmp_path):
+    from udit import models
+
+    count = models.parameter_count("DiT-S/2", input_size=8, in_channels=3, num_classes=4)
+    monkeypatch.setattr(models, "memory_bytes", lambda device: 20 * count - 1)
+    with pytest.raises(errors.BadValueError, match="GiB") as err:
+        models.check_fits_memory(
+            "DiT-S/2",
+            device=torch.device("cpu"),
+            bytes_per_param=20,
+            what="training",
+            input_size=8,
+            in_channels=3,
+            num_classes=4,
+        )
+    assert f"{count / 1e6:,.0f}M parameters" in str(err.value)
+    monkeypatch.setattr(models, "memory_bytes", lambda device: 20 * count)
+    assert (
+        models.check_fits_memory(
+            "DiT-S/2",
+            device=torch.device("cpu"),
+            bytes_per_param=20,
+            what="training",
+            input_size=8,
+            in_channels=3,
+            num_classes=4,
+        )
+        == count
+    )
+
+
+@pytest.mark.parametrize("kw", ["hidden_size=30 num_heads=4", "hidden_size=32 patch_size=3"])
+def test_a_model_its_constructor_refuses_is_one_line(tmp_path, capsys, kw):
+    toy = tmp_path / "toy"
+    generate_toy_data(out=str(toy), num_classes=4, per_class=2, size=16, seed=0)
+    argv = train_argv(tmp_path / "run", toy, total_steps=1)
+    argv += ["--model-kw", *kw.split()]  # the last --model-kw wins
+    assert_refused(train_main(argv), capsys, "cannot be built", "--model-kw")
+
+
+def test_a_bad_test_hook_in_the_environment_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("UDIT_PAUSE_AFTER_STEP", "abc")
+    code = train_main(train_argv(tmp_path / "run", tmp_path, total_steps=1))
+    assert_refused(code, capsys, "UDIT_PAUSE_AFTER_STEP", "abc")

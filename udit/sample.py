@@ -594,8 +594,13 @@ def _check_options(*, numbers: dict, sampler, labels, weights, checkpoint, out):
         raise BadValueError(f"unknown label mode {labels!r}; choose one of {LABEL_MODES}")
     if weights not in ("ema", "model"):
         raise BadValueError(f"--weights must be 'ema' or 'model', got {weights!r}")
-    if not Path(checkpoint).is_file():
+    if not Path(checkpoint).exists():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    if not Path(checkpoint).is_file():
+        raise BadValueError(
+            f"--checkpoint {checkpoint} is not a regular file (a folder, pipe or device); give "
+            f"a checkpoint file, e.g. RUN/checkpoints/ckpt-0400000.pt"
+        )
     if Path(out).suffix != ".npz":
         raise BadValueError(f"--out must end in .npz (the ADM evaluator's format), got {out}")
 

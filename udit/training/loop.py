@@ -97,8 +97,10 @@ class TrainOptions:
     num_workers: int = 4  # DataLoader workers per rank
     device: str | None = None  # 'cpu' / 'cuda'; None: cuda when available
     pause_after_ckpt: float = 0.0  # seconds to sleep after each checkpoint (kill tests)
-    # seconds to sleep after each step (stop-signal tests); the env var reaches SLURM jobs too
-    pause_after_step: float = float(os.environ.get("UDIT_PAUSE_AFTER_STEP", "0"))
+    # seconds to sleep after each step (stop-signal tests)
+    pause_after_step: float = (
+        0.0  # the CLI's default: UDIT_PAUSE_AFTER_STEP, which reaches SLURM jobs
+    )
     inject_nan_at: int | None = None  # debug: make this step's loss NaN (NaN-stop tests)
 
     def validate(self) -> None:
@@ -321,10 +323,15 @@ def _start_run(opts: TrainOptions, info: distributed.DistInfo, run_dir: Path) ->
 
 def _build_model(opts: TrainOptions, info: distributed.DistInfo, shape: tuple[int, ...]):
     """-> (model, net (DDP-wrapped when distributed), EMA copy, label-drop hooks, AdamW)."""
-    from udit.models import create_model
+    from udit.models import check_fits_memory, create_model
 
     device = info.device
     sizes = {"input_size": shape[-1], "in_channels": shape[0], "num_classes": opts.num_classes}
+    # fp32 weights, gradients, EMA and AdamW's two moments: 20 bytes a parameter, activations not
+    # counted, checked on the meta device before any of it is allocated
+    check_fits_memory(
+        opts.model, device=device, bytes_per_param=20, what="training", **sizes, **opts.model_kw
+    )
     model = create_model(opts.model, **{**sizes, **opts.model_kw}).to(device)
     # DDP broadcasts rank 0's initial weights; the EMA copies them after (DiT: update_ema(decay=0)).
     net = model
@@ -531,6 +538,15 @@ def _parse_steps(text: str) -> tuple[int, ...]:
         )
 
 
+def _env_seconds(name: str = "UDIT_PAUSE_AFTER_STEP") -> float:
+    """A test hook's pause from the environment (it reaches SLURM jobs), checked like a flag."""
+    text = os.environ.get(name, "0")
+    try:
+        return argtypes.NONNEG(text)
+    except argparse.ArgumentTypeError as err:
+        raise BadValueError(f"environment variable {name}={text!r}: {err}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = TrainOptions(model="", run_dir="", total_steps=1)
     p = argparse.ArgumentParser(prog="udit train", description=__doc__.split("\n")[0])
@@ -583,7 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pause-after-ckpt", type=float, default=0.0, help=argparse.SUPPRESS)
     # Seconds to sleep after each step: lets a test signal the job between known steps.
     p.add_argument(
-        "--pause-after-step", type=float, default=d.pause_after_step, help=argparse.SUPPRESS
+        "--pause-after-step", type=argtypes.NONNEG, default=_env_seconds(), help=argparse.SUPPRESS
     )
     # Poison the batch of this step with NaN: tests that a non-finite loss stops the run.
     p.add_argument("--inject-nan-at", type=int, default=None, help=argparse.SUPPRESS)
