@@ -22,6 +22,13 @@ MAX_BATCH = 1_000_000
 MAX_WORKERS = 256
 
 
+def _as_float(value) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
 @dataclass(frozen=True)
 class Range:
     """A number of `kind` ('int' or 'float') in [low, high] (or (low, high) where exclusive);
@@ -51,7 +58,7 @@ class Range:
         if self.kind == "float":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 return f"must be {self.describe()}, got {value!r}"
-            if not math.isfinite(value):
+            if not math.isfinite(_as_float(value)):  # an int past float range counts as inf
                 return f"must be {self.describe()}, got {value}"
         below = self.low is not None and (value <= self.low if self.low_open else value < self.low)
         above = self.high is not None and (
