@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from udit import experiments as ex
 from udit import plan
@@ -230,3 +232,147 @@ def test_train_steps_never_exceed_max_job_hours(tmp_path):
     config = ex.load_config(path)
     exp = ex.resolve_experiments(config)["toy-dit-s-4"]
     assert plan.train_steps(exp, config) == [2, 5, 8]
+
+
+# --- bounded plan: chunk counts are capped before any list is built (G10) -------------------
+def paper_with(max_job_hours: float) -> dict:
+    config = ex.load_config(PAPER)
+    config["partitions"]["gpu"]["max_job_hours"] = max_job_hours
+    return config
+
+
+def test_tiny_max_job_hours_ends_at_once_naming_the_cap(monkeypatch):
+    """G10: 0.001 h per job once built chunks until MemoryError. Now: one error naming the
+    partition, the experiment, the chunk count and the cap, before a step list is built."""
+    config = paper_with(0.001)
+    throughput = plan.Throughput.from_config(config)
+    built = []
+    monkeypatch.setattr(plan, "split_stretch", lambda *a: built.append(a) or [])
+    with pytest.raises(ex.ConfigError) as err:
+        plan.all_train_steps(ex.resolve_experiments(config), config, throughput)
+    text = str(err.value)
+    assert "partitions/gpu/max_job_hours 0.001" in text and text.startswith("experiments/")
+    count = int(re.search(r"need (\d+) chained training chunks", text).group(1))
+    assert count > plan.MAX_CHUNKS_PER_EXPERIMENT
+    assert f"cap of {plan.MAX_CHUNKS_PER_EXPERIMENT} per experiment" in text
+    assert built == []  # refused by arithmetic, not by building the list
+
+
+def test_total_training_nodes_capped(monkeypatch):
+    config = ex.load_config(PAPER)
+    exps = ex.resolve_experiments(config)
+    throughput = plan.Throughput.from_config(config)
+    steps = plan.all_train_steps(exps, config, throughput)
+    total = sum(map(len, steps.values()))
+    assert total == 80  # tests/test_workflow.py PAPER_JOB_COUNTS["train"]
+    monkeypatch.setattr(plan, "MAX_TRAIN_NODES", total - 1)
+    with pytest.raises(ex.ConfigError, match=rf"need {total} training nodes.*cap of {total - 1}"):
+        plan.all_train_steps(exps, config, throughput)
+    monkeypatch.setattr(plan, "MAX_CHUNKS_PER_EXPERIMENT", 14)  # u-dit-l needs 15
+    with pytest.raises(ex.ConfigError, match=r"experiments/u-dit-l: .* need 15 chained"):
+        plan.all_train_steps(exps, config, throughput)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    milestones=st.lists(st.integers(1, 5_000_000), min_size=1, max_size=6, unique=True),
+    max_steps=st.integers(1, 3_000_000),
+)
+def test_chunk_count_is_the_length_of_the_split(milestones, max_steps):
+    """The arithmetic count (checked against the cap) is exactly what split_stretch builds."""
+    ends = sorted(milestones)
+    stretches = list(zip([0, *ends[:-1]], ends))
+    count = sum(plan._stretch_units(a, b, max_steps)[2] for a, b in stretches)
+    if count > 20_000:  # the property holds; building a huge list would only slow the test
+        return
+    built = [e for a, b in stretches for e in plan.split_stretch(a, b, max_steps)]
+    assert len(built) == count
+    assert all(0 < b - a <= max_steps for a, b in zip([0, *built], built))
+
+
+# --- speed JSON: every rate a positive finite number, else the file, field and value (P1) -----
+RATE_FIELDS = [
+    "train[0].images_per_s",
+    "train[0].gmacs_per_image",
+    "inception.images_per_s",
+    "vae_decode.images_per_s",
+]
+
+
+def speed_doc(field: str, value) -> dict:
+    row = {
+        "model": "U-DiT-L",
+        "path": "harness-tf32",
+        "precision": "tf32",
+        "images_per_s": 50.0,
+        "gmacs_per_image": 85.0,
+    }
+    doc = {
+        "schema": 1,
+        "train": [row],
+        "inception": {"images_per_s": 900.0},
+        "vae_decode": {"images_per_s": 300.0},
+    }
+    if field.startswith("train[0]."):
+        row[field.split(".")[1]] = value
+    else:
+        doc[field.split(".")[0]]["images_per_s"] = value
+    return doc
+
+
+@pytest.mark.parametrize("field", RATE_FIELDS)
+@pytest.mark.parametrize(
+    "text,shown",
+    [
+        ("-5", "-5"),
+        ("0", "0"),
+        ("NaN", "nan"),
+        ("Infinity", "inf"),
+        ('"fast"', "'fast'"),
+        ("true", "True"),
+        ("null", "None"),
+        ("1" + "0" * 400, "1000"),
+        ("[1]", "[1]"),
+    ],
+)
+def test_bad_rate_names_file_field_and_value(tmp_path, field, text, shown):
+    path = tmp_path / "speed.json"
+    marker = 123456.0  # placed, then replaced by the raw JSON text of the bad value
+    path.write_text(json.dumps(speed_doc(field, marker)).replace(str(marker), text))
+    with pytest.raises(UserError) as err:
+        plan.load_speed_json(path)
+    message = str(err.value)
+    assert str(path) in message and f"{field} is {shown}" in message, message
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    field=st.sampled_from(RATE_FIELDS),
+    rate=st.floats(min_value=1e-6, max_value=1e15, allow_nan=False, allow_infinity=False),
+)
+def test_positive_rates_are_read(tmp_path_factory, field, rate):
+    path = tmp_path_factory.mktemp("speed") / "speed.json"
+    path.write_text(json.dumps(speed_doc(field, rate)))
+    tp = plan.Throughput(speed=plan.load_speed_json(path))
+    if field.startswith("train"):
+        assert tp.train(model="U-DiT-L", gmacs=85.0, precision="tf32")[1].startswith("measured")
+    else:
+        assert tp.images_per_s(field.split(".")[0]) == rate
+
+
+def test_speed_json_bad_rate_through_udit_plan(tmp_path, capsys):
+    """P1 as the note ran it: `udit plan --speed-json` with inception -5 and vae_decode 0."""
+    path = tmp_path / "speedneg.json"
+    path.write_text(
+        json.dumps(
+            {
+                "schema": 1,
+                "train": [],
+                "inception": {"images_per_s": -5},
+                "vae_decode": {"images_per_s": 0},
+            }
+        )
+    )
+    rc = plan.main(["--configfile", "config/smoke.yaml", "--speed-json", str(path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and str(path) in err and "images_per_s is" in err

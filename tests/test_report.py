@@ -6,7 +6,10 @@ train / sample write): results/flops/flops.json, results/{exp}/metrics/{step}-cf
 results/{exp}/train/log.jsonl, results/{exp}/samples/{step}-cfg{cfg}.png.
 """
 
+import contextlib
+import io
 import json
+import math
 import os
 import re
 import shutil
@@ -16,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from markupsafe import escape  # jinja2's autoescape
 from PIL import Image
 
@@ -31,6 +36,7 @@ from udit.report import (
     tables,
     tolerances,
 )
+from udit.report import metrics_json as metrics_json_module
 from udit.sample import image_grid
 
 SMOKE = Path(__file__).resolve().parents[1] / "config" / "smoke.yaml"
@@ -47,6 +53,7 @@ CHROMIUM_FLAGS = [
     "--hide-scrollbars",
 ]
 BROWSER_TIMEOUT_S = 90
+FEW = settings(max_examples=20, deadline=None)
 
 
 def metrics_json(*, fid, sfid, is_, precision, recall, uncalibrated, n=16) -> dict:
@@ -221,7 +228,7 @@ def smoke_results(root: Path) -> Path:
 def smoke_report(tmp_path_factory):
     root = tmp_path_factory.mktemp("smoke")
     results = smoke_results(root)
-    summary = build_report(config=SMOKE, results=results, out=root / "report")
+    summary = build_report(config=SMOKE, results=results, out=root / "report").summary
     return root / "report", results, summary
 
 
@@ -235,12 +242,15 @@ def test_partial_results_show_pending_not_zero(smoke_report):
     )  # not in flops.json
     assert t2.loc["u-dit-s/0000008-cfg1.0", ("FID", "reproduced")] == "250.00 (uncalibrated)"
     assert t2.loc["u-dit-s/0000008-cfg1.0", ("GFLOPs", "reproduced")] == "6.05"
-    assert t2.loc["u-dit-l/0000008-cfg1.0", ("FID", "reproduced")] == "pending"  # unreadable JSON
+    # a torn JSON ran but cannot be read: invalid, not pending (udit evaluate writes atomically,
+    # so this is a broken file, not one still being written)
+    assert t2.loc["u-dit-l/0000008-cfg1.0", ("FID", "reproduced")] == "invalid"
     records = pd.read_csv(out / "tables" / "records.csv")
     pend = records[(records["status"] == "pending")]
     assert pend["reproduced"].isna().all()  # pending is never a number, let alone 0
     torn = records[(records["node"] == "u-dit-l/0000008-cfg1.0") & (records["metric"] == "fid")]
-    assert torn["note"].str.startswith("unreadable metrics file").all()
+    assert torn["note"].str.startswith("invalid metrics file: not JSON").all()
+    assert (torn["status"] == "invalid").all()
     assert summary["pending"] == len(pend) > 0
     html = (out / "index.html").read_text()
     assert "pending" in html and "Table 5" in html and "Table 10" in html
@@ -304,7 +314,7 @@ def calibrated_results(root: Path, *, one_uncalibrated: bool) -> Path:
 
 def test_tolerance_summary_counts(tmp_path):
     results = calibrated_results(tmp_path, one_uncalibrated=False)
-    summary = build_report(config=SMOKE, results=results, out=tmp_path / "report")
+    summary = build_report(config=SMOKE, results=results, out=tmp_path / "report").summary
     # u-dit-s answers two paper rows with these numbers (T2 U-DiT-S, T10 "all modifications"):
     # gflops, fid, precision agree and sfid, is, recall disagree in each.
     assert summary["reproduced"] == 2 * 3
@@ -571,7 +581,7 @@ def test_table11_from_speed_json(tmp_path, smoke_report):
     empty = model_tables.speed_t11(None)
     assert not empty["measured"] and all(not ln["runs"] for ln in empty["lines"])
     write_json(tmp_path / "bad.json", {"schema": 0, "train": []})
-    with pytest.raises(UserError, match=r"bad\.json: speed JSON schema 0"):
+    with pytest.raises(UserError, match=r"bad\.json: expected schema 1"):
         model_tables.read_speed(tmp_path / "bad.json")
 
 
@@ -602,7 +612,7 @@ def test_released_checkpoints_rendered_when_evaluated(tmp_path):
         results / "dit-xl-2-512-release" / "metrics" / "released-cfg1.5.json",
         metrics_json(fid=3.10, sfid=5.0, is_=240.0, precision=0.8, recall=0.6, uncalibrated=False),
     )
-    summary = build_report(config=PAPER, results=results, out=tmp_path / "report")
+    summary = build_report(config=PAPER, results=results, out=tmp_path / "report").summary
     records = pd.read_csv(tmp_path / "report" / "tables" / "records.csv")
     rel = records[records["table"] == "released"]
     fid = rel[rel["metric"] == "fid"].set_index("node")
@@ -666,3 +676,221 @@ def test_loss_panels_one_per_paper_table(smoke_report):
     assert list(panels["Table 1: Toy experiment"]) == ["toy-dit-s-4"]
     assert list(panels["Table 5: Longer training"]) == ["u-dit-b"]
     assert tables.PAPER_TABLES[3].key == "main_400k_T2"
+
+
+# --- invalid metrics files: visible, counted apart from pending, on stderr, --strict ----------
+GOOD = metrics_json(fid=240.0, sfid=90.0, is_=1.5, precision=0.01, recall=0.0, uncalibrated=False)
+HOSTILE_METRICS = {  # node -> (metrics file text, what the reason must name)
+    # R2a: NaN FID (JSON's NaN literal, as Python's json writes it)
+    "u-dit-b/0000008-cfg1.0": (json.dumps(dict(GOOD, fid=float("nan"))), "fid"),
+    # R2b: the five metrics missing
+    "dit-s-2/0000008-cfg1.0": (
+        json.dumps({k: v for k, v in GOOD.items() if k not in metrics_json_module.METRIC_RANGES}),
+        "missing fid",
+    ),
+    # R2c: FID -5 and IS inf, calibrated (were shown as numbers and counted in "disagrees")
+    "u-dit-s/0000008-cfg1.0": (
+        json.dumps(dict(GOOD, fid=-5.0, **{"is": float("inf")})),
+        "fid must be",
+    ),
+    # R2d: a JSON list
+    "u-dit-t/0000008-cfg1.0": ("[1, 2, 3]", "not a JSON object"),
+}
+
+
+def hostile_results(root: Path) -> Path:
+    results = root / "results"
+    write_json(results / "flops" / "flops.json", [flops_row("DiT-S/2", 6.07)])
+    for node, (text, _) in HOSTILE_METRICS.items():
+        eid, tag = node.split("/")
+        path = results / eid / "metrics" / f"{tag}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    write_json(results / "u-dit-l" / "metrics" / "0000008-cfg1.0.json", GOOD)  # a valid one
+    return results
+
+
+@pytest.fixture(scope="module")
+def hostile_runs(tmp_path_factory):
+    """`udit report` over the four R2 files, without and with --strict: (rc, out, err) each."""
+    root = tmp_path_factory.mktemp("hostile")
+    results = hostile_results(root)
+    before = {p: p.read_bytes() for p in results.rglob("*") if p.is_file()}
+    runs = {}
+    for strict in (False, True):
+        out_dir = root / ("strict" if strict else "report")
+        argv = ["--configfile", str(SMOKE), "--results", str(results), "--out", str(out_dir)]
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            rc = main(argv + (["--strict"] if strict else []))
+        runs[strict] = (rc, stdout.getvalue(), stderr.getvalue(), out_dir)
+    assert {p: p.read_bytes() for p in results.rglob("*") if p.is_file()} == before
+    return runs
+
+
+def test_invalid_metrics_visible_in_the_page(hostile_runs):
+    rc, _, _, out_dir = hostile_runs[False]
+    assert rc == 0
+    html = (out_dir / "index.html").read_text()
+    banner = html[
+        html.index('id="invalid-banner"') : html.index("</div>", html.index("invalid-banner"))
+    ]
+    for node, (_, named) in HOSTILE_METRICS.items():
+        eid, tag = node.split("/")
+        assert f"<code>{eid}/metrics/{tag}.json</code>" in banner, node
+        item = banner[banner.index(f"{eid}/metrics/{tag}.json") :].split("</li>")[0]
+        assert named in item, (node, item)  # the reason is in the page text, not only a title=
+        # the node's cells read "invalid" as text, in a cell marked invalid
+        anchor = f'<a href="#invalid-{eid}-{tag}">invalid</a>'
+        assert re.search(rf'<td class="invalid" title="[^"]*">{re.escape(anchor)}</td>', html), node
+    assert "u-dit-l-0000008-cfg1.0" not in banner  # the valid file is not listed
+    t2 = pd.read_csv(out_dir / "tables" / "main_400k_T2.csv", header=[0, 1], keep_default_na=False)
+    t2 = t2.set_index(t2.columns[1])
+    assert t2.loc["u-dit-s/0000008-cfg1.0", ("FID", "reproduced")] == "invalid"  # not -5.00
+    assert t2.loc["u-dit-s/0000008-cfg1.0", ("IS", "reproduced")] == "invalid"  # not inf
+
+
+def test_invalid_metrics_counted_apart_and_on_stderr(hostile_runs):
+    _, stdout, stderr, out_dir = hostile_runs[False]
+    summary = stdout.strip().split(": ", 1)[1]  # "reproduced 0, disagrees 0, pending 296, ..."
+    counts = {k: int(v) for k, v in (item.rsplit(" ", 1) for item in summary.split(", "))}
+    assert counts["invalid"] > 0
+    records = pd.read_csv(out_dir / "tables" / "records.csv")
+    bad = records[records["node"].isin(list(HOSTILE_METRICS)) & (records["metric"] != "gflops")]
+    judged = bad[bad["paper"].notna()]
+    assert (judged["status"] == "invalid").all() and bad["reproduced"].isna().all()
+    assert len(judged) > 0 and not bad["status"].isin(["reproduced", "disagrees", "pending"]).any()
+    assert counts["invalid"] == (records["status"] == "invalid").sum()
+    assert counts["pending"] == (records["status"] == "pending").sum()
+    lines = [ln for ln in stderr.splitlines() if ln.startswith("[report] invalid result file")]
+    assert len(lines) == len(HOSTILE_METRICS)
+    for node, (_, named) in HOSTILE_METRICS.items():
+        eid, tag = node.split("/")
+        line = next(ln for ln in lines if f"{eid}/metrics/{tag}.json" in ln)
+        assert named in line
+
+
+def test_strict_exits_2_naming_count_and_first_file(hostile_runs):
+    rc, _, stderr, out_dir = hostile_runs[True]
+    assert rc == 2 and (out_dir / "index.html").is_file()  # the page is still written
+    error = [ln for ln in stderr.splitlines() if ln.startswith("udit report: error:")]
+    assert len(error) == 1 and "Traceback" not in stderr
+    assert f"{len(HOSTILE_METRICS)} invalid result file(s)" in error[0]
+    assert re.search(r"the first \S+/metrics/\S+\.json: ", error[0])
+
+
+@FEW
+@given(
+    key=st.sampled_from(sorted(metrics_json_module.METRIC_RANGES)),
+    value=st.one_of(
+        st.just(float("nan")),
+        st.just(float("inf")),
+        st.just(float("-inf")),
+        st.floats(max_value=-1e-9, allow_nan=False, allow_infinity=False),
+        st.floats(min_value=1.000001, allow_nan=False, allow_infinity=False),
+        st.text(max_size=20),
+        st.none(),
+        st.booleans(),
+        st.lists(st.integers(), max_size=3),
+        st.just(10**400),
+    ),
+)
+def test_any_out_of_range_metric_is_named(key, value):
+    """A hostile value in any metric field: invalid, the reason names the field (unless the
+    value is in that field's range, e.g. 5.0 is a fine FID)."""
+    data = dict(GOOD, **{key: value})
+    allowed = metrics_json_module.METRIC_RANGES[key]
+    fine = isinstance(value, float) and math.isfinite(value) and allowed.check(value) is None
+    why = metrics_json_module.problem(data)
+    assert (why is None) == fine, (key, value, why)
+    if not fine:
+        assert why.startswith(f"{key} ") or f"; {key} " in why
+
+
+@FEW
+@given(
+    values=st.fixed_dictionaries(
+        {
+            "fid": st.floats(0, 1e6),
+            "sfid": st.floats(0, 1e6),
+            "is": st.floats(1, 1e4),
+            "precision": st.floats(0, 1),
+            "recall": st.floats(0, 1),
+        }
+    )
+)
+def test_every_in_range_metrics_file_is_valid(values, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ok") / "m.json"
+    path.write_text(json.dumps(dict(GOOD, **values)))
+    read = metrics_json_module.read(path)
+    assert not read.invalid and read.data["fid"] == values["fid"]
+
+
+@pytest.mark.parametrize(
+    "make,named",
+    [
+        (lambda p: p.write_text('{"fid": 1'), "not JSON"),  # torn
+        (lambda p: p.write_bytes(b"\xff\xfe{}"), "UTF-8"),
+        (lambda p: p.mkdir(), "not a regular file"),
+        (lambda p: p.symlink_to(p.with_name("gone.json")), "does not exist"),
+        (lambda p: p.write_text(json.dumps(dict(GOOD, uncalibrated="no"))), "uncalibrated"),
+        (lambda p: p.write_text(json.dumps(dict(GOOD, provenance=[1]))), "provenance must"),
+        (lambda p: p.write_text(json.dumps(dict(GOOD, kid=float("nan")))), "kid must"),
+        (lambda p: p.write_text("1" * 5000), "not JSON"),  # an integer of 5000 digits
+    ],
+)
+def test_unreadable_metrics_files_are_invalid_not_pending(tmp_path, make, named):
+    path = tmp_path / "m.json"
+    make(path)
+    read = metrics_json_module.read(path)
+    assert read.invalid and read.data is None and named in read.why, read
+    assert not metrics_json_module.read(tmp_path / "absent.json").invalid  # absent: not run
+
+
+def test_invalid_flops_table_marks_gflops_invalid(tmp_path):
+    results = tmp_path / "results"
+    write_json(results / "flops" / "flops.json", [dict(flops_row("U-DiT-S", 6.05), gflops="x")])
+    built = build_report(config=SMOKE, results=results, out=tmp_path / "r")
+    assert [b["file"] for b in built.invalid] == ["flops/flops.json"]
+    assert "gflops must be" in built.invalid[0]["why"]
+    records = pd.read_csv(tmp_path / "r" / "tables" / "records.csv")
+    gflops = records[(records["metric"] == "gflops") & records["node"].notna()]
+    assert (gflops.loc[gflops["paper"].notna(), "status"] == "invalid").all()
+
+
+def test_report_out_must_not_hold_its_inputs(tmp_path, capsys):
+    """R3 and its kind: --out an existing file, or a folder holding --results: refused before
+    anything is written, inputs intact."""
+    results = tmp_path / "results"
+    results.mkdir()
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    for out, named in [(precious, "is a file"), (tmp_path, "holds the input --results")]:
+        argv = ["--configfile", str(SMOKE), "--results", str(results), "--out", str(out)]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert named in err and err.count("\n") == 1, err
+    assert precious.read_text() == "keep me" and not (tmp_path / "index.html").exists()
+
+
+@pytest.mark.parametrize(
+    "damage,named",
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "not a readable"),
+        (lambda p: p.write_text("not a png"), "not a readable"),
+    ],
+)
+def test_broken_grid_is_listed_not_a_traceback(tmp_path, damage, named):
+    """A sample grid that does not decode leaves its strip row out and joins the invalid
+    list (banner, stderr, --strict) instead of ending the report in a PIL traceback."""
+    results = tmp_path / "results"
+    for tag in ("0000004-cfg1.0", "0000008-cfg1.0"):
+        write_samples(results, "u-dit-b", tag, labels=[3, 1, 0, 2] * 4)
+    broken = results / "u-dit-b" / "samples" / "0000008-cfg1.0.png"
+    damage(broken)
+    experiments = ex.resolve_experiments(ex.load_config(SMOKE))
+    invalid = []
+    made = samples.strips(experiments, results=results, out_dir=tmp_path / "f", invalid=invalid)
+    assert [m["experiment"] for m in made] == ["u-dit-b"]  # the good milestone is still drawn
+    assert [b["file"] for b in invalid] == ["u-dit-b/samples/0000008-cfg1.0.png"]
+    assert named in invalid[0]["why"]

@@ -21,7 +21,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from udit import experiments as ex
-from udit import inputs
+from udit import inputs, outputs
 from udit.errors import UserError, command_main
 from udit.io import atomic_open, atomic_write_json
 
@@ -134,6 +134,24 @@ def provenance_path(item: dict) -> Path:
     return path.with_name(path.name + ".provenance.json")
 
 
+def local_targets(todo: list[dict]) -> dict[str, Path]:
+    """What each item is ('Inception weights') -> the local file it would be written to (a
+    hub VAE goes to the hub cache instead)."""
+    return {i["what"]: Path(i["path"]) for i in todo if "model" in i or "url" in i}
+
+
+def check_targets(todo: list[dict], *, configfile: str, overwrite: bool) -> None:
+    """Before any download: no target is the config itself or another target, and an existing
+    file there (not valid as what the config says it is) is replaced only with --overwrite:
+    a path typed wrong in a config must not cost the file it names."""
+    targets = local_targets(todo)
+    outputs.check(inputs={"--configfile": configfile}, outputs=targets)
+    for label, path in targets.items():
+        outputs.replace_result(
+            path, flag=label, options={}, recorded=lambda _: None, overwrite=overwrite
+        )
+
+
 @command_main("udit download")
 def main(argv: list[str] | None = None) -> int:
     """`udit download`: fetch the reference batches, Inception weights, VAE and released
@@ -141,9 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="udit download", description=main.__doc__)
     parser.add_argument("--configfile", required=True, help="e.g. config/paper.yaml")
     parser.add_argument("--dry-run", action="store_true", help="list what is missing, fetch none")
+    outputs.add_overwrite(parser)
     args = parser.parse_args(argv)
     config = ex.load_config(args.configfile)
     todo = wanted(config)
+    check_targets(todo, configfile=args.configfile, overwrite=args.overwrite)
     listing = "\n".join(f"  {i['path']}  <-  {_source(i)}  ({i['what']})" for i in todo)
     if not todo:
         print("every external input of the config is present")

@@ -52,6 +52,7 @@ PAPER_COLUMNS_KEY = "columns"
 # fills its error message with the expansion.
 MAX_CONFIG_BYTES = 5_000_000
 MAX_YAML_NODES = 100_000
+MIN_DATASET_IMAGE_SIZE = 8  # sd-vae-ft-ema downsamples 8x (udit.plan.SD_VAE_FACTOR)
 MAX_SCHEMA_ERRORS = 10  # schema errors listed, each cut to MAX_SCHEMA_LINE characters: one
 MAX_SCHEMA_LINE = 160  # screen, however large the offending value
 
@@ -358,23 +359,27 @@ def _cut(text: str, limit: int = MAX_SCHEMA_LINE) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... [{len(text) - limit} more]"
 
 
-def load_config(path: str | Path, *, root: str | Path | None = None) -> dict:
-    """Read, validate and (for a config with `base`) expand a config file."""
+def load_config(
+    path: str | Path, *, root: str | Path | None = None, chain: tuple[str, ...] = ()
+) -> dict:
+    """Read, validate and (for a config with `base`) expand a config file. `chain` holds the
+    configs whose `base` led here, so a loop of bases is refused."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    config = load_yaml(path) or {}
+    config = load_yaml(path) or {}  # names a missing file, a folder or a FIFO as such
     validate_config(config, source=str(path))
-    return expand_base(config, root=root or REPO_ROOT)
+    return expand_base(config, root=root or REPO_ROOT, chain=(*chain, os.path.realpath(path)))
 
 
-def expand_base(config: dict, *, root: str | Path) -> dict:
+def expand_base(config: dict, *, root: str | Path, chain: tuple[str, ...] = ()) -> dict:
     """Copy the `base` config's experiments into `config`, mapped by `scale` (released ones
     stay with the base)."""
     if "base" not in config:
         return config
     base_path = Path(root) / config["base"]
-    base = load_config(base_path, root=root)
+    if os.path.realpath(base_path) in chain:
+        loop = " -> ".join([*chain, os.path.realpath(base_path)])
+        raise ConfigError(f"base {config['base']} leads back to a config it is the base of: {loop}")
+    base = load_config(base_path, root=root, chain=chain)
     scale = config["scale"]
     wanted = scale.get("only") or list(base["experiments"])
     unknown = sorted(set(wanted) - set(base["experiments"]))
@@ -459,10 +464,22 @@ def _evaluations(
     return tuple(evals)
 
 
+def check_datasets(datasets: dict) -> None:
+    """What the schema's ranges (argtypes.IMAGE_SIZE) leave to check: a dataset image must
+    keep at least one latent pixel through the SD VAE's 8x downsampling."""
+    for name, spec in datasets.items():
+        if spec["image_size"] < MIN_DATASET_IMAGE_SIZE:
+            raise ConfigError(
+                f"datasets/{name}: image_size {spec['image_size']} is below "
+                f"{MIN_DATASET_IMAGE_SIZE}, the VAE's downsampling factor (no latent pixel left)"
+            )
+
+
 def resolve_experiments(config: dict) -> dict[str, Experiment]:
     """Experiment id -> Experiment with every default filled in and every reference checked."""
     defaults = {**DEFAULTS, **config.get("defaults", {})}
     datasets = config["datasets"]
+    check_datasets(datasets)
     experiments = {}
     for eid, exp in config["experiments"].items():
         where = f"experiments/{eid}"

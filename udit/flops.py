@@ -34,6 +34,8 @@ from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
 from torch import nn
 
+from udit import outputs
+from udit.argtypes import IMAGE_SIZE, MAX_WORKERS, Range
 from udit.errors import command_main
 from udit.io import atomic_write_text
 from udit.models import MODELS, get_spec
@@ -46,6 +48,7 @@ IN_CHANNELS = 4  # sd-vae-ft-ema latent channels
 # on 2 busy cores (load ~10) one thread traced DiT-B/2 in 1.8 s vs 7-9 s with two.
 DEFAULT_THREADS = 1
 DEFAULT_JOBS = min(2, os.cpu_count() or 1)  # the 2-core CI machines: ~2x faster than one process
+PROCESSES = Range("int", 1, MAX_WORKERS)  # --threads / --jobs: at least one, a machine's worth
 DEFAULT_TOLERANCE = 0.01  # |rel_err| allowed unless a spec sets extra["gflops_tolerance"]
 COLUMNS = [
     "model",
@@ -347,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--input-size",
-        type=int,
+        type=IMAGE_SIZE,
         default=None,
         help="latent side for every model (default: 32 for all, plus the 512 rows at 64)",
     )
@@ -359,26 +362,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=PROCESSES,
         default=DEFAULT_THREADS,
         help="torch threads while tracing (default 1: fastest on a shared machine)",
     )
     parser.add_argument(
         "--jobs",
-        type=int,
+        type=PROCESSES,
         default=DEFAULT_JOBS,
         help=f"models counted in parallel processes (default {DEFAULT_JOBS})",
     )
     args = parser.parse_args(argv)
-    if args.threads < 1 or args.jobs < 1:
-        parser.error(f"--threads and --jobs must be at least 1, got {args.threads} and {args.jobs}")
     for name in args.models or []:
         try:
             get_spec(name)
         except KeyError as err:
             parser.error(str(err.args[0]))
-    if args.input_size is not None and args.input_size <= 0:
-        parser.error(f"--input-size must be positive, got {args.input_size}")
+    outputs.check(inputs={}, outputs={"--out": args.out}, folders=("--out",))  # before the work
 
     start = time.perf_counter()
     rows = flops_table(

@@ -63,8 +63,8 @@ MAX_SPEED_JSON_BYTES = 10_000_000  # speed.py writes a few KB
 # of steps is built. config/paper.yaml with 24 h jobs has 80 (at most 15 per run, U-DiT-L).
 # 1000 chunks of its longest run (1M steps) are jobs of 1000 steps, 20 min at the paper's
 # U-DiT-L speed, each paying STARTUP_MINUTES of start-up: a max_job_hours typo, not a plan.
-# The total keeps the DAG small enough for `snakemake -n` to build (0.001 h once built chunks
-# until MemoryError).
+# The total, 250x the paper's, bounds the DAG any config can ask Snakemake to build (0.001 h
+# once built chunks until MemoryError); a choice, not a measured limit of Snakemake.
 MAX_CHUNKS_PER_EXPERIMENT = 1000
 MAX_TRAIN_NODES = 20_000
 
@@ -163,7 +163,7 @@ def load_speed_json(path: str | Path) -> dict:
     )
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as err:
+    except ValueError as err:  # JSONDecodeError, or an integer of over 4300 digits
         raise BadValueError(f"speed JSON {path} is not JSON: {err}") from None
     if not isinstance(data, dict) or data.get("schema") != 1:
         raise BadValueError(f"speed JSON {path}: expected schema 1 from benchmarks/speed.py")
@@ -189,15 +189,16 @@ def _shown(value) -> str:
 
 
 def _check_rate(path, field: str, value) -> None:
-    if not _positive(value):
+    if not positive_number(value):
         raise BadValueError(
             f"speed JSON {path}: {field} is {_shown(value)}, expected a positive finite number "
             "(re-run benchmarks/speed.py --json or fix the file)"
         )
 
 
-def _positive(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+def positive_number(x) -> bool:
+    """A positive finite number (argtypes.POSITIVE: no bool, no NaN/inf, no huge int)."""
+    return POSITIVE.check(x) is None
 
 
 class Throughput:

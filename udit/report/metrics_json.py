@@ -67,12 +67,11 @@ def problem(data) -> str | None:
         return f"not a JSON object but {type(data).__name__}"
     missing = [key for key in METRIC_RANGES if key not in data]
     if missing:
-        return f"no {', '.join(missing)} (udit evaluate writes {', '.join(METRIC_RANGES)})"
+        return f"missing {', '.join(missing)} (udit evaluate writes {', '.join(METRIC_RANGES)})"
     ranges = {**METRIC_RANGES, **{k: r for k, r in OPTIONAL_RANGES.items() if k in data}}
-    for key, allowed in ranges.items():
-        why = allowed.check(data[key])
-        if why:
-            return f"{key} {why}"
+    wrong = [f"{key} {why}" for key, allowed in ranges.items() if (why := allowed.check(data[key]))]
+    if wrong:
+        return "; ".join(wrong)
     if not isinstance(data.get("uncalibrated"), bool):
         return f"uncalibrated must be true or false, got {data.get('uncalibrated')!r}"
     for dotted in OBJECT_FIELDS:
@@ -90,7 +89,7 @@ def load(path: str | Path) -> dict:
     )
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as err:
+    except ValueError as err:  # JSONDecodeError, or an integer of over 4300 digits
         raise InvalidMetricsError(f"{path}: not JSON ({err})") from None
     why = problem(data)
     if why:
@@ -109,4 +108,4 @@ def read(path: str | Path) -> MetricsRead:
     except (UserError, OSError) as err:
         why = message(err)
         prefix = f"{path}: "
-        return MetricsRead(None, why[len(prefix) :] if why.startswith(prefix) else why, True)
+        return MetricsRead(None, why.removeprefix(prefix), True)

@@ -8,7 +8,7 @@ comparable), `device`, `device_name`, `gpus`, `torch`, `created`, and `train`, o
 `input_size` and `steps_per_s_8x256` (images/s normalised to 8 GPUs at global batch 256).
 """
 
-import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +18,7 @@ from udit.errors import UserError
 from udit.flops import param_count
 from udit.models import get_spec
 from udit.paper import paper_numbers
+from udit.plan import load_speed_json, positive_number
 
 PARAMS_TOLERANCE = 0.005  # T8 params: the registry must land within 0.5% of the paper
 # Table 11 rows (paper_numbers.yaml training_speed_T11) -> the registry model measured.
@@ -27,7 +28,6 @@ SPEED_ROWS = {
     "U-DiT-L vanilla": "U-DiT-L vanilla",
     "U-DiT-L all modifications": "U-DiT-L",
 }
-SPEED_SCHEMA = 1
 QUICK_NOTE = "quick (tiny sizes, CPU): not comparable"
 
 
@@ -68,21 +68,22 @@ def configurations_t8() -> list[dict]:
 
 def read_speed(path: Path) -> dict | None:
     """The speed JSON, or None when it has not been measured (an optional input). A file
-    that is there but not of this schema is an error naming the file and the fix."""
+    that is there is checked by the plan's reader (schema 1, every rate positive and finite)
+    and for the one number this table shows; anything else is an error naming the file, the
+    field and the fix."""
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: not a speed JSON ({err}); re-run `snakemake speed`") from None
-    if not isinstance(data, dict) or data.get("schema") != SPEED_SCHEMA:
-        raise UserError(
-            f"{path}: speed JSON schema {data.get('schema') if isinstance(data, dict) else '?'}"
-            f", expected {SPEED_SCHEMA}; re-run `snakemake speed`"
-        )
+    data = load_speed_json(path)
     if not isinstance(data.get("train"), list):
-        raise UserError(f"{path}: no 'train' list; re-run `snakemake speed`")
+        raise UserError(f"speed JSON {path}: no 'train' list; re-run `snakemake speed`")
+    for i, row in enumerate(data["train"]):
+        value = row.get("steps_per_s_8x256")
+        if value is not None and not positive_number(value):
+            raise UserError(
+                f"speed JSON {path}: train[{i}].steps_per_s_8x256 is {value!r}, expected a "
+                "positive finite number; re-run `snakemake speed`"
+            )
     return data
 
 

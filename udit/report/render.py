@@ -9,11 +9,16 @@ the model registry (Table 8) and writes
     report/figures/*.png|svg   figures (marked with report() in the make_report rule)
     report/tables/*.csv|html   one table per paper table + records.csv (long form)
     report/samples/*.png       sample grids copied from results
-Anything not run yet is "pending"; numbers from a stand-in Inception get a red banner.
+Anything not run yet is "pending"; numbers from a stand-in Inception get a red banner; a result
+file that exists but is broken (a metrics JSON with NaN, out-of-range or missing metrics, a bad
+flops.json, a grid that does not decode) is "invalid": marked in its cells, listed with the reason
+in a banner and on stderr, and `--strict` exits 2 on it.
 """
 
 import argparse
 import datetime
+import sys
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -21,7 +26,7 @@ import jinja2
 import pandas as pd
 
 from udit import experiments as ex
-from udit import paths
+from udit import outputs, paths
 from udit.errors import UserError, command_main
 from udit.io import atomic_write_bytes, git_commit
 from udit.report import figures, model_tables, samples, tables, tolerances
@@ -96,14 +101,17 @@ def cell_lines(records: pd.DataFrame, table_key: str) -> list[dict]:
         cells = []
         for rec in group.itertuples():
             reproduced = tables.fmt(rec.reproduced, rec.metric)
+            invalid = tables.is_invalid(rec)
             cells.append(
                 {
                     "metric": rec.metric,
                     "paper": tables.fmt(rec.paper, rec.metric) or "-",
-                    "reproduced": reproduced or ("pending" if rec.status == "pending" else "-"),
+                    "reproduced": reproduced or tables.missing_text(rec) or "-",
                     "diff": "" if pd.isna(rec.diff) else f"{rec.diff:+.3g}",
                     "rel": "" if pd.isna(rec.rel_diff) else f"{rec.rel_diff:+.1%}",
                     "status": rec.status,
+                    "css": "invalid" if invalid else rec.status.replace(" ", "-"),
+                    "invalid": invalid,
                     "note": rec.note or "",
                     "tolerance": rec.tolerance,
                 }
@@ -149,14 +157,21 @@ def final_grid_entry(experiments: dict, grids: list[dict]) -> dict | None:
     return None
 
 
-def build_report(*, config: Path, results: Path, out: Path) -> dict:
-    """Write the whole report into `out`; returns the summary counts."""
+@dataclass(frozen=True)
+class Built:
+    summary: dict[str, int]  # paper numbers per status (tables.summary)
+    invalid: list[dict]  # broken inputs: metrics files, flops.json (tables), grids (samples)
+
+
+def build_report(*, config: Path, results: Path, out: Path) -> Built:
+    """Write the whole report into `out`; returns the summary counts and the invalid files."""
     cfg = ex.load_config(config)
     experiments, released = ex.resolve_experiments(cfg), ex.resolve_released(cfg)
     results, out = Path(results), Path(out)
-    records, provenance = tables.collect_records(
+    collected = tables.collect_records(
         experiments=experiments, released=released, results=results, datasets=cfg["datasets"]
     )
+    records, provenance = collected.records, collected.provenance
     table_files = tables.write_tables(records, out_dir=out / "tables", write=atomic_write)
 
     fig_dir = out / "figures"
@@ -171,7 +186,8 @@ def build_report(*, config: Path, results: Path, out: Path) -> dict:
         experiments=experiments, released=released, results=results, datasets=cfg["datasets"]
     )
     grids = copy_grids(nodes, results=results, out_dir=out / "samples")
-    strips = samples.strips(experiments, results=results, out_dir=fig_dir)
+    invalid = list(collected.invalid)  # broken inputs: metrics files, flops.json, grids
+    strips = samples.strips(experiments, results=results, out_dir=fig_dir, invalid=invalid)
 
     t8 = model_tables.configurations_t8()
     t11 = model_tables.speed_t11(model_tables.read_speed(Path(paths.speed(results))))
@@ -222,13 +238,18 @@ def build_report(*, config: Path, results: Path, out: Path) -> dict:
         params_tolerance=model_tables.PARAMS_TOLERANCE,
         provenance=provenance,
         uncalibrated=uncalibrated,
+        invalid=invalid,
         table_files=table_files,
         generated=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         report_commit=git_commit(),
         versions=package_versions(),
     )
     atomic_write(out / "index.html", html)
-    return summary
+    return Built(summary=summary, invalid=invalid)
+
+
+class InvalidResultsFound(UserError):
+    """--strict: the report was written, but some result files it reads are invalid."""
 
 
 @command_main("udit report")
@@ -243,13 +264,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=Path("report"), help="folder for index.html and its files"
     )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 2 when any result file it reads (metrics JSON, flops.json, sample grid) is "
+        "invalid; the page is written and marks them either way",
+    )
     args = parser.parse_args(argv)
     if not args.results.is_dir():
-        raise UserError(f"results folder {args.results} does not exist")
-    summary = build_report(config=args.configfile, results=args.results, out=args.out)
-    print(
-        f"[report] {args.out / 'index.html'}: " + ", ".join(f"{k} {v}" for k, v in summary.items())
+        raise UserError(f"results folder {args.results} does not exist (or is not a folder)")
+    outputs.check(
+        inputs={"--results": args.results, "--configfile": args.configfile},
+        outputs={"--out": args.out},
+        folders=("--out",),
     )
+    built = build_report(config=args.configfile, results=args.results, out=args.out)
+    for bad in built.invalid:
+        print(f"[report] invalid result file {bad['path']}: {bad['why']}", file=sys.stderr)
+    counts = ", ".join(f"{k} {v}" for k, v in built.summary.items())
+    print(f"[report] {args.out / 'index.html'}: {counts}")
+    if args.strict and built.invalid:
+        first = built.invalid[0]
+        raise InvalidResultsFound(
+            f"--strict: {len(built.invalid)} invalid result file(s), the first "
+            f"{first['path']}: {first['why']}; fix them or re-run the jobs that write them"
+        )
     return 0
 
 

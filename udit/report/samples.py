@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from udit import paths
+from udit.errors import BadValueError
 from udit.report import figures
 from udit.sample import GRID_MAX
 
@@ -29,13 +30,27 @@ def step_label(step: int) -> str:
     return str(step)
 
 
+class InvalidGridError(BadValueError):
+    """A sample grid PNG that cannot be decoded (truncated, not a PNG, a decompression bomb)."""
+
+
+# what PIL raises for a broken, foreign or oversized image (UnidentifiedImageError is an OSError)
+IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
 def first_row(grid_png: Path, num_samples: int) -> np.ndarray:
     """(side, cols * side, 3) uint8: the first grid row (samples 0..cols-1) of a grid that
-    udit.sample.image_grid laid out from min(num_samples, GRID_MAX) samples."""
-    with Image.open(grid_png) as img:
-        grid = np.asarray(img.convert("RGB"))
+    udit.sample.image_grid laid out from min(num_samples, GRID_MAX) samples. A grid that
+    does not decode raises InvalidGridError naming the file."""
+    try:
+        with Image.open(grid_png) as img:
+            grid = np.asarray(img.convert("RGB"))
+    except IMAGE_ERRORS as err:
+        raise InvalidGridError(f"{grid_png}: not a readable PNG grid ({err})") from None
     cols = math.ceil(math.sqrt(min(num_samples, GRID_MAX)))
     side = grid.shape[1] // cols
+    if side == 0:
+        raise InvalidGridError(f"{grid_png}: {grid.shape[1]} px wide, too small for {cols} columns")
     return grid[:side, : side * cols]
 
 
@@ -56,9 +71,10 @@ def strip_evaluations(exp) -> list:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def strips(experiments: dict, *, results: Path, out_dir: Path) -> list[dict]:
+def strips(experiments: dict, *, results: Path, out_dir: Path, invalid: list) -> list[dict]:
     """One strip figure per U-DiT-B/L run evaluated at two or more milestones; a milestone
-    without a grid yet is listed as pending."""
+    without a grid yet is listed as pending, one whose grid does not decode is appended to
+    `invalid` (the report's list of broken inputs) and left out of the strip."""
     made = []
     for eid, exp in experiments.items():
         evals = strip_evaluations(exp)
@@ -70,7 +86,15 @@ def strips(experiments: dict, *, results: Path, out_dir: Path) -> list[dict]:
             if not grid.is_file():
                 pending.append(step_label(e.step))
                 continue
-            strip = first_row(grid, e.fid_samples)
+            try:
+                strip = first_row(grid, e.fid_samples)
+            except InvalidGridError as err:
+                why = str(err).removeprefix(f"{grid}: ")
+                file = grid.relative_to(results).as_posix()
+                invalid.append(
+                    {"node": f"{eid}/{e.tag}", "path": str(grid), "file": file, "why": why}
+                )
+                continue
             labels = first_labels(
                 Path(paths.samples(results, eid, e.tag)), strip.shape[1] // strip.shape[0]
             )

@@ -6,11 +6,12 @@ The report reads only what the jobs wrote (paths in udit/paths.py):
     results/{experiment}/metrics/{step}-cfg{cfg}.json  metrics + provenance (udit evaluate)
     results/{released}/metrics/released-cfg{cfg}.json  the same, of an official checkpoint
 Paper numbers come from udit/paper/paper_numbers.yaml through the config's references
-(udit.experiments.PaperRef); a node whose metrics file does not exist yet is "pending".
+(udit.experiments.PaperRef); a node whose metrics file does not exist yet is "pending", one
+whose file exists but fails metrics_json's checks is "invalid" (never a number, never pending).
 """
 
 import json
-import sys
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,9 @@ import pandas as pd
 
 from udit import experiments as ex
 from udit import paths
+from udit.argtypes import IMAGE_SIZE, NONNEG, POSITIVE
+from udit.errors import UserError, message
+from udit.report import metrics_json
 from udit.report.tolerances import STATUSES, TOLERANCES, UNJUDGED, gflops_tolerance, judge
 
 METRICS = ["gflops", "fid", "sfid", "is", "precision", "recall"]  # paper_numbers.yaml `columns`
@@ -146,38 +150,57 @@ def config_nodes(
         for e in rel.evaluations:
             title = f"{rel.model} {size}px (released checkpoint)"
             node = Node(rid, title, rel.model, bool(rel.model_kw), e, latent=latent)
-            if node.metrics_path(results).is_file():
+            if os.path.lexists(node.metrics_path(results)):  # even a broken one: it is shown
                 nodes.append(node)
     return nodes
 
 
-def read_metrics(path: Path) -> tuple[dict | None, str]:
-    """(metrics dict, '') or (None, why): missing -> pending; unreadable -> pending with
-    the reason."""
-    if not path.is_file():
-        return None, "not run yet"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        return None, f"unreadable metrics file: {err}"
-    if not isinstance(data, dict):
-        return None, "metrics file is not a JSON object"
-    return data, ""
+@dataclass(frozen=True)
+class FlopsRead:
+    rows: dict  # (model, input_size) -> flops.json row; {} when absent or invalid
+    why: str  # '' when read; NOT_RUN when absent; else why the table is invalid
+    invalid: bool
 
 
-def read_flops(path: Path) -> dict[tuple[str, int], dict]:
-    """(model, input_size) -> flops.json row; {} when the FLOPs node has not run."""
-    if not Path(path).is_file():
-        return {}
+# flops.json row field -> its range (udit flops writes them; the report computes with them)
+FLOPS_RANGES = {
+    "input_size": IMAGE_SIZE,
+    "gflops": POSITIVE,
+    "tolerance": NONNEG,  # optional
+}
+
+
+def _flops_row_problem(i: int, row) -> str | None:
+    if not isinstance(row, dict) or not isinstance(row.get("model"), str):
+        return f"row {i} is not an object with a model name"
+    for key, allowed in FLOPS_RANGES.items():
+        if key == "tolerance" and row.get(key) is None:
+            continue
+        why = allowed.check(row.get(key))
+        if why:
+            return f"row {i} ({row['model']}): {key} {why}"
+    return None
+
+
+def read_flops(path: Path) -> FlopsRead:
+    """flops.json of `udit flops`, every row checked; an invalid table is reported (banner,
+    stderr, --strict) and its GFLOPs cells read 'invalid', never 'pending'."""
+    if not os.path.lexists(path):
+        return FlopsRead({}, metrics_json.NOT_RUN, False)
     try:
-        rows = json.loads(Path(path).read_text())
-        return {(r["model"], int(r["input_size"])): r for r in rows}
-    except (OSError, ValueError, TypeError, KeyError) as err:  # a half-written or foreign file
-        print(
-            f"[report] {path}: not a udit flops table ({err!r}); GFLOPs shown as pending",
-            file=sys.stderr,
+        text = ex.read_bounded_text(
+            path, what="flops table", max_bytes=metrics_json.MAX_METRICS_BYTES, error=UserError
         )
-        return {}
+        rows = json.loads(text)
+    except (UserError, OSError, ValueError) as err:
+        return FlopsRead({}, f"not a udit flops table ({message(err)})", True)
+    if not isinstance(rows, list):
+        return FlopsRead({}, f"not a JSON list of rows but {type(rows).__name__}", True)
+    for i, row in enumerate(rows):
+        why = _flops_row_problem(i, row)
+        if why:
+            return FlopsRead({}, why, True)
+    return FlopsRead({(r["model"], r["input_size"]): r for r in rows}, "", False)
 
 
 def provenance_of(metrics: dict | None, node: Node, path: Path) -> dict:
@@ -202,18 +225,49 @@ def provenance_of(metrics: dict | None, node: Node, path: Path) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class Collected:
+    records: pd.DataFrame  # one record per (paper table, paper row, node, metric)
+    provenance: list[dict]  # one per node with valid metrics
+    invalid: list[dict]  # one per metrics file that exists but is invalid: node, path, file, why
+
+
+def read_all_metrics(nodes: list[Node], results: Path) -> dict[str, metrics_json.MetricsRead]:
+    """Node name -> its metrics file, read and checked once (metrics_json)."""
+    return {node.name: metrics_json.read(node.metrics_path(results)) for node in nodes}
+
+
+def invalid_files(nodes: list[Node], reads: dict, results: Path) -> list[dict]:
+    return [
+        {
+            "node": node.name,
+            "path": str(node.metrics_path(results)),
+            "file": node.metrics_path(results).relative_to(results).as_posix(),
+            "why": reads[node.name].why,
+        }
+        for node in nodes
+        if reads[node.name].invalid
+    ]
+
+
 def collect_records(
     *, experiments: dict, released: dict, results: Path, datasets: dict | None = None
-) -> tuple[pd.DataFrame, list[dict]]:
-    """Long table: one record per (paper table, paper row, node, metric); plus one provenance
-    dict per node that has metrics (with `scores` when no paper row references the node).
-    Paper rows no config node covers appear with node None; released checkpoints go to
-    RELEASED_TABLE."""
+) -> Collected:
+    """Long table: one record per (paper table, paper row, node, metric); one provenance dict
+    per node that has valid metrics (with `scores` when no paper row references the node); and
+    every invalid metrics file. Paper rows no config node covers appear with node None;
+    released checkpoints go to RELEASED_TABLE."""
     results = Path(results)
     flops = read_flops(Path(paths.flops(results)))
     nodes = config_nodes(
         experiments=experiments, released=released, results=results, datasets=datasets
     )
+    reads = read_all_metrics(nodes, results)
+    invalid = invalid_files(nodes, reads, results)
+    if flops.invalid:
+        path = Path(paths.flops(results))
+        file = path.relative_to(results).as_posix()
+        invalid.insert(0, {"node": "flops", "path": str(path), "file": file, "why": flops.why})
     by_ref: dict[tuple[str, str, str | None], list[Node]] = {}
     for node in nodes:
         for ref in [] if node.evaluation.released else node.evaluation.paper:
@@ -232,6 +286,7 @@ def collect_records(
                     node,
                     flops=flops,
                     results=results,
+                    reads=reads,
                     provenance=provenance,
                 )
     for node in (n for n in nodes if n.evaluation.released):
@@ -245,6 +300,7 @@ def collect_records(
                 node,
                 flops=flops,
                 results=results,
+                reads=reads,
                 provenance=provenance,
             )
     # Nodes no paper row references (T7's dense-conv downsampler: its caption gives only
@@ -253,14 +309,18 @@ def collect_records(
         if node.evaluation.paper:
             continue  # handled above, with its paper rows
         path = node.metrics_path(results)
-        metrics, _ = read_metrics(path)
+        metrics = reads[node.name].data
         if metrics is not None:
             scores = {m: metrics.get(m) for m in ("fid", "sfid", "is", "precision", "recall")}
             provenance[node.name] = {
                 **provenance_of(metrics, node, path.relative_to(results)),
                 "scores": scores,
             }
-    return pd.DataFrame.from_records(records), list(provenance.values())
+    return Collected(
+        records=pd.DataFrame.from_records(records),
+        provenance=list(provenance.values()),
+        invalid=invalid,
+    )
 
 
 def paper_rows(table_key: str) -> list[tuple[str, str | None]]:
@@ -283,6 +343,7 @@ def _row_records(
     *,
     flops: dict,
     results: Path,
+    reads: dict,
     provenance: dict,
 ) -> list[dict]:
     base = {
@@ -293,18 +354,21 @@ def _row_records(
         "step": None,
         "cfg": None,
         "uncalibrated": False,
+        "invalid": False,  # the file its value comes from exists but is invalid
         "note": "not in this config",
     }
-    metrics, why = (None, "")
+    metrics = None
     if node is not None:
         path = node.metrics_path(results)
-        metrics, why = read_metrics(path)
+        read = reads[node.name]
+        metrics = read.data
         base.update(
             experiment=node.experiment,
             node=node.name,
             step=node.step_tag,
             cfg=node.cfg,
-            note=why,
+            invalid=read.invalid,
+            note=f"invalid metrics file: {read.why}" if read.invalid else read.why,
         )
         if metrics is not None:
             prov = provenance_of(metrics, node, path.relative_to(results))
@@ -313,29 +377,20 @@ def _row_records(
     out = []
     for metric in METRICS:
         reproduced, tol, note = None, TOLERANCES[metric], base["note"]
+        invalid = base["invalid"]
         if node is not None and metric == "gflops":
-            frow = flops.get((node.model, table.latent))
-            reproduced = None if frow is None else float(frow["gflops"])
-            tol = gflops_tolerance(node.model, frow) if frow is not None else tol
-            note = (
-                "flops table not run yet"
-                if not flops
-                else ("" if frow else f"{node.model} not in flops.json")
-            )
-            if node.shrunk and frow is not None:
-                note = (
-                    "fvcore count of the paper-size architecture "
-                    "(this run trained a shrunk variant)"
-                )
+            reproduced, tol, note = _gflops_cell(node, table, flops)
+            invalid = flops.invalid
         elif metrics is not None:
-            value = metrics.get(metric)
-            reproduced = None if value is None else float(value)
+            reproduced = float(metrics[metric])  # metrics_json checked it is a finite number
         p = paper.get(metric)
         status = (
             "not in config"
             if node is None
             else judge(metric, p, reproduced, uncalibrated=base["uncalibrated"], tol=tol)
         )
+        if status == "pending" and invalid:
+            status = "invalid"  # it ran, but its numbers cannot be believed: not pending
         diff = None if p is None or reproduced is None else reproduced - p
         out.append(
             {
@@ -346,11 +401,26 @@ def _row_records(
                 "diff": diff,
                 "rel_diff": None if diff is None or not p else diff / abs(p),
                 "status": status,
+                "invalid": invalid,
                 "note": note,
                 "tolerance": tol.describe(),
             }
         )
     return out
+
+
+def _gflops_cell(node: Node, table: PaperTable, flops: FlopsRead):
+    """(reproduced GFLOPs or None, tolerance, note) of a node from flops.json."""
+    if flops.invalid:
+        return None, TOLERANCES["gflops"], f"invalid flops table: {flops.why}"
+    frow = flops.rows.get((node.model, table.latent))
+    if frow is None:
+        note = "flops table not run yet" if not flops.rows else f"{node.model} not in flops.json"
+        return None, TOLERANCES["gflops"], note
+    note = ""
+    if node.shrunk:
+        note = "fvcore count of the paper-size architecture (this run trained a shrunk variant)"
+    return float(frow["gflops"]), gflops_tolerance(node.model, frow), note
 
 
 def summary(records: pd.DataFrame) -> dict[str, int]:
@@ -370,6 +440,20 @@ def shown_tables(records: pd.DataFrame) -> list[PaperTable]:
     return shown + ([RELEASED_TABLE] if RELEASED_TABLE.key in with_nodes else [])
 
 
+def is_invalid(rec) -> bool:
+    """Whether a record's value is missing because the file it comes from (its metrics file,
+    or flops.json for GFLOPs) is invalid."""
+    return bool(rec.invalid)  # an invalid file gives no number, so the cell is empty
+
+
+def missing_text(rec) -> str:
+    """What a cell without a number says: 'invalid' (the file is broken), 'pending' (its node
+    has not run) or '' (a paper-only row: node NaN)."""
+    if not isinstance(rec.node, str):
+        return ""
+    return "invalid" if is_invalid(rec) else "pending"
+
+
 def fmt(value, metric: str) -> str:
     if value is None or (isinstance(value, float) and pd.isna(value)):
         return ""
@@ -385,9 +469,7 @@ def wide_table(records: pd.DataFrame, table_key: str) -> pd.DataFrame:
         line = {("", "row"): row, ("", "run"): node if isinstance(node, str) else "not in config"}
         for rec in group.itertuples():
             label = METRIC_LABELS[rec.metric]
-            # a paper-only row (node NaN: truthy) is blank, not pending
-            pending = "pending" if isinstance(rec.node, str) else ""
-            reproduced = fmt(rec.reproduced, rec.metric) or pending
+            reproduced = fmt(rec.reproduced, rec.metric) or missing_text(rec)
             if rec.status == "uncalibrated":
                 reproduced += " (uncalibrated)"
             line[(label, "paper")] = fmt(rec.paper, rec.metric) or "-"

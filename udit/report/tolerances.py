@@ -71,7 +71,15 @@ TOLERANCES = {
     "recall": Tolerance(0.0, 0.02, "as precision"),
 }
 
-STATUSES = ["reproduced", "disagrees", "pending", "uncalibrated", "no paper value", "not in config"]
+STATUSES = [
+    "reproduced",
+    "disagrees",
+    "pending",
+    "invalid",  # its metrics file exists but is broken (udit.report.metrics_json)
+    "uncalibrated",
+    "no paper value",
+    "not in config",
+]
 UNJUDGED = ("no paper value", "not in config")  # not counted in the summary
 
 

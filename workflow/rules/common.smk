@@ -12,29 +12,37 @@ from snakemake.utils import validate
 from udit import experiments as ex
 from udit import inputs, paths
 from udit import plan
-from udit.errors import UserError
+from udit.errors import UserError, one_screen
 
 CONFIG_FILES = [
     os.path.relpath(f) if not os.path.relpath(f).startswith("..") else str(f)
     for f in workflow.configfiles
 ]
 try:
-    # Snakemake's own loader keeps the last of two equal keys: read each file again with ours
+    # Snakemake's own loader keeps the last of two equal keys and expands aliases unbounded:
+    # read each file again with ours (duplicate keys, size and alias caps) before anything
+    # walks the config, then our schema check (one short line per key) before Snakemake's
+    # (which fills in defaults, and whose error would print the whole config)
     for _configfile in CONFIG_FILES:
         ex.load_yaml(_configfile)
+    ex.validate_config(config, source=", ".join(CONFIG_FILES) or "config")
     validate(config, schema="../schemas/config.schema.yaml")
-    CONFIG = ex.expand_base(config, root=workflow.basedir)
+    _chain = tuple(os.path.realpath(f) for f in CONFIG_FILES)  # a `base` loop is refused
+    CONFIG = ex.expand_base(config, root=workflow.basedir, chain=_chain)
     EXPERIMENTS = ex.resolve_experiments(CONFIG)
     RELEASED = ex.resolve_released(CONFIG)
     plan.check_partitions(CONFIG)
     # the steps with a training node: milestones + chunk ends that keep each job within its
-    # partition's max_job_hours at `udit plan`'s throughput (torch-free for registry models)
+    # partition's max_job_hours at `udit plan`'s throughput (torch-free for registry models);
+    # the chunk count is checked against plan's caps before any list is built
     _THROUGHPUT = plan.Throughput.from_config(CONFIG)
-    TRAIN_STEPS = {eid: plan.train_steps(e, CONFIG, _THROUGHPUT) for eid, e in EXPERIMENTS.items()}
+    TRAIN_STEPS = plan.all_train_steps(EXPERIMENTS, CONFIG, _THROUGHPUT)
 except UserError as err:
     named = any(str(err).startswith(f) for f in CONFIG_FILES)  # YAML errors name file:line
     source = "" if named else f" {', '.join(CONFIG_FILES)}"
-    raise WorkflowError(f"invalid config{source}: {err}") from None
+    raise WorkflowError(one_screen(f"invalid config{source}: {err}")) from None
+except WorkflowError as err:  # Snakemake's schema check quotes the instance
+    raise WorkflowError(one_screen(str(err))) from None
 
 R = CONFIG.get("results", "results")
 DATASETS = CONFIG["datasets"]

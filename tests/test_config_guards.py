@@ -1,0 +1,261 @@
+"""Configs are read bounded: the one YAML reader (udit.experiments.load_yaml) refuses a file over
+MAX_CONFIG_BYTES before reading it, a document whose aliases expand past MAX_YAML_NODES (a
+"billion laughs"), a recursive alias and a nesting too deep, each naming the file; the schema
+check refuses NaN/inf and prints at most a screen; `snakemake -n` stops on all of these (and on
+a max_job_hours that would create unbounded chunk nodes) within seconds, with a short message.
+Cases G2, G3, G10 of the hostile-inputs note, and their kinds.
+"""
+
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from udit import experiments as ex
+from udit import plan
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = (ROOT / "config" / "paper.yaml").read_text()
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+QUICK_S = 5.0  # a refusal is immediate; generous for a shared 2-core machine
+SCREEN = 2500  # characters of output a refused config may print (errors.MAX_MESSAGE_CHARS + frame)
+
+
+def bomb(levels: int, width: int) -> str:
+    """`x-bomb:` with `levels` anchors, each a list of `width` aliases of the one before."""
+    lines = ["x-bomb:", f"  l0: &l0 [{', '.join(['lol'] * width)}]"]
+    for i in range(1, levels):
+        lines.append(f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]")
+    return "\n".join(lines) + "\n"
+
+
+def bomb_size(levels: int, width: int) -> int:
+    """YAML nodes of bomb() with every alias expanded: root map, its key, the inner map, and per
+    level a key plus a list of `width` copies of the level below."""
+    sizes = [1 + width]
+    for _ in range(1, levels):
+        sizes.append(1 + width * sizes[-1])
+    return 3 + sum(1 + s for s in sizes)
+
+
+def expanded_count(obj) -> int:
+    """Nodes of a loaded document, every shared object counted again (as the expansion is)."""
+    if isinstance(obj, dict):
+        return 1 + sum(expanded_count(k) + expanded_count(v) for k, v in obj.items())
+    if isinstance(obj, list):
+        return 1 + sum(expanded_count(v) for v in obj)
+    return 1
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# --- load_yaml: aliases, recursion, nesting, size, file kind -------------------------------
+@settings(max_examples=20, deadline=None)
+@given(levels=st.integers(1, 40), width=st.integers(2, 12))
+def test_alias_bombs_refused_past_the_cap_at_once(tmp_path_factory, levels, width):
+    path = write(tmp_path_factory.mktemp("bomb") / "bomb.yaml", bomb(levels, width))
+    size = bomb_size(levels, width)
+    start = time.perf_counter()
+    if size > ex.MAX_YAML_NODES:
+        with pytest.raises(ex.ConfigError, match=rf"{path}:\d+: .*more than {ex.MAX_YAML_NODES}"):
+            ex.load_yaml(path)
+    else:
+        assert expanded_count(ex.load_yaml(path)) == size  # the count is the real expansion
+    assert time.perf_counter() - start < QUICK_S  # linear: 40 levels of 12 is 12**40 nodes
+
+
+@settings(max_examples=20, deadline=None)
+@given(levels=st.integers(1, 5), width=st.integers(2, 6))
+def test_the_cap_is_exact(tmp_path_factory, levels, width):
+    path = write(tmp_path_factory.mktemp("edge") / "b.yaml", bomb(levels, width))
+    size = bomb_size(levels, width)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ex, "MAX_YAML_NODES", size)
+        assert expanded_count(ex.load_yaml(path)) == size
+        mp.setattr(ex, "MAX_YAML_NODES", size - 1)
+        with pytest.raises(ex.ConfigError, match="expand to more than"):
+            ex.load_yaml(path)
+
+
+def test_merge_keys_and_plain_aliases_still_load(tmp_path):
+    text = "base: &b {lr: 1, seed: 2}\nrun:\n  <<: *b\n  seed: 3\nlist: [*b, *b]\n"
+    data = ex.load_yaml(write(tmp_path / "m.yaml", text))
+    assert data["run"] == {"lr": 1, "seed": 3} and data["list"] == [data["base"]] * 2
+
+
+@pytest.mark.parametrize(
+    "text,named",
+    [
+        ("a: &a [1, *a]\n", "refers to the node that holds it"),
+        ("a: &a {b: *a}\n", "refers to the node that holds it"),
+        ("a: " + "[" * 3000 + "]" * 3000 + "\n", "nested too deeply"),
+        ("a: 1\na: 2\n", "duplicate key 'a'"),
+        ("a: *nope\n", "undefined alias"),
+        ("a: 1\n---\nb: 2\n", "single document"),
+    ],
+)
+def test_hostile_yaml_refused_naming_the_file(tmp_path, text, named):
+    path = write(tmp_path / "c.yaml", text)
+    with pytest.raises(ex.ConfigError, match=named) as err:
+        ex.load_yaml(path)
+    assert str(path) in str(err.value)
+
+
+def test_oversized_config_refused_before_reading(tmp_path, monkeypatch):
+    """G3: a 50 MB config once took 528 s to parse. Refused by its size, before any read."""
+    path = tmp_path / "big.yaml"
+    with open(path, "wb") as f:
+        f.truncate(ex.MAX_CONFIG_BYTES + 1)  # sparse: the size is all that is looked at
+    opened = []
+    monkeypatch.setattr(ex, "open", lambda *a, **k: opened.append(a) or 1 / 0, raising=False)
+    start = time.perf_counter()
+    with pytest.raises(ex.ConfigError, match=rf"{path} is over 5,000,000 bytes"):
+        ex.load_yaml(path)
+    assert time.perf_counter() - start < QUICK_S and opened == []
+
+
+def test_file_growing_past_the_cap_is_cut_at_the_read(tmp_path, monkeypatch):
+    path = write(tmp_path / "c.yaml", "a: " + "x" * 100 + "\n")
+    monkeypatch.setattr(ex, "MAX_CONFIG_BYTES", 50)
+    with pytest.raises(ex.ConfigError, match="is over 50 bytes"):
+        ex.load_yaml(path)
+    says_10_bytes = os.stat_result((0o100644, 0, 0, 1, 0, 0, 10, 0, 0, 0))
+    monkeypatch.setattr(ex, "os", SimpleNamespace(stat=lambda p: says_10_bytes))
+    with pytest.raises(ex.ConfigError, match="is over 50 bytes"):  # grew after the stat
+        ex.load_yaml(path)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_not_a_regular_file_refused_without_blocking(tmp_path, kind):
+    path = tmp_path / "c.yaml"
+    if kind == "fifo":
+        os.mkfifo(path)  # opening it would block until a writer comes: never
+    else:
+        path.mkdir()
+    with pytest.raises(ex.ConfigError, match="is not a regular file"):
+        ex.load_yaml(path)
+
+
+# --- the schema check: finite numbers, one screen ------------------------------------------
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+@pytest.mark.parametrize(
+    "before,key",
+    [
+        ("max_job_hours: 24", "partitions/gpu/max_job_hours"),
+        ("cfg: 1.5", "cfg"),
+    ],
+)
+def test_nan_and_inf_config_numbers_refused(tmp_path, value, before, key):
+    if before not in PAPER:
+        pytest.skip(f"config/paper.yaml has no {before!r}")
+    path = write(tmp_path / "c.yaml", PAPER.replace(before, f"{before.split(':')[0]}: {value}", 1))
+    with pytest.raises(ex.ConfigError, match=rf"{key}: -?(nan|inf) is not a finite number"):
+        ex.load_config(path)
+
+
+def test_schema_errors_fit_on_a_screen(tmp_path):
+    """A huge value of the wrong type, and many errors at once: the message stays short."""
+    config = yaml.safe_load(PAPER)
+    config["description"] = ["x" * 100] * 1000  # jsonschema quotes all 100 KB of it
+    for eid in list(config["experiments"])[:30]:
+        config["experiments"][eid]["iterations"] = -1
+    path = write(tmp_path / "c.yaml", yaml.safe_dump(config))
+    with pytest.raises(ex.ConfigError) as err:
+        ex.load_config(path)
+    text = str(err.value)
+    assert len(text) < SCREEN and text.count("\n") <= ex.MAX_SCHEMA_ERRORS + 2
+    assert "at description:" in text and "more]" in text and "... and" in text
+
+
+# --- snakemake -n stops within seconds, with a short message -------------------------------
+def paper_plus(tmp_path: Path, name: str, extra: str = "", **replace) -> Path:
+    text = PAPER
+    for old, new in replace.values():
+        assert old in text
+        text = text.replace(old, new, 1)
+    return write(tmp_path / name, text + extra)
+
+
+@pytest.mark.parametrize(
+    "case,named",
+    [
+        ("bomb9", ["expand to more than"]),  # G2: hung past 180 s
+        ("bomb4", ["x-bomb", "was unexpected"]),  # printed 322 KB of expansion
+        ("mjh001", ["partitions/gpu/max_job_hours 0.001", "chained training chunks", "cap of"]),
+        ("mjhnan", ["max_job_hours: nan is not a finite number"]),
+    ],
+)
+def test_snakemake_dry_run_stops_at_once_with_a_short_message(tmp_path, case, named):
+    config = {
+        "bomb9": lambda: paper_plus(tmp_path, "bomb.yaml", "\n" + bomb(9, 9)),
+        "bomb4": lambda: paper_plus(tmp_path, "bomb4.yaml", "\n" + bomb(4, 9)),
+        "mjh001": lambda: paper_plus(
+            tmp_path, "mjh.yaml", r=("max_job_hours: 24", "max_job_hours: 0.001")
+        ),
+        "mjhnan": lambda: paper_plus(
+            tmp_path, "nan.yaml", r=("max_job_hours: 24", "max_job_hours: .nan")
+        ),
+    }[case]()
+    start = time.perf_counter()
+    run = subprocess.run(
+        [*SNAKEMAKE, "-n", "--cores", "1", "--configfile", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    elapsed = time.perf_counter() - start
+    out = run.stdout + run.stderr
+    assert run.returncode != 0 and elapsed < 60, (run.returncode, elapsed)
+    assert len(out) < SCREEN, out[:3000]
+    assert str(config) in out and all(n in out for n in named), out
+    assert "Traceback" not in out
+
+
+def test_bomb_sizes_are_what_the_note_measured():
+    """The note's 4-level bomb expanded to 7,380 'lol's: 9**4 = 6561 in the deepest level plus
+    the shallower ones; our 9-level bomb is far past the cap, the 4-level one under it."""
+    assert sum(9**k for k in range(1, 5)) == 7380
+    assert bomb_size(4, 9) < ex.MAX_YAML_NODES < bomb_size(9, 9)
+    assert math.log10(bomb_size(40, 12)) > 40
+    assert plan.MAX_CHUNKS_PER_EXPERIMENT < plan.MAX_TRAIN_NODES
+
+
+def test_a_loop_of_base_configs_is_refused(tmp_path):
+    """`base` naming the config itself, or a config that names it back, once recursed until
+    PyYAML's RecursionError (a message about nesting, not about the loop)."""
+    smoke = (ROOT / "config" / "smoke.yaml").read_text()
+    assert "base: config/paper.yaml" in smoke
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    write(a, smoke.replace("base: config/paper.yaml", f"base: {a}"))
+    with pytest.raises(ex.ConfigError, match=rf"base {a} leads back .*: {a} -> {a}"):
+        ex.load_config(a)
+    write(a, smoke.replace("base: config/paper.yaml", f"base: {b}"))
+    write(b, smoke.replace("base: config/paper.yaml", f"base: {a}"))
+    with pytest.raises(ex.ConfigError, match=rf"{a} -> {b} -> {a}"):
+        ex.load_config(a)
+
+
+@pytest.mark.parametrize(
+    "size,named",
+    [
+        (4, "datasets/imagenet256: image_size 4 is below 8"),  # in IMAGE_SIZE, no latent pixel
+        (4097, "at datasets/imagenet256/image_size: 4097 is greater than the maximum of 4096"),
+    ],
+)
+def test_dataset_image_size_bounds(tmp_path, size, named):
+    path = write(tmp_path / "c.yaml", PAPER.replace("image_size: 256", f"image_size: {size}", 1))
+    with pytest.raises(ex.ConfigError, match=named):
+        ex.resolve_experiments(ex.load_config(path))
