@@ -233,9 +233,9 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_dead_holder_never_bl
         holder.kill()
         holder.wait()
     # the holder died holding the lock (SIGKILL): its lock file may remain, and must not block
-    (run / outputs.LOCK_NAME).write_text("PID 1 on host gone\n")
+    outputs.lock_file(run).write_text("PID 1 on host gone\n")
     assert train_main(train_argv(run, toy, total_steps=1)) == 0
-    assert not (run / outputs.LOCK_NAME).exists()
+    assert not outputs.lock_file(run).exists()
 
 
 def test_lock_is_exclusive_across_processes_and_released_on_exit(tmp_path):

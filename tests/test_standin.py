@@ -72,8 +72,8 @@ def test_calibration_images_use_adm_centre_crop(tmp_path):
         ({"folder": "missing"}, "not a directory"),
         ({"folder": "empty"}, "not an ImageFolder"),
         ({"num": 99}, "holds only 6 images"),
-        ({"num": 1}, "at least 2"),
-        ({"size": 0}, "must be positive"),
+        ({"num": 1}, "argument --num-calibration: must be an integer in [2, 256], got 1"),
+        ({"size": 0}, "argument --image-size: must be an integer in [1, 4096], got 0"),
     ],
 )
 def test_cli_bad_input_exits_2_naming_the_problem(tmp_path, capsys, change, message):

@@ -96,7 +96,9 @@ def test_other_settings_in_same_folder_are_refused(tmp_path):
     with pytest.raises(ValueError, match="other settings"):
         generate_toy_data(out=str(tmp_path), num_classes=2, per_class=2, size=32, seed=1)
     assert json.loads((tmp_path / MANIFEST).read_text())["seed"] == 0
-    assert main(["--out", str(tmp_path / "x"), "--num-classes", "11"]) == 2
+    with pytest.raises(SystemExit) as exit_info:  # refused at parsing, the flag named
+        main(["--out", str(tmp_path / "x"), "--num-classes", "11"])
+    assert exit_info.value.code == 2 and not (tmp_path / "x").exists()
 
 
 def test_center_crop_non_square_matches_reference():

@@ -119,6 +119,14 @@ def message(err: BaseException) -> str:
     return one_screen(str(err))
 
 
+def _close_progress_bars() -> None:
+    """End any tqdm bar still open, so the error starts its own line instead of trailing the
+    bar's last frame."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
+        bar.close()
+
+
 def command_main(prog: str):
     """Decorator for a command's `main(argv) -> int`: expected failures exit 2 with one line,
     Ctrl-C exits 130 with one line."""
@@ -132,6 +140,7 @@ def command_main(prog: str):
             try:
                 return main(argv)
             except KeyboardInterrupt:
+                _close_progress_bars()
                 if debug:
                     traceback.print_exc()
                 # every output goes through udit.io.atomic_open: nothing partial is left
@@ -140,6 +149,7 @@ def command_main(prog: str):
             except Exception as err:  # sorted into expected / bug just below
                 if not user_error(err):
                     raise
+                _close_progress_bars()
                 if debug:
                     traceback.print_exc()
                 print(f"{prog}: error: {message(err)}", file=sys.stderr)

@@ -39,7 +39,10 @@ INCEPTION_BYTES = 95_628_359  # size of the release file (torch-fidelity v0.2.0)
 # torch hub convention: the name's last part is the SHA-256's first hex digits; the full
 # digest is not published, so a prefix is all that can be checked
 INCEPTION_SHA256_PREFIX = "6726825d"
-VAE_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+# The one VAE weights file read: safetensors holds only tensors. The pickled .bin is never
+# loaded (unpickling an untrusted file can run code), so a folder holding only it is refused.
+VAE_WEIGHTS = ("diffusion_pytorch_model.safetensors",)
+PICKLED_VAE_WEIGHTS = "diffusion_pytorch_model.bin"
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,7 @@ def inception_problem(path: str) -> str | None:
     return None
 
 
-def _hub_snapshot(repo_id: str) -> Path | None:
+def hub_snapshot(repo_id: str) -> Path | None:
     """The local snapshot folder of a hub repo in the Hugging Face cache (no network)."""
     from huggingface_hub import try_to_load_from_cache
 
@@ -112,22 +115,33 @@ def _hub_snapshot(repo_id: str) -> Path | None:
 
 def vae_problem(vae: str) -> str | None:
     """A diffusers AutoencoderKL folder (config.json + weights), local or in the hub cache."""
-    folder = Path(vae) if Path(vae).exists() else _hub_snapshot(vae) if "/" in vae else None
+    folder = Path(vae) if Path(vae).exists() else hub_snapshot(vae) if "/" in vae else None
     if folder is None:
         return "neither a folder nor in the Hugging Face cache"
-    if not (folder / "config.json").is_file():
+    return vae_folder_problem(folder)
+
+
+def vae_folder_problem(folder: Path) -> str | None:
+    """Why `folder` is not a loadable AutoencoderKL folder (None: it is one); read by both
+    this pre-flight check and udit.data.vae.load_vae."""
+    config = folder / "config.json"
+    if not config.is_file():
         return f"no config.json in {folder}"
-    if not any((folder / w).is_file() for w in VAE_WEIGHTS):
-        return f"no {' or '.join(VAE_WEIGHTS)} in {folder}"
     try:
-        if json.loads((folder / "config.json").read_text()).get("_class_name") not in (
-            None,
-            "AutoencoderKL",
-        ):
-            return f"{folder}/config.json is not an AutoencoderKL"
+        kind = json.loads(config.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        return f"{folder}/config.json is not JSON ({err})"
-    return None
+        return f"{config} is not JSON ({err})"
+    if not isinstance(kind, dict) or kind.get("_class_name") not in (None, "AutoencoderKL"):
+        return f"{config} is not an AutoencoderKL config"
+    if (folder / VAE_WEIGHTS[0]).is_file():
+        return None
+    if (folder / PICKLED_VAE_WEIGHTS).is_file():
+        return (
+            f"{folder} holds only the pickled {PICKLED_VAE_WEIGHTS}, refused as untrusted "
+            f"(unpickling can run code; it was not opened); convert it to {VAE_WEIGHTS[0]} "
+            f"where you trust it: AutoencoderKL.from_pretrained(DIR).save_pretrained(DIR)"
+        )
+    return f"no {VAE_WEIGHTS[0]} in {folder} (the weights are missing)"
 
 
 def images_problem(folder: str, *, num_classes: int) -> str | None:

@@ -73,10 +73,15 @@ def atomic_open(path: str | Path, mode: str = "wb", *, check=None, file_mode: in
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with os.fdopen(fd, mode) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:  # a write error (disk full) names no file: name the target
+            if err.filename is not None or err.errno is None:
+                raise
+            raise OSError(err.errno, err.strerror, str(path)) from err
         os.chmod(tmp, FILE_MODE if file_mode is None else file_mode)
         if check is not None:
             check(Path(tmp))

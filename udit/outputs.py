@@ -16,8 +16,9 @@ the command a no-op, other options (or a file that is not this command's result)
 naming what differs, unless `--overwrite` was given.
 
 `locked(path)` is the one-run-one-writer guarantee: an advisory `fcntl` lock on a run folder or
-an output file. A second process refuses at once, naming the holder's PID and host; the kernel
-drops the lock when its holder dies, so a lock file left by a dead process never blocks.
+an output file (`.NAME.lock` beside it). A second process refuses at once, naming the holder's
+PID and host; the kernel drops the lock when its holder dies, so a lock file left by a dead
+process never blocks.
 """
 
 import contextlib
@@ -31,7 +32,6 @@ from pathlib import Path
 
 from udit.errors import BadValueError, UserError
 
-LOCK_NAME = ".udit.lock"  # inside a locked folder; a locked file F gets .F.lock beside it
 OVERWRITE_HELP = (
     "replace an existing result at the output path even if it was made with other options "
     "(without it such a result is refused; the same options are always a no-op)"
@@ -217,10 +217,9 @@ def replace_result(
 
 
 def lock_file(path: str | Path) -> Path:
-    """Where the lock of a folder (inside it) or a file (a hidden file beside it) lives."""
+    """Where the lock of a folder or file `path` lives: a hidden file beside it, the same place
+    whether or not `path` exists yet (two processes must always meet at one lock)."""
     path = Path(path)
-    if path.is_dir():
-        return path / LOCK_NAME
     return path.with_name(f".{path.name}.lock")
 
 

@@ -23,6 +23,8 @@ Contract with the trainer (udit/training/):
     LATENT_SCALE = 0.18215 (DiT train.py; paper_numbers.yaml training_settings.latent_scale)
 
 Labels are indices of the sorted class-folder names (torchvision ImageFolder) in both kinds.
+Every file is checked where it is read: image files by imagenet.read_rgb_image, latent
+manifests and shards by shards.read_manifest / check_shard, VAE folders by vae.load_vae.
 Names are imported lazily (PEP 562) so `udit toy-data` runs without importing torch.
 """
 
@@ -32,14 +34,19 @@ _EXPORTS = {
     "LATENT_SCALE": "udit.data.vae",
     "DEFAULT_VAE": "udit.data.vae",
     "VaeNotAvailableError": "udit.data.vae",
+    "BadVaeError": "udit.data.vae",
     "load_vae": "udit.data.vae",
     "tiny_vae_config": "udit.data.vae",
     "save_tiny_vae": "udit.data.vae",
     "ImageDataset": "udit.data.imagenet",
     "build_image_dataset": "udit.data.imagenet",
     "center_crop_arr": "udit.data.imagenet",
+    "read_rgb_image": "udit.data.imagenet",
+    "UnreadableImageError": "udit.data.imagenet",
     "LatentDataset": "udit.data.latents",
-    "CorruptCacheError": "udit.data.latents",
+    "CorruptCacheError": "udit.data.shards",
+    "read_manifest": "udit.data.shards",
+    "check_shard": "udit.data.shards",
     "extract_latents": "udit.data.latents",
     "sample_latent": "udit.data.latents",
     "generate_toy_data": "udit.data.toy",

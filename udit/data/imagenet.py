@@ -4,6 +4,11 @@ Labels are the indices of the sorted class-folder names (torchvision ImageFolder
 ImageNet's `n01440764 ... n15075141` folders give labels 0..999 in the usual order.
 Preprocessing (DiT train.py, from ADM guided_diffusion/image_datasets.py):
 centre crop with box-downsample + bicubic resize, random horizontal flip, [-1, 1].
+
+Every image file any command reads (extract-latents, train --images, build-reference, the
+stand-in Inception's calibration) is opened by `read_rgb_image`: a file PIL cannot decode
+(truncated, corrupt, a decompression bomb) fails naming the file, and a pixel format that
+`convert("RGB")` would silently destroy is scaled correctly or refused (see below).
 """
 
 import numpy as np
@@ -12,7 +17,66 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
-from udit.errors import BadValueError
+from udit.errors import BadValueError, shown
+
+# Modes whose convert("RGB") is faithful: 8 bits per channel, palette or bilevel images.
+EIGHT_BIT_MODES = frozenset(
+    {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+)
+# 16-bit grayscale (a 16-bit PNG opens as "I;16"): convert("RGB") clips every value above 255
+# to white, so these are scaled to 8 bits here instead (65535 / 257 = 255, exact at both ends).
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+SIXTEEN_TO_EIGHT = 257
+# The failures of a file PIL cannot decode (SyntaxError: a broken PNG chunk; ValueError and
+# EOFError: some truncated or corrupt headers). OS faults of the open() itself stay OSErrors.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+FIX = "remove or replace it"
+
+
+class UnreadableImageError(BadValueError):
+    """An image file that cannot be decoded, or whose pixel format cannot become RGB."""
+
+    def __init__(self, message: str):
+        super().__init__(_original_message(message, type(self).__name__))
+
+
+def _original_message(message: str, name: str) -> str:
+    """A DataLoader worker's exception comes back as type(err)(its whole traceback text)
+    ("Caught X in DataLoader worker process 0. Original Traceback ..."): keep the one line
+    the worker raised, the text after the class name on the traceback's last line."""
+    if message.startswith("Caught ") and f"{name}: " in message:
+        return message.rstrip().rsplit(f"{name}: ", 1)[1]
+    return message
+
+
+def read_rgb_image(path) -> Image.Image:
+    """The RGB image in the file `path`, decoded in full (a truncated file fails here, not
+    later inside a batch); raises UnreadableImageError naming the file."""
+    with open(path, "rb") as f:  # a missing file or no permission: the OSError names the path
+        try:
+            image = Image.open(f)
+            image.load()
+        except DECODE_ERRORS as err:
+            why = str(err) or type(err).__name__
+            raise UnreadableImageError(
+                f"{shown(path)}: not a readable image ({why}); {FIX}"
+            ) from None
+        return _to_rgb(image, path)
+
+
+def _to_rgb(image: Image.Image, path) -> Image.Image:
+    if image.mode in EIGHT_BIT_MODES:
+        return image.convert("RGB")
+    if image.mode in SIXTEEN_BIT_MODES:
+        levels = np.asarray(image).astype(np.float64)  # (H, W) in [0, 65535]
+        gray = np.rint(levels / SIXTEEN_TO_EIGHT).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")  # (H, W) uint8: mode "L"
+    # 32-bit integer ("I") and float ("F") pixels have no fixed white: any scale is a guess
+    raise UnreadableImageError(
+        f"{shown(path)}: image mode {image.mode!r} cannot be read as RGB (convert('RGB') would "
+        f"clip its values to 0..255; no fixed scale maps it to 8 bits); save it as an 8-bit "
+        f"or 16-bit image, or {FIX}"
+    )
 
 
 def center_crop_arr(pil_image: Image.Image, image_size: int) -> Image.Image:
@@ -63,7 +127,9 @@ class ImageDataset(ImageFolder):
             raise BadValueError(f"--image-size must be positive, got {image_size}")
         try:
             super().__init__(
-                root, transform=build_image_transform(image_size=image_size, flip=flip)
+                root,
+                transform=build_image_transform(image_size=image_size, flip=flip),
+                loader=read_rgb_image,
             )
         except FileNotFoundError as e:
             raise FileNotFoundError(

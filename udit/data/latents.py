@@ -19,19 +19,31 @@ skips shards whose sha256 matches the manifest and re-encodes the rest.
 """
 
 import argparse
+import functools
 import hashlib
 import json
 import math
 import os
 import sys
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from udit import argtypes, outputs
 from udit.cli import add_dry_run, dry_run
+from udit.data.shards import (  # the read side: checks of the manifest and of every shard
+    FLIPS,
+    FORMAT_VERSION,
+    MANIFEST,
+    CorruptCacheError,  # noqa: F401 - raised by LatentDataset; callers catch it from here
+    check_shard,
+    read_manifest,
+    shard_name,
+)
 from udit.data.vae import (
     DEFAULT_VAE,
     LATENT_SCALE,
@@ -39,21 +51,10 @@ from udit.data.vae import (
     load_vae,
     vae_fingerprint,
 )
-from udit.errors import BadValueError, UserError, command_main
+from udit.errors import BadValueError, command_main
 from udit.io import atomic_write_bytes, atomic_write_json, read_json, sha256_file
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-FLIPS = (False, True)  # index 0: as cropped, 1: horizontally flipped (DiT's RandomHorizontalFlip)
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
-
-
-class CorruptCacheError(RuntimeError, UserError):
-    """A shard is missing, truncated or does not match its manifest checksum."""
-
-
-def shard_name(index: int) -> str:
-    return f"shard_{index:05d}.safetensors"
 
 
 def _dataset_sha256(dataset) -> str:
@@ -149,46 +150,52 @@ def extract_latents(
         shard_size=shard_size,
         dtype=dtype,
     )
+    encode = functools.partial(
+        _encode_shard,
+        vae=model,
+        dataset=dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        dtype=DTYPES[dtype],
+    )
     os.makedirs(out, exist_ok=True)
+    with outputs.locked(out, flag="--out"):  # one writer: a second process refuses at once
+        return _write_missing_shards(out, settings=settings, encode=encode, progress=progress)
+
+
+def _write_missing_shards(out: str, *, settings: dict, encode, progress: bool) -> dict:
+    """Encode the shards an earlier run did not finish; the manifest after each one."""
     manifest_path = os.path.join(out, MANIFEST)
     shards = previous_shards(manifest_path, settings=settings, out=out)
-    num_shards = math.ceil(len(dataset) / shard_size)
+    num_images, shard_size = settings["num_images"], settings["shard_size"]
+    num_shards = math.ceil(num_images / shard_size)
     done = [s for s in range(num_shards) if shard_is_intact(out, shards.get(shard_name(s)))]
     bar = tqdm(
-        total=len(dataset),
+        total=num_images,
         initial=sum(shards[shard_name(s)]["count"] for s in done),
         unit="img",
         desc="extract-latents",
         disable=not progress,
     )
-    for s in range(num_shards):
-        if s in done:
-            continue
-        start, stop = s * shard_size, min((s + 1) * shard_size, len(dataset))
-        tensors = _encode_shard(
-            vae=model,
-            dataset=dataset,
-            start=start,
-            stop=stop,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            device=device,
-            dtype=DTYPES[dtype],
-            progress=bar,
-        )
-        path = os.path.join(out, shard_name(s))
-        atomic_write_bytes(path, save(tensors))  # usual mode, not 0600: caches are shared
-        shards[shard_name(s)] = {
-            "file": shard_name(s),
-            "start": start,
-            "count": stop - start,
-            "bytes": os.path.getsize(path),
-            "sha256": sha256_file(path),
-        }
-        atomic_write_json(
-            manifest_path, {**settings, "shards": [shards[k] for k in sorted(shards)]}
-        )
-    bar.close()
+    with bar:  # closed on an error too: the error message starts a line of its own
+        for s in range(num_shards):
+            if s in done:
+                continue
+            start, stop = s * shard_size, min((s + 1) * shard_size, num_images)
+            tensors = encode(start=start, stop=stop, progress=bar)
+            path = os.path.join(out, shard_name(s))
+            atomic_write_bytes(path, save(tensors))  # usual mode, not 0600: caches are shared
+            shards[shard_name(s)] = {
+                "file": shard_name(s),
+                "start": start,
+                "count": stop - start,
+                "bytes": os.path.getsize(path),
+                "sha256": sha256_file(path),
+            }
+            atomic_write_json(
+                manifest_path, {**settings, "shards": [shards[k] for k in sorted(shards)]}
+            )
     manifest = {**settings, "shards": [shards[shard_name(s)] for s in range(num_shards)]}
     atomic_write_json(manifest_path, manifest)
     return manifest
@@ -256,60 +263,27 @@ def cache_vae_name(cache_dir: str) -> str | None:
 class LatentDataset(Dataset):
     """Cached moments: item i -> (moments float32 (2C, h, w) = [mean; logvar], label int).
 
-    Item i is image i // 2 with flip i % 2, so len = images x 2 flips. verify="sha256"
-    hashes every shard once here (before DataLoader workers fork); verify="size" only checks
-    byte counts, for very large caches.
+    Item i is image i // 2 with flip i % 2, so len = images x 2 flips. Every shard is checked
+    once here, before DataLoader workers fork (udit.data.shards: dtype, shape, labels in
+    [0, classes), finite moments); verify="sha256" also hashes every shard, verify="size"
+    only compares byte counts, for very large caches.
     """
 
     def __init__(self, cache_dir: str, *, verify: str = "sha256"):
         if verify not in ("sha256", "size"):
             raise ValueError(f"verify must be 'sha256' or 'size', got {verify!r}")
-        manifest_path = os.path.join(cache_dir, MANIFEST)
-        if not os.path.isfile(manifest_path):
-            raise FileNotFoundError(
-                f"no latent cache at {cache_dir!r} (missing {MANIFEST}); "
-                f"make one with `udit extract-latents --images DIR --out {cache_dir}`"
-            )
-        self.manifest = read_json(
-            manifest_path, what="latent cache manifest", hint="re-run `udit extract-latents`"
-        )
-        if self.manifest.get("format_version") != FORMAT_VERSION:
-            raise CorruptCacheError(
-                f"{manifest_path}: format_version {self.manifest.get('format_version')} "
-                f"!= {FORMAT_VERSION}; re-extract"
-            )
+        self.manifest = read_manifest(cache_dir)
         self.cache_dir = cache_dir
         self.shard_size = self.manifest["shard_size"]
         self.num_images = self.manifest["num_images"]
         self.shards = self.manifest["shards"]
-        expected = math.ceil(self.num_images / self.shard_size)
-        if len(self.shards) != expected or sum(e["count"] for e in self.shards) != self.num_images:
-            raise CorruptCacheError(
-                f"latent cache {cache_dir!r} is incomplete ({len(self.shards)} of {expected} "
-                f"shards); re-run `udit extract-latents` with the same --out to finish it"
-            )
-        labels = []
-        for entry in self.shards:
-            path = os.path.join(cache_dir, entry["file"])
-            self._check_shard(path, entry, verify=verify)
-            with safe_open(path, framework="pt") as f:
-                labels.append(f.get_tensor("labels"))
-        self.labels = torch.cat(labels)  # (num_images,) int64
+        labels = [
+            check_shard(cache_dir, entry, manifest=self.manifest, verify=verify)
+            for entry in self.shards
+        ]
+        self.labels = torch.from_numpy(np.concatenate(labels))  # (num_images,) int64
         self._handles: dict[int, object] = {}
         self._pid = os.getpid()
-
-    @staticmethod
-    def _check_shard(path: str, entry: dict, *, verify: str) -> None:
-        hint = "re-run `udit extract-latents` with the same --out to re-encode it"
-        if not os.path.isfile(path):
-            raise CorruptCacheError(f"latent shard {path!r} is missing; {hint}")
-        size = os.path.getsize(path)
-        if size != entry["bytes"]:
-            raise CorruptCacheError(
-                f"latent shard {path!r} has {size} bytes, manifest says {entry['bytes']}; {hint}"
-            )
-        if verify == "sha256" and sha256_file(path) != entry["sha256"]:
-            raise CorruptCacheError(f"latent shard {path!r} fails its sha256 checksum; {hint}")
 
     @property
     def classes(self) -> list[str]:
@@ -357,21 +331,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="udit extract-latents", description=main.__doc__)
     parser.add_argument("--images", required=True, help="ImageFolder root (root/<class>/<image>)")
     parser.add_argument("--out", required=True, help="cache directory (re-run to resume)")
-    parser.add_argument("--image-size", type=int, default=256, help="centre-crop side in pixels")
+    parser.add_argument(
+        "--image-size", type=argtypes.IMAGE_SIZE, default=256, help="centre-crop side in pixels"
+    )
     parser.add_argument(
         "--vae", default=DEFAULT_VAE, help="hub id or local AutoencoderKL directory"
     )
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--shard-size", type=int, default=1024, help="images per shard (x2 flips)")
+    parser.add_argument("--batch-size", type=argtypes.BATCH, default=32)
+    parser.add_argument(
+        "--shard-size", type=argtypes.BATCH, default=1024, help="images per shard (x2 flips)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="stored precision")
     parser.add_argument(
-        "--num-workers", type=int, default=0, help="DataLoader workers for decoding images"
+        "--num-workers",
+        type=argtypes.WORKERS,
+        default=0,
+        help="DataLoader workers for decoding images",
     )
     add_dry_run(parser)
     args = parser.parse_args(argv)
     if dry_run(args):
         return 0
+    check_paths(images=args.images, vae=args.vae, out=args.out)
     manifest = extract_latents(
         images=args.images,
         out=args.out,
@@ -388,6 +370,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(manifest['shards'])} shards, moments {manifest['moments_shape']} {manifest['dtype']}"
     )
     return 0
+
+
+def check_paths(*, images: str, vae: str | None, out: str) -> None:
+    """--out is neither an input nor inside one (it would become a class folder of the image
+    tree); a local --vae folder is an input too."""
+    local_vae = vae if vae is not None and os.path.exists(vae) else None
+    outputs.check(
+        inputs={"--images": images, "--vae": local_vae}, outputs={"--out": out}, folders=("--out",)
+    )
 
 
 if __name__ == "__main__":

@@ -16,10 +16,12 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from udit import argtypes, outputs
 from udit.errors import BadValueError, command_main
 from udit.io import atomic_write_json, read_json
 
@@ -27,6 +29,7 @@ MANIFEST = "toy_data.json"
 GENERATOR_VERSION = 1  # bump when the pictures change, so old folders are not silently mixed
 SUPERSAMPLE = 4  # draw at 4x and box-downsample: anti-aliased edges, like photos have
 MIN_SIZE = 16
+MAX_SIZE = 1024  # drawn at SUPERSAMPLE x: a 4096 px mask per image, 16 MB
 
 
 # --- class structures: each draws a white-on-black mask (mode "L") of side n -----------------
@@ -152,6 +155,8 @@ CLASSES = {  # name -> mask drawer; the folder prefix keeps ImageFolder's sorted
     "dots": _dots,
 }
 CLASS_NAMES = list(CLASSES)
+TOY_CLASSES = argtypes.Range("int", 1, len(CLASS_NAMES))
+TOY_SIZE = argtypes.Range("int", MIN_SIZE, MAX_SIZE)
 
 
 def class_folder(index: int) -> str:
@@ -182,8 +187,8 @@ def generate_toy_data(
         raise BadValueError(f"--num-classes must be in 1..{len(CLASS_NAMES)}, got {num_classes}")
     if per_class < 1:
         raise BadValueError(f"--per-class must be >= 1, got {per_class}")
-    if size < MIN_SIZE:
-        raise BadValueError(f"--image-size must be >= {MIN_SIZE} px, got {size}")
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise BadValueError(f"--image-size must be in {MIN_SIZE}..{MAX_SIZE} px, got {size}")
     settings = {
         "generator_version": GENERATOR_VERSION,
         "num_classes": num_classes,
@@ -193,32 +198,48 @@ def generate_toy_data(
         "classes": [class_folder(c) for c in range(num_classes)],
     }
     os.makedirs(out, exist_ok=True)
+    with outputs.locked(out, flag="--out"):  # one writer: a second process refuses at once
+        _claim_folder(out, settings)
+        written = sum(
+            _write_class(out, c, per_class=per_class, size=size, seed=seed)
+            for c in range(num_classes)
+        )
+    total = num_classes * per_class
+    return {"written": written, "skipped": total - written, "total": total}
+
+
+def _claim_folder(out: str, settings: dict) -> None:
+    """Record the settings first, so a partial folder says what it is; refuse other ones."""
     manifest = os.path.join(out, MANIFEST)
-    if os.path.exists(manifest):
-        previous = read_json(manifest, what="toy-set manifest", hint="delete the folder")
-        if previous != settings:
-            raise BadValueError(
-                f"{out!r} holds a toy set made with other settings ({previous}); "
-                f"use another --out or delete it"
-            )
-    else:
-        atomic_write_json(
-            manifest, settings, sort_keys=True
-        )  # first, so a partial folder records what it is
-    written = skipped = 0
-    for c in range(num_classes):
-        folder = os.path.join(out, class_folder(c))
-        os.makedirs(folder, exist_ok=True)
-        for i in range(per_class):
-            path = os.path.join(folder, f"{class_folder(c)}_{i:05d}.png")
-            if os.path.exists(path):  # complete: it was renamed into place after writing
-                skipped += 1
-                continue
-            tmp = path + ".tmp"  # not an image extension: ImageFolder never lists it
+    if not os.path.exists(manifest):
+        atomic_write_json(manifest, settings, sort_keys=True)
+        return
+    previous = read_json(manifest, what="toy-set manifest", hint="delete the folder")
+    if previous != settings:
+        raise BadValueError(
+            f"{out!r} holds a toy set made with other settings ({previous}); "
+            f"use another --out or delete it"
+        )
+
+
+def _write_class(out: str, c: int, *, per_class: int, size: int, seed: int) -> int:
+    """Write the missing images of class `c`; -> how many were written."""
+    folder = os.path.join(out, class_folder(c))
+    os.makedirs(folder, exist_ok=True)
+    written = 0
+    for i in range(per_class):
+        path = os.path.join(folder, f"{class_folder(c)}_{i:05d}.png")
+        if os.path.exists(path):  # complete: it was renamed into place after writing
+            continue
+        tmp = path + ".tmp"  # not an image extension: ImageFolder never lists it
+        try:
             make_image(class_index=c, image_index=i, size=size, seed=seed).save(tmp, format="PNG")
             os.replace(tmp, path)
-            written += 1
-    return {"written": written, "skipped": skipped, "total": num_classes * per_class}
+        except BaseException:  # Ctrl-C or a full disk: no half-written file stays behind
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        written += 1
+    return written
 
 
 @command_main("udit toy-data")
@@ -226,11 +247,14 @@ def main(argv: list[str] | None = None) -> int:
     """`udit toy-data`: write a seeded procedural ImageFolder of coloured shapes and textures."""
     parser = argparse.ArgumentParser(prog="udit toy-data", description=main.__doc__)
     parser.add_argument("--out", required=True, help="root folder (root/<class>/<image>.png)")
-    parser.add_argument("--num-classes", type=int, default=10, help=f"1..{len(CLASS_NAMES)}")
-    parser.add_argument("--per-class", type=int, default=300, help="images per class")
-    parser.add_argument("--image-size", type=int, default=32, help="image side in pixels")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--num-classes", type=TOY_CLASSES, default=10, help=f"1..{len(CLASS_NAMES)}"
+    )
+    parser.add_argument("--per-class", type=argtypes.SAMPLES, default=300, help="images per class")
+    parser.add_argument("--image-size", type=TOY_SIZE, default=32, help="image side in pixels")
+    parser.add_argument("--seed", type=argtypes.SEED, default=0)
     args = parser.parse_args(argv)
+    outputs.check(inputs={}, outputs={"--out": args.out}, folders=("--out",))
     start = time.perf_counter()
     counts = generate_toy_data(
         out=args.out,

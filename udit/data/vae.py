@@ -12,16 +12,24 @@ udit/paper/paper_numbers.yaml (`training_settings`), the one in-repo source of p
 import argparse
 import hashlib
 import json
+import logging
 import os
+import re
+import shutil
 import socket
 import sys
+import tempfile
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import torch
 
+from udit import argtypes, outputs
 from udit.errors import BadValueError, UserError, command_main
+from udit.inputs import VAE_WEIGHTS, hub_snapshot, vae_folder_problem
+from udit.io import FILE_MODE
 from udit.paper import recipe
 
 if TYPE_CHECKING:  # diffusers takes ~4 s to import: only the functions that build a VAE do
@@ -33,10 +41,22 @@ DEFAULT_VAE: str = recipe().vae  # sd-vae-ft-ema, the VAE of DiT / U-DiT
 # Seconds to wait for the hub before treating the machine as offline: a missing model must
 # fail at once, not after huggingface_hub's ~23 s of retries.
 HUB_PROBE_TIMEOUT_S = 3.0
+LATENT_CHANNELS = argtypes.Range("int", 1, 64)  # the SD VAE has 4; 64 bounds a toy config
+FOLDER_MODE = FILE_MODE | (FILE_MODE & 0o444) >> 2  # a folder is searchable where readable
+# torch's load_state_dict message for one parameter of the wrong shape
+SIZE_MISMATCH = re.compile(
+    r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[([^\]]*)\]\) from "
+    r"checkpoint, the shape in current model is torch\.Size\(\[([^\]]*)\]\)"
+)
 
 
 class VaeNotAvailableError(RuntimeError, UserError):
     """The VAE is neither a local directory nor in the hub cache, and the hub is unreachable."""
+
+
+class BadVaeError(BadValueError):
+    """A VAE folder that is incomplete, untrusted (pickled weights) or whose config does not
+    fit its weights."""
 
 
 def _vae_missing_message(name: str, reason: str) -> str:
@@ -53,9 +73,7 @@ def _vae_missing_message(name: str, reason: str) -> str:
 
 
 def _hub_is_cached(name: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    return hub_snapshot(name) is not None
 
 
 def _hub_is_reachable(timeout_s: float = HUB_PROBE_TIMEOUT_S) -> bool:
@@ -82,34 +100,108 @@ def load_vae(
 ) -> "AutoencoderKL":
     """Load an AutoencoderKL from a local directory or a hub id; eval mode, no grad.
 
-    A hub id that is not in the local cache is downloaded only if the hub answers; offline,
-    this raises VaeNotAvailableError at once with instructions.
+    A folder (local, or the hub cache's snapshot) is checked first (udit.inputs: config.json
+    and diffusion_pytorch_model.safetensors; pickled weights are refused, never opened), and
+    its weights must fit its config key for key. A hub id that is not in the local cache is
+    downloaded only if the hub answers; offline, this raises VaeNotAvailableError at once.
     """
-    from diffusers import AutoencoderKL
+    folder, local_only = _where(name_or_path)
+    if folder is not None:
+        problem = vae_folder_problem(folder)
+        if problem:
+            raise BadVaeError(f"VAE {name_or_path}: {problem}")
+    try:
+        vae = _from_pretrained(name_or_path, local_only=local_only, dtype=dtype)
+    except BadVaeError:
+        raise
+    except Exception as err:  # sorted below: the files' fault or the hub's
+        if folder is None:
+            reason = "not in the local hub cache and the hub is unreachable"
+            raise VaeNotAvailableError(
+                _vae_missing_message(name_or_path, reason if local_only else _first_line(err))
+            ) from err
+        raise BadVaeError(f"VAE folder {folder}: {_why_not_loaded(err)}") from None
+    return vae.to(device).eval().requires_grad_(False)
 
+
+def _where(name_or_path: str) -> tuple[Path | None, bool]:
+    """(the folder to check, or None for a hub download; whether to stay offline)."""
     looks_like_path = (
         name_or_path.startswith((".", os.path.sep, "~")) or name_or_path.count("/") > 1
     )
     if os.path.isdir(name_or_path):
-        local_only = True
-    elif looks_like_path:
+        return Path(name_or_path), True
+    if os.path.exists(name_or_path):
+        raise BadVaeError(
+            f"VAE {name_or_path}: a file, not a folder holding config.json and {VAE_WEIGHTS[0]}"
+        )
+    if looks_like_path:
         raise VaeNotAvailableError(_vae_missing_message(name_or_path, "no such local directory"))
-    else:  # a hub id: use the cache, else download only if the hub answers
-        local_only = _hub_is_cached(name_or_path) or not _hub_is_reachable()
+    if _hub_is_cached(name_or_path):  # a hub id: use the cache, else download if the hub answers
+        return hub_snapshot(name_or_path), True
+    return None, not _hub_is_reachable()
+
+
+def _from_pretrained(name_or_path: str, *, local_only: bool, dtype: torch.dtype):
+    from diffusers import AutoencoderKL
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    # diffusers logs "Error no file named ..." and "Some weights ... newly initialized" on its
+    # own; the checks here say the same thing once, naming the folder
+    diffusers_logging.set_verbosity(logging.CRITICAL)
     try:
         with warnings.catch_warnings():
             # diffusers passes an argument huggingface_hub 2.x deprecated; nothing for users to fix
             warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
-            vae = AutoencoderKL.from_pretrained(
+            vae, info = AutoencoderKL.from_pretrained(
                 name_or_path,
                 local_files_only=local_only,
                 torch_dtype=dtype,
                 low_cpu_mem_usage=False,  # the fast path needs `accelerate`; not a dependency
+                use_safetensors=True,  # never unpickle a .bin
+                output_loading_info=True,
             )
-    except (OSError, ValueError) as e:
-        reason = "not in the local hub cache and the hub is unreachable" if local_only else str(e)
-        raise VaeNotAvailableError(_vae_missing_message(name_or_path, reason)) from e
-    return vae.to(device).eval().requires_grad_(False)
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+    _check_loading_info(name_or_path, info)
+    return vae
+
+
+def _check_loading_info(name_or_path: str, info: dict) -> None:
+    """diffusers only warns about weights the config has no place for, or places the weights
+    do not fill (left at random init): both mean the config does not fit the weights."""
+    for key, what in (
+        ("missing_keys", "missing from the weights"),
+        ("unexpected_keys", "in the weights but not in the config's model"),
+        ("mismatched_keys", "of another shape in the weights"),
+    ):
+        names = [str(k[0] if isinstance(k, tuple) else k) for k in info.get(key) or []]
+        if names:
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            raise BadVaeError(
+                f"VAE folder {name_or_path}: its config.json does not fit its weights "
+                f"({len(names)} parameters {what}: {', '.join(names[:3])}{more}); use the "
+                f"config.json saved with these weights"
+            )
+
+
+def _why_not_loaded(err: Exception) -> str:
+    """A shape mismatch (the first of torch's load_state_dict message, shortened) means the
+    config does not fit the weights; anything else is a damaged file (its first line)."""
+    found = SIZE_MISMATCH.search(str(err))
+    if found is None:
+        return f"cannot be loaded ({_first_line(err)}); replace its damaged config.json or weights"
+    name, stored, built = found.groups()
+    return (
+        f"its config.json does not fit its weights ({name} is [{stored}] in the weights, "
+        f"[{built}] in the model the config builds); use the config.json saved with them"
+    )
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    return lines[0][:200]
 
 
 def tiny_vae_config(*, latent_channels: int = 4, sample_size: int = 32) -> dict:
@@ -133,18 +225,22 @@ def tiny_vae_config(*, latent_channels: int = 4, sample_size: int = 32) -> dict:
     }
 
 
-def save_tiny_vae(*, out_dir: str, seed: int = 0, **config_overrides) -> str:
-    """Random-init a tiny AutoencoderKL (seeded) and save_pretrained it for load_vae(out_dir)."""
+def build_tiny_vae(*, seed: int = 0, **config_overrides) -> "AutoencoderKL":
+    """A random-init tiny AutoencoderKL (seeded), in memory."""
     from diffusers import AutoencoderKL
 
     config = {**tiny_vae_config(), **config_overrides}
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        vae = AutoencoderKL(**config)
+        return AutoencoderKL(**config)
     finally:
         torch.random.set_rng_state(generator_state)  # leave the caller's global RNG as it was
-    vae.save_pretrained(out_dir)
+
+
+def save_tiny_vae(*, out_dir: str, seed: int = 0, **config_overrides) -> str:
+    """Random-init a tiny AutoencoderKL (seeded) and save_pretrained it for load_vae(out_dir)."""
+    build_tiny_vae(seed=seed, **config_overrides).save_pretrained(out_dir)
     return out_dir
 
 
@@ -176,18 +272,47 @@ def vae_fingerprint(vae: "AutoencoderKL") -> dict:
 def main(argv: list[str] | None = None) -> int:
     """`udit tiny-vae --out DIR`: write a random-init tiny VAE for toy runs."""
     parser = argparse.ArgumentParser(prog="udit tiny-vae", description=main.__doc__)
-    parser.add_argument("--out", required=True, help="directory to save_pretrained into")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--latent-channels", type=int, default=4)
+    parser.add_argument("--out", type=Path, required=True, help="directory to save_pretrained into")
+    parser.add_argument("--seed", type=argtypes.SEED, default=0)
+    parser.add_argument("--latent-channels", type=LATENT_CHANNELS, default=4)
+    outputs.add_overwrite(parser)
     args = parser.parse_args(argv)
-    if os.path.isfile(os.path.join(args.out, "config.json")):
-        print(f"tiny VAE already at {args.out}")
-        return 0
-    tmp = args.out.rstrip(os.path.sep) + ".tmp"
-    save_tiny_vae(out_dir=tmp, seed=args.seed, latent_channels=args.latent_channels)
-    os.replace(tmp, args.out)  # atomic: a crash never leaves a half-written VAE at --out
+    outputs.check(inputs={}, outputs={"--out": args.out}, folders=("--out",))
+    with outputs.locked(args.out, flag="--out"):  # one writer: a second process refuses at once
+        vae = build_tiny_vae(seed=args.seed, latent_channels=args.latent_channels)
+        same = outputs.replace_result(
+            args.out,
+            flag="--out",
+            options=vae_fingerprint(vae),  # the weights say which seed and channels made them
+            recorded=lambda folder: vae_fingerprint(load_vae(str(folder))),
+            overwrite=args.overwrite,
+        )
+        if same:
+            print(f"tiny VAE already at {args.out}")
+            return 0
+        _save_folder(vae, args.out)
     print(f"saved tiny VAE to {args.out}")
     return 0
+
+
+def _save_folder(vae: "AutoencoderKL", out: Path) -> None:
+    """save_pretrained into a fresh folder beside `out`, then rename it into place: a crash or
+    Ctrl-C leaves the old folder (or none), never a half-written one."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        vae.save_pretrained(tmp)
+        tmp.chmod(FOLDER_MODE)  # mkdtemp makes it owner-only; other jobs read the VAE
+        if out.exists():  # --overwrite: the old folder goes aside, then away
+            old = tmp.with_suffix(".old")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 if __name__ == "__main__":

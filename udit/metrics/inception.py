@@ -81,13 +81,21 @@ class UnsafeWeightsError(UserError):
     """An Inception weights file that is not a plain tensor state dict (it is never unpickled)."""
 
 
+class WrongWeightsError(UserError):
+    """An Inception weights file that is a state dict, but not of the FID InceptionV3."""
+
+
+WEIGHTS_HINT = (
+    f"use the official {WEIGHTS_FILENAME} ({WEIGHTS_URL}) or a stand-in from "
+    "`udit make-standin-inception`"
+)
+KEYS_SHOWN = 3  # key names an error lists (a DiT state dict has hundreds)
+
+
 def safe_weights(path) -> io.BytesIO:
     """The state dict at `path` read with weights_only=True (a pickle that would run code, or
-    any other object, is refused naming the file), re-saved in memory for torch-fidelity."""
-    hint = (
-        f"use the official {WEIGHTS_FILENAME} ({WEIGHTS_URL}) or a stand-in from "
-        "`udit make-standin-inception`"
-    )
+    any other object, is refused naming the file), every float finite, re-saved in memory for
+    torch-fidelity."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any load failure means: refuse the file
@@ -100,7 +108,7 @@ def safe_weights(path) -> io.BytesIO:
             why = f"{type(err).__name__}: {str(err).split('. ')[0][:160]}"
         raise UnsafeWeightsError(
             f"Inception weights {path}: refused, not a plain tensor state dict ({why}; loaded "
-            f"with weights_only=True, nothing in it was run); {hint}"
+            f"with weights_only=True, nothing in it was run); {WEIGHTS_HINT}"
         ) from None
     if not (
         isinstance(state, dict)
@@ -109,12 +117,51 @@ def safe_weights(path) -> io.BytesIO:
     ):
         raise UnsafeWeightsError(
             f"Inception weights {path}: refused, holds a {type(state).__name__}, not a state "
-            f"dict of tensors; {hint}"
+            f"dict of tensors; {WEIGHTS_HINT}"
         )
+    _check_finite(state, path)
     buffer = io.BytesIO()
     torch.save(state, buffer)
     buffer.seek(0)
     return buffer
+
+
+def _check_finite(state: dict[str, torch.Tensor], path) -> None:
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = tensor[~torch.isfinite(tensor)].reshape(-1)[0].item()
+            raise WrongWeightsError(
+                f"Inception weights {path}: {key} holds {bad} (every weight must be finite); "
+                f"{WEIGHTS_HINT}"
+            )
+
+
+def check_architecture(state: dict, *, expected: dict, path) -> None:
+    """Refuse a state dict whose keys or shapes are not those of `expected` (the freshly built
+    InceptionV3's), naming a few of the keys that differ."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    resized = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if not (missing or unexpected or resized):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} of its {len(expected)} keys missing ({_few(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys ({_few(unexpected)})")
+    for key in resized[:KEYS_SHOWN]:
+        parts.append(
+            f"{key} is {list(state[key].shape)}, InceptionV3 has {list(expected[key].shape)}"
+        )
+    raise WrongWeightsError(
+        f"Inception weights {path}: not a state dict of the FID InceptionV3: {'; '.join(parts)}; "
+        f"{WEIGHTS_HINT}"
+    )
+
+
+def _few(keys: list[str]) -> str:
+    more = f", ... {len(keys) - KEYS_SHOWN} more" if len(keys) > KEYS_SHOWN else ""
+    return ", ".join(keys[:KEYS_SHOWN]) + more
 
 
 class InceptionV3ADM(FeatureExtractorInceptionV3):
@@ -132,12 +179,17 @@ class InceptionV3ADM(FeatureExtractorInceptionV3):
             raise ValueError("feature_extractor_weights_path is required (no implicit download)")
         # torch-fidelity torch.loads the path with weights_only=False: hand it our own re-save
         # of a state dict read with weights_only=True, never the user's file
-        kwargs["feature_extractor_weights_path"] = safe_weights(
-            kwargs["feature_extractor_weights_path"]
-        )
+        self._weights_file = kwargs["feature_extractor_weights_path"]  # named in errors
+        kwargs["feature_extractor_weights_path"] = safe_weights(self._weights_file)
         super().__init__(name, features_list, **kwargs)
         self._spatial = None
         self.Mixed_6d.branch1x1.register_forward_hook(self._keep_spatial)
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        # torch-fidelity's __init__ loads the weights here, after building every layer: compare
+        # keys and shapes first, so a wrong file is one line naming it, not torch's traceback
+        check_architecture(state_dict, expected=self.state_dict(), path=self._weights_file)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _keep_spatial(self, module, inputs, output):
         self._spatial = output  # (N, 192, 17, 17), after ReLU

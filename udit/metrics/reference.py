@@ -14,16 +14,18 @@ images), mu, sigma, mu_s, sigma_s computed with TF; `evaluate` accepts it as is.
 """
 
 import argparse
+import hashlib
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from udit.cli import add_dry_run, check_minimums, dry_run
-from udit.data.imagenet import center_crop_arr  # ADM centre crop, shared with training data
+from udit import argtypes, outputs
+from udit.cli import add_dry_run, dry_run
+from udit.data.imagenet import center_crop_arr, read_rgb_image  # shared with training data
 from udit.errors import BadValueError, command_main
 from udit.io import atomic_savez
 from udit.metrics import inception, provenance, scores
@@ -62,13 +64,7 @@ class CroppedImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        try:
-            with Image.open(self.paths[index]) as image:
-                cropped = center_crop_arr(image.convert("RGB"), self.image_size)
-        except OSError as err:  # PIL: unknown format or truncated file
-            raise BadValueError(
-                f"{self.paths[index]}: not a readable image ({err}); remove or replace it"
-            ) from err
+        cropped = center_crop_arr(read_rgb_image(self.paths[index]), self.image_size)
         return torch.from_numpy(np.array(cropped))  # (S, S, 3) uint8
 
 
@@ -136,24 +132,53 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="reference npz to write")
     inception.add_weights_argument(parser)
     parser.add_argument(
-        "--num-images", type=int, default=None, help="seeded random subset size (default: all)"
+        "--num-images",
+        type=argtypes.SAMPLES,
+        default=None,
+        help="seeded random subset size (default: all)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the --num-images subset")
-    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="ADM centre-crop size")
-    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument(
-        "--num-workers", type=int, default=0, help="DataLoader workers (decode and Inception)"
+        "--seed", type=argtypes.SEED, default=0, help="seed of the --num-images subset"
+    )
+    parser.add_argument(
+        "--image-size", type=argtypes.IMAGE_SIZE, default=IMAGE_SIZE, help="ADM centre-crop size"
+    )
+    parser.add_argument("--batch-size", type=argtypes.BATCH, default=64)
+    parser.add_argument(
+        "--num-workers",
+        type=argtypes.WORKERS,
+        default=0,
+        help="DataLoader workers (decode and Inception)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    outputs.add_overwrite(parser)
     add_dry_run(parser)
     args = parser.parse_args(argv)
-    check_minimums(parser, args, num_images=1, image_size=1, batch_size=1, num_workers=0)
     if dry_run(args):
         return 0
 
     weights = inception.weights_from_args(parser, args)
-    device = inception.pick_device(args.device)
+    outputs.check(
+        inputs={"--images": args.images, "--inception-weights": weights},
+        outputs={"--out": args.out},
+    )
     paths = list_images(args.images, num_images=args.num_images, seed=args.seed)
+    options = reference_options(args, paths=paths, weights=weights)
+    with outputs.locked(args.out, flag="--out"):  # one writer: a second process refuses at once
+        if outputs.replace_result(
+            args.out,
+            flag="--out",
+            options=options,
+            recorded=recorded_options,
+            overwrite=args.overwrite,
+        ):
+            print(f"{args.out} already holds this reference batch; nothing to do")
+            return 0
+        return _write_reference(args, paths=paths, weights=weights, options=options)
+
+
+def _write_reference(args, *, paths: list[Path], weights: Path, options: dict) -> int:
+    device = inception.pick_device(args.device)
     images = load_cropped(paths, image_size=args.image_size, num_workers=args.num_workers)
     arrays = build_reference(
         images=images,
@@ -162,14 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         num_workers=args.num_workers,
     )
-    options = {
-        "num_images": len(paths),
-        "seed": args.seed if args.num_images else None,
-        "image_size": args.image_size,
-        "crop": "ADM center_crop_arr (box halving, bicubic, centre)",
-    }
     prov = provenance.collect(device=device, weights=weights, files={})
-    arrays["provenance_json"] = np.array(json.dumps({"options": options, "provenance": prov}))
+    recorded = {k: v for k, v in options.items() if k != "inception_sha256"}  # a key of its own
+    arrays["provenance_json"] = np.array(json.dumps({"options": recorded, "provenance": prov}))
     atomic_savez(args.out, **arrays)
     official = (
         "official"
@@ -181,6 +201,29 @@ def main(argv: list[str] | None = None) -> int:
         f"Inception weights {official}"
     )
     return 0
+
+
+def reference_options(args, *, paths: list[Path], weights: Path) -> dict:
+    """What a reference batch depends on; an existing --out made otherwise is refused."""
+    listing = [(str(p.relative_to(args.images)), p.stat().st_size) for p in paths]
+    return {
+        "num_images": len(paths),
+        "seed": args.seed if args.num_images else None,
+        "image_size": args.image_size,
+        "crop": "ADM center_crop_arr (box halving, bicubic, centre)",
+        "images_sha256": hashlib.sha256(json.dumps(listing).encode()).hexdigest(),
+        "inception_sha256": provenance.sha256_file(weights),
+    }
+
+
+def recorded_options(path: Path) -> dict | None:
+    """The options an existing reference npz was built with (None: not one of ours)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            record = json.loads(str(npz["provenance_json"]))["options"]
+            return {**record, "inception_sha256": str(npz["inception_sha256"])}
+    except (KeyError, TypeError, EOFError, zipfile.BadZipFile):
+        return None
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ the same tensors.
 """
 
 import argparse
+import hashlib
 import io
 from pathlib import Path
 
@@ -30,8 +31,9 @@ from torch_fidelity import FeatureExtractorInceptionV3
 from torchvision.datasets import ImageFolder
 
 import udit.io
-from udit.data.imagenet import CenterCrop  # ADM centre crop, as build-reference and training
-from udit.errors import command_main
+from udit import argtypes, outputs
+from udit.data.imagenet import CenterCrop, read_rgb_image  # as build-reference and training
+from udit.errors import UserError, command_main
 from udit.metrics import provenance
 from udit.metrics.inception import POOL
 from udit.metrics.reference import IMAGE_SIZE
@@ -43,6 +45,8 @@ MIN_CALIBRATION = 2  # batch statistics of one image are too noisy to stand for 
 FC_IN = 2048  # pool_3 width = fan-in of the logits layer
 WEIGHTS_MODE = 0o644
 MIN_POOL_STD = 1e-3  # below this the features have vanished (default init gives ~1e-8)
+# one batch at 299x299 takes ~0.1 GB per image on CPU (32: ~3 GB): 256 bounds it near 25 GB
+CALIBRATION_IMAGES = argtypes.Range("int", MIN_CALIBRATION, 256)
 
 
 class _UninitialisedInceptionV3(FeatureExtractorInceptionV3):
@@ -95,7 +99,7 @@ def load_calibration_images(
     if image_size <= 0:
         raise ValueError(f"--image-size {image_size}: must be positive")
     try:
-        dataset = ImageFolder(str(folder), transform=CenterCrop(image_size))
+        dataset = ImageFolder(str(folder), transform=CenterCrop(image_size), loader=read_rgb_image)
     except FileNotFoundError as err:
         raise FileNotFoundError(
             f"--calibration-images {folder}: not an ImageFolder tree (DIR/<class>/<image>): {err}"
@@ -148,16 +152,38 @@ def make_standin_inception(
     calibration_images: Path,  # ImageFolder of real images
     num_calibration: int = NUM_CALIBRATION,
     image_size: int = IMAGE_SIZE,
+    overwrite: bool = False,  # replace an existing --out holding other weights
 ) -> dict:
-    """Write the stand-in weights atomically; returns what was done (for the log)."""
+    """Write the stand-in weights atomically; returns what was done (for the log). An existing
+    `out` holding exactly these weights is kept (a no-op); other bytes there are refused
+    unless `overwrite`."""
     calibration = load_calibration_images(
         calibration_images, num_images=num_calibration, image_size=image_size, seed=seed
     )
     state_dict, pool_std = standin_state_dict(calibration=calibration, seed=seed)
-    atomic_torch_save(state_dict, out)
+    same = outputs.replace_result(
+        out,
+        flag="--out",
+        options={"sha256": _saved_sha256(state_dict)},  # torch.save's bytes are deterministic
+        recorded=lambda path: {"sha256": provenance.sha256_file(path)},
+        overwrite=overwrite,
+    )
+    if not same:
+        atomic_torch_save(state_dict, out)
     sha256 = provenance.sha256_file(out)
     assert not provenance.is_official_weights(sha256)  # evaluate must flag it uncalibrated
-    return {"sha256": sha256, "pool_std": pool_std, "num_calibration": len(calibration)}
+    return {
+        "sha256": sha256,
+        "pool_std": pool_std,
+        "num_calibration": len(calibration),
+        "kept": same,
+    }
+
+
+def _saved_sha256(state_dict: dict) -> str:
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    return hashlib.sha256(buffer.getvalue()).hexdigest()
 
 
 @command_main("udit make-standin-inception")
@@ -166,30 +192,46 @@ def main(argv: list[str] | None = None) -> int:
         prog="udit make-standin-inception", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--out", type=Path, required=True, help="weights file to write (.pth)")
-    parser.add_argument("--seed", type=int, required=True, help="seeds weights and image subset")
+    parser.add_argument(
+        "--seed", type=argtypes.SEED, required=True, help="seeds weights and image subset"
+    )
     parser.add_argument(
         "--calibration-images", type=Path, required=True, help="ImageFolder of real images"
     )
     parser.add_argument(
         "--num-calibration",
-        type=int,
+        type=CALIBRATION_IMAGES,
         default=NUM_CALIBRATION,
         help=f"images in the BatchNorm calibration batch (default {NUM_CALIBRATION})",
     )
     parser.add_argument(
-        "--image-size", type=int, default=IMAGE_SIZE, help="ADM centre-crop size before Inception"
+        "--image-size",
+        type=argtypes.IMAGE_SIZE,
+        default=IMAGE_SIZE,
+        help="ADM centre-crop size before Inception",
     )
+    outputs.add_overwrite(parser)
     args = parser.parse_args(argv)
-    try:
-        done = make_standin_inception(
-            out=args.out,
-            seed=args.seed,
-            calibration_images=args.calibration_images,
-            num_calibration=args.num_calibration,
-            image_size=args.image_size,
-        )
-    except (FileNotFoundError, ValueError) as err:
-        parser.error(str(err))  # exit 2 with the message, no traceback
+    outputs.check(
+        inputs={"--calibration-images": args.calibration_images}, outputs={"--out": args.out}
+    )
+    with outputs.locked(args.out, flag="--out"):  # one writer: a second process refuses at once
+        try:
+            done = make_standin_inception(
+                out=args.out,
+                seed=args.seed,
+                calibration_images=args.calibration_images,
+                num_calibration=args.num_calibration,
+                image_size=args.image_size,
+                overwrite=args.overwrite,
+            )
+        except UserError:
+            raise  # its own one-line message (an unreadable image, an existing --out)
+        except (FileNotFoundError, ValueError) as err:
+            parser.error(str(err))  # exit 2 with the message, no traceback
+    if done["kept"]:
+        print(f"{args.out} already holds these stand-in weights; nothing to do")
+        return 0
     print(
         f"wrote {args.out} (sha256 {done['sha256']}): a STAND-IN Inception-V3, seeded random "
         f"weights (seed {args.seed}), BatchNorm calibrated on {done['num_calibration']} images "

@@ -34,6 +34,8 @@ def build_train_data(
     if latents is not None:
         from udit.data.latents import LatentDataset
 
+        # every shard is checked here, before any step: dtype and shape against the manifest,
+        # labels in [0, its classes), finite moments (udit.data.shards); one line names the file
         dataset = LatentDataset(latents)
         if dataset.image_size != image_size:
             raise BadValueError(

@@ -307,16 +307,24 @@ def make_adamw(params, *, lr: float, weight_decay: float, device: torch.device):
 
 
 def _start_run(opts: TrainOptions, info: distributed.DistInfo, run_dir: Path) -> None:
-    """Seeds, precision switches and the run folder's options, before anything is built."""
+    """Seeds, stale temp files and the same-run check, before anything is built. Nothing is
+    written until the data and the model have been checked (`_record_run`): a refused command
+    leaves no run folder behind."""
     rank_seed = opts.seed * info.world_size + info.rank  # DiT: per-rank seed
     torch.manual_seed(rank_seed), np.random.seed(rank_seed), random.seed(rank_seed)
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    if info.is_main and run_dir.is_dir():
         store.remove_stale_temp(run_dir)  # no other process writes here before the barrier
         # with --latents the cache (same path, same manifest) fixes the VAE; runs made before
         # the cache's VAE was recorded hold the --vae default here and must still resume
         identity = tuple(f for f in IDENTITY_FIELDS if not (opts.latents and f == "vae"))
         store.check_same_run(run_dir, options=asdict(opts), identity_fields=identity)
+    distributed.barrier(info)
+
+
+def _record_run(opts: TrainOptions, info: distributed.DistInfo, run_dir: Path) -> None:
+    """The run folder and its options.json, once data, model and resume point are known good."""
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
         store.write_json_atomic(run_dir / store.OPTIONS_NAME, asdict(opts))
     distributed.barrier(info)
 
@@ -396,6 +404,7 @@ def _train(opts: TrainOptions, info: distributed.DistInfo, flag: StopFlag) -> di
     )
     stop = opts.stop_at or opts.total_steps
     if start >= stop:
+        _record_run(opts, info, run_dir)
         if info.is_main:
             print(f"nothing to do: at step {start}, stop at {stop}", file=sys.stderr)
         return {"step": start, "kind": kind, "checkpoint": str(ckpt) if ckpt else None}
@@ -429,6 +438,7 @@ def _train(opts: TrainOptions, info: distributed.DistInfo, flag: StopFlag) -> di
             f"--grad-accum {opts.grad_accum} does not divide the per-rank batch "
             f"{order.local_batch} (global batch {opts.global_batch} over {info.world_size} ranks)"
         )
+    _record_run(opts, info, run_dir)
     flag.reset_clock()  # minutes count from the first step, not from start-up
     last_path = _run_steps(run, loader, start=start, stop=stop, last_path=ckpt, flag=flag)
     drops.remove()
