@@ -665,10 +665,10 @@ def case_report_missing_results(tmp_path):
     return Case(lambda: render.main(args), ("results folder", str(tmp_path / "r")))
 
 
-@case("clear-error")
+@case("usage-error")
 def case_extract_latents_zero_batch(tmp_path):
     args = ["--images", str(tmp_path), "--out", str(tmp_path / "c"), "--batch-size", "0"]
-    return Case(lambda: latents.main(args), ("udit extract-latents: error:", "batch_size"))
+    return Case(lambda: latents.main(args), ("argument --batch-size:", "got 0"))
 
 
 @case("clear-error")
@@ -686,10 +686,10 @@ def case_extract_latents_truncated_manifest(tmp_path):
     )
 
 
-@case("clear-error")
+@case("usage-error")
 def case_toy_data_bad_size(tmp_path):
     args = ["--out", str(tmp_path / "t"), "--image-size", "4"]
-    return Case(lambda: toy.main(args), ("udit toy-data: error:", "--image-size must be >= 16"))
+    return Case(lambda: toy.main(args), ("argument --image-size:", "[16, 1024]", "got 4"))
 
 
 @case("clear-error")
@@ -734,12 +734,12 @@ def case_standin_missing_calibration(tmp_path):
     return Case(lambda: standin.main(args), ("--calibration-images", "not a directory"))
 
 
-@case("clear-error")
+@case("usage-error")
 def case_cli_dispatch_passes_exit_code(tmp_path):
     from udit import cli
 
     args = ["toy-data", "--out", str(tmp_path / "t"), "--per-class", "0"]
-    return Case(lambda: cli.main(args), ("udit toy-data: error:", "--per-class must be >= 1"))
+    return Case(lambda: cli.main(args), ("argument --per-class:", "got 0"))
 
 
 # ----------------------------------------------------------------------------- --debug
@@ -747,10 +747,12 @@ def case_cli_dispatch_passes_exit_code(tmp_path):
 
 @case("debug")
 def case_debug_flag_shows_traceback(tmp_path):
-    args = ["--out", str(tmp_path / "t"), "--image-size", "4", "--debug"]
+    out = write(tmp_path / "taken", "someone's file")
+    args = ["--out", str(out), "--num-classes", "1", "--per-class", "1", "--debug"]
     return Case(
         lambda: toy.main(args),
-        ("udit toy-data: error:", "BadValueError", "--image-size must be >= 16"),
+        ("udit toy-data: error:", "Error", str(out)),
+        unchanged=(out,),
         traceback=True,
     )
 

@@ -597,3 +597,21 @@ def test_a_bad_test_hook_in_the_environment_is_one_line(tmp_path, capsys, monkey
     monkeypatch.setenv("UDIT_PAUSE_AFTER_STEP", "abc")
     code = train_main(train_argv(tmp_path / "run", tmp_path, total_steps=1))
     assert_refused(code, capsys, "UDIT_PAUSE_AFTER_STEP", "abc")
+
+
+def test_an_error_raised_in_a_dataloader_worker_is_its_own_one_line(capsys):
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            raise errors.BadValueError(f"img/{i}.png: not a readable image")
+
+    @errors.command_main("udit probe")
+    def main(argv):
+        for _ in torch.utils.data.DataLoader(Broken(), num_workers=1):
+            pass
+
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err == "udit probe: error: img/0.png: not a readable image\n"

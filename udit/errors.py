@@ -116,7 +116,20 @@ def message(err: BaseException) -> str:
         err = explain_os_error(err) or err
     if isinstance(err, OSFaultError):
         return one_screen(err.strerror or (err.args[0] if err.args else str(err)))
-    return one_screen(str(err))
+    return one_screen(_without_worker_traceback(str(err)))
+
+
+WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+
+
+def _without_worker_traceback(text: str) -> str:
+    """torch re-raises an error of a DataLoader worker with the worker's traceback as its
+    message; keep the original message (the traceback's last line, minus its type)."""
+    if WORKER_TRACEBACK not in text:
+        return text
+    last = [ln for ln in text.split(WORKER_TRACEBACK, 1)[1].splitlines() if ln.strip()][-1]
+    kind, sep, rest = last.partition(": ")
+    return rest if sep and kind.replace(".", "").isidentifier() else last
 
 
 def _close_progress_bars() -> None:
