@@ -6,6 +6,7 @@ Generated cases (Hypothesis) spell the same file many ways (relative, `..`, syml
 and feed values at and past every bound; fault tests use a real tmpfs (root) and real signals.
 """
 
+import argparse
 import errno
 import json
 import os
@@ -28,7 +29,7 @@ from test_bad_inputs_faults import (
 )
 from test_bad_inputs_faults import sample_argv as tiny_sample_argv
 
-from udit import distributed, errors, outputs, stop
+from udit import argtypes, distributed, errors, outputs, stop
 from udit.data.toy import generate_toy_data
 from udit.metrics import evaluate
 from udit.sample import main as sample_main
@@ -615,3 +616,87 @@ def test_an_error_raised_in_a_dataloader_worker_is_its_own_one_line(capsys):
     assert main([]) == 2
     err = capsys.readouterr().err
     assert err == "udit probe: error: img/0.png: not a readable image\n"
+
+
+# ------------------------------------------------------------------ every flag, every command
+
+
+def command_parsers() -> dict[str, argparse.ArgumentParser]:
+    """Each `udit` command's parser (and speed.py's), caught as its main() parses `--help`."""
+    import importlib
+
+    from udit.cli import COMMANDS
+
+    mains = {name: importlib.import_module(module).main for name, (module, _) in COMMANDS.items()}
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        mains["speed.py"] = importlib.import_module("speed").main
+    finally:
+        sys.path.pop(0)
+    parsers = {}
+    original = argparse.ArgumentParser.parse_args
+
+    def capture(self, *args, **kwargs):
+        parsers[name] = self
+        raise SystemExit(0)
+
+    for name, main in mains.items():
+        argparse.ArgumentParser.parse_args = capture
+        try:
+            main(["--help"])
+        except SystemExit:
+            pass
+        finally:
+            argparse.ArgumentParser.parse_args = original
+    return parsers
+
+
+PARSERS = command_parsers()
+
+
+def numeric_actions():
+    for command, parser in sorted(PARSERS.items()):
+        for action in parser._actions:
+            if isinstance(action.type, argtypes.Range):
+                yield command, action
+
+
+def test_every_command_was_found_and_no_numeric_flag_escapes_the_ranges():
+    """A new flag with type=int or float (no range) fails here, whatever command it is in."""
+    from udit.cli import COMMANDS
+
+    assert set(PARSERS) == {*COMMANDS, "speed.py"}
+    loose = [
+        f"{command} {action.option_strings[0]}"
+        for command, parser in PARSERS.items()
+        for action in parser._actions
+        if action.type in (int, float)
+    ]
+    assert not loose, f"numeric flags without an argtypes range: {loose}"
+    assert len(list(numeric_actions())) > 40
+
+
+def past_bounds(allowed: argtypes.Range) -> list[str]:
+    """Values just past each bound, plus the non-numbers every range refuses."""
+    step = 1 if allowed.kind == "int" else 1e-9
+    bad = ["nan", "inf", "-inf", "", "1x", "0x10"]
+    if allowed.low is not None:
+        bad.append(repr(allowed.low if allowed.low_open else allowed.low - step))
+    if allowed.high is not None:
+        bad.append(repr(allowed.high if allowed.high_open else allowed.high + step))
+    if allowed.kind == "int":
+        bad += ["1.5", "1e3"]
+    return bad
+
+
+@FEW
+@given(data=st.data())
+def test_any_command_refuses_any_value_past_any_flags_range_at_parsing(capsys, data):
+    command, action = data.draw(st.sampled_from(list(numeric_actions())))
+    value = data.draw(st.sampled_from(past_bounds(action.type)))
+    flag = action.option_strings[0]
+    with pytest.raises(SystemExit) as exit_:
+        PARSERS[command].parse_args([f"{flag}={value}"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and "Traceback" not in err

@@ -776,7 +776,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="tf32 as the official sample_ddp.py, bf16 autocast (a deviation) or strict fp32",
     )
     p.add_argument(
-        "--pause-after-shard", type=float, default=0.0, help=argparse.SUPPRESS
+        "--pause-after-shard", type=argtypes.NONNEG, default=0.0, help=argparse.SUPPRESS
     )  # kill tests
     outputs.add_overwrite(p)
     add_dry_run(p)

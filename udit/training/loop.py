@@ -606,13 +606,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=argtypes.WORKERS, default=d.num_workers)
     p.add_argument("--device", choices=("cpu", "cuda"), default=None)
     # Seconds to sleep after each checkpoint: lets a test SIGKILL the job at a known step.
-    p.add_argument("--pause-after-ckpt", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--pause-after-ckpt", type=argtypes.NONNEG, default=0.0, help=argparse.SUPPRESS)
     # Seconds to sleep after each step: lets a test signal the job between known steps.
     p.add_argument(
         "--pause-after-step", type=argtypes.NONNEG, default=_env_seconds(), help=argparse.SUPPRESS
     )
     # Poison the batch of this step with NaN: tests that a non-finite loss stops the run.
-    p.add_argument("--inject-nan-at", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--inject-nan-at", type=argtypes.STEPS, default=None, help=argparse.SUPPRESS)
     add_dry_run(p)  # prints the validated TrainOptions
     return p
 
