@@ -233,6 +233,7 @@ def test_two_agent_job_stops_before_its_limit_and_matches_one_process(tmp_path):
         *("--image-size", "16", "--num-classes", "4", "--global-batch", "8"),
         *("--total-steps", "8", "--ckpt-every", "100", "--num-workers", "0", "--device", "cpu"),
         *("--model-kw", "hidden_size=32", "depth=2", "num_heads=2"),
+        *("--stop-poll-every", "2"),  # 8 steps: the default 10 would never poll
     ]
     launch = ["bash", str(ROOT / "workflow" / "scripts" / "launch.sh")]
     one = subprocess.run(

@@ -34,7 +34,7 @@ from udit.errors import BadValueError, UserError, command_main
 from udit.models.spec import parse_model_kw
 from udit.paper import recipe
 from udit.precision import DEFAULT_PRECISION, PRECISIONS, check_precision, set_precision
-from udit.stop import StopFlag, StoppedEarly, ignore_stop_signals, mark_done
+from udit.stop import POLL_EVERY, StopFlag, StoppedEarly, ignore_stop_signals, mark_done
 from udit.training import store
 from udit.training.data import FLIP_PROB, build_train_data
 from udit.training.determinism import DataOrder, LabelDropControl, StepBatchSampler, draw_samples
@@ -55,6 +55,7 @@ RANGES = {
     "ckpt_every": argtypes.STEPS,
     "keep_last": argtypes.POSITIVE_INT,
     "checkpoint_minutes": argtypes.NONNEG,
+    "stop_poll_every": argtypes.Range("int", 1, 10_000),
     "log_every": argtypes.STEPS,
     "num_workers": argtypes.WORKERS,
     "stop_at": argtypes.STEPS,
@@ -88,6 +89,7 @@ class TrainOptions:
     ckpt_every: int = recipe().ckpt_every  # official train.py saves every 50K steps
     keep_last: int = 2  # ordinary checkpoints kept; milestones always kept
     checkpoint_minutes: float = 30.0  # also checkpoint this often (0: off): a node loss costs less
+    stop_poll_every: int = POLL_EVERY  # DDP: steps between the ranks' stop agreements (all-reduce)
     milestones: tuple[int, ...] = ()  # steps kept forever, e.g. (400000, 1000000)
     stop_at: int | None = None  # exit after this step (a DAG node per milestone)
     resume: str = "auto"  # 'auto' newest valid ckpt, 'never', or a ckpt path
@@ -163,7 +165,9 @@ def train(opts: TrainOptions) -> dict:
     try:  # a stop signal from here on waits for the first step to finish (no work lost)
         with (
             distributed.rank0_lock(opts.run_dir, info, flag="--run-dir"),
-            StopFlag(checkpoint_minutes=opts.checkpoint_minutes) as flag,
+            StopFlag(
+                checkpoint_minutes=opts.checkpoint_minutes, poll_every=opts.stop_poll_every
+            ) as flag,
         ):
             return _train(opts, info, flag)
     finally:
@@ -582,6 +586,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=argtypes.NONNEG,
         default=d.checkpoint_minutes,
         help="also checkpoint every this many minutes (0: off)",
+    )
+    p.add_argument(
+        "--stop-poll-every",
+        type=RANGES["stop_poll_every"],
+        default=d.stop_poll_every,
+        help="under DDP, agree on a stop signal every this many steps (one all-reduce each)",
     )
     p.add_argument(
         "--milestones", type=_parse_steps, default=d.milestones, help="e.g. 400000,1000000"
