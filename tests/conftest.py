@@ -1,9 +1,25 @@
-"""Fixtures shared by several test files."""
+"""Fixtures shared by several test files, and the Hypothesis profiles of the suite."""
+
+import os
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 from udit.models.dit import DiT
+
+# Hypothesis: "ci" (the default) keeps the generated cases within the suite's time budget;
+# HYPOTHESIS_PROFILE=thorough runs 20x as many for a local search. No example database is
+# written into the checkout; fixtures are reused across examples on purpose (tmp_path-based
+# tests make a fresh subfolder per example).
+_COMMON = {
+    "deadline": None,
+    "database": None,
+    "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+}
+settings.register_profile("ci", max_examples=10, **_COMMON)
+settings.register_profile("thorough", max_examples=200, **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # A 2-block DiT on 4x8x8 latents, 10 classes: small enough for float64 checks in milliseconds.
 TINY_DIT = {

@@ -27,7 +27,7 @@ BOUNDS = ("type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 RANGES = {name: value for name, value in vars(argtypes).items() if isinstance(value, Range)} | {
     f"CONFIG_KEYS[{key}]": value for key, value in CONFIG_KEYS.items()
 }
-FEW = settings(max_examples=20, deadline=None)
+FEW = settings()
 
 
 # --- (a) schema == CONFIG_KEYS -------------------------------------------------------------

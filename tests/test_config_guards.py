@@ -61,7 +61,7 @@ def write(path: Path, text: str) -> Path:
 
 
 # --- load_yaml: aliases, recursion, nesting, size, file kind -------------------------------
-@settings(max_examples=20, deadline=None)
+@settings()
 @given(levels=st.integers(1, 40), width=st.integers(2, 12))
 def test_alias_bombs_refused_past_the_cap_at_once(tmp_path_factory, levels, width):
     path = write(tmp_path_factory.mktemp("bomb") / "bomb.yaml", bomb(levels, width))
@@ -75,7 +75,7 @@ def test_alias_bombs_refused_past_the_cap_at_once(tmp_path_factory, levels, widt
     assert time.perf_counter() - start < QUICK_S  # linear: 40 levels of 12 is 12**40 nodes
 
 
-@settings(max_examples=20, deadline=None)
+@settings()
 @given(levels=st.integers(1, 5), width=st.integers(2, 6))
 def test_the_cap_is_exact(tmp_path_factory, levels, width):
     path = write(tmp_path_factory.mktemp("edge") / "b.yaml", bomb(levels, width))

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_bad_inputs_faults import (
     assert_refused,
@@ -36,11 +36,7 @@ from udit.sample import main as sample_main
 from udit.training.loop import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
-FEW = settings(
-    max_examples=int(os.environ.get("UDIT_HYPOTHESIS_EXAMPLES", "15")),
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+FEW = settings()  # the suite's Hypothesis profile (tests/conftest.py)
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from safetensors.numpy import save_file
@@ -30,12 +30,7 @@ from udit.io import sha256_file
 from udit.metrics import evaluate, inception, reference, standin
 from udit.training import loop
 
-FEW = settings(
-    max_examples=25,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+FEW = settings()  # the suite's Hypothesis profile (tests/conftest.py)
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 # A latent cache of IMAGES images in shards of SHARD (3 + 2), moments (8, 4, 4), CLASSES classes

@@ -273,7 +273,7 @@ def test_total_training_nodes_capped(monkeypatch):
         plan.all_train_steps(exps, config, throughput)
 
 
-@settings(max_examples=40, deadline=None)
+@settings()
 @given(
     milestones=st.lists(st.integers(1, 5_000_000), min_size=1, max_size=6, unique=True),
     max_steps=st.integers(1, 3_000_000),
@@ -345,7 +345,7 @@ def test_bad_rate_names_file_field_and_value(tmp_path, field, text, shown):
     assert str(path) in message and f"{field} is {shown}" in message, message
 
 
-@settings(max_examples=20, deadline=None)
+@settings()
 @given(
     field=st.sampled_from(RATE_FIELDS),
     rate=st.floats(min_value=1e-6, max_value=1e15, allow_nan=False, allow_infinity=False),

@@ -53,7 +53,7 @@ CHROMIUM_FLAGS = [
     "--hide-scrollbars",
 ]
 BROWSER_TIMEOUT_S = 90
-FEW = settings(max_examples=20, deadline=None)
+FEW = settings()
 
 
 def metrics_json(*, fid, sfid, is_, precision, recall, uncalibrated, n=16) -> dict:
