@@ -553,32 +553,21 @@ def test_model_sizes_out_of_range_are_refused_before_anything_is_built(key, valu
 def test_a_model_that_cannot_fit_in_memory_is_refused_with_both_sizes(monkeypatch, tmp_path):
     from udit import models
 
-    count = models.parameter_count("DiT-S/2", input_size=8, in_channels=3, num_classes=4)
+    tiny = {"input_size": 8, "in_channels": 3, "num_classes": 4}
+    count = models.parameter_count("DiT-S/2", **tiny)
+
+    def check():
+        cpu = torch.device("cpu")
+        return models.check_fits_memory(
+            "DiT-S/2", device=cpu, bytes_per_param=20, what="training", **tiny
+        )
+
     monkeypatch.setattr(models, "memory_bytes", lambda device: 20 * count - 1)
     with pytest.raises(errors.BadValueError, match="GiB") as err:
-        models.check_fits_memory(
-            "DiT-S/2",
-            device=torch.device("cpu"),
-            bytes_per_param=20,
-            what="training",
-            input_size=8,
-            in_channels=3,
-            num_classes=4,
-        )
+        check()
     assert f"{count / 1e6:,.0f}M parameters" in str(err.value)
     monkeypatch.setattr(models, "memory_bytes", lambda device: 20 * count)
-    assert (
-        models.check_fits_memory(
-            "DiT-S/2",
-            device=torch.device("cpu"),
-            bytes_per_param=20,
-            what="training",
-            input_size=8,
-            in_channels=3,
-            num_classes=4,
-        )
-        == count
-    )
+    assert check() == count
 
 
 @pytest.mark.parametrize("kw", ["hidden_size=30 num_heads=4", "hidden_size=32 patch_size=3"])

@@ -134,12 +134,18 @@ def tensor_bytes(obj) -> int:
     return 0
 
 
+def nearest_existing(path: Path) -> Path:
+    """`path` itself if it exists, else the nearest folder above it that does: where a write
+    to `path` would create things (the folder whose space and permissions count)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def check_free_space(folder: str | Path, need: int, *, what: str) -> None:
     """Refuse to start writing `need` bytes into `folder` when it has less free space, saying
     both numbers (a full disk mid-write ends in torch's `unexpected pos`, which says neither)."""
-    folder = Path(folder)
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    folder = nearest_existing(Path(folder))
     free = shutil.disk_usage(folder).free
     if need > free:
         raise OSFaultError(

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from udit.errors import BadValueError, UserError
+from udit.io import nearest_existing
 
 OVERWRITE_HELP = (
     "replace an existing result at the output path even if it was made with other options "
@@ -61,14 +62,6 @@ def _same(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return False  # one of them does not exist yet: they cannot be one inode
-
-
-def _writable_parent(path: Path) -> Path:
-    """The nearest existing folder above `path` (the one a write would create things in)."""
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    return parent
 
 
 def check(
@@ -122,7 +115,7 @@ def check(
             )
         if flag in folders and out.exists() and not out.is_dir():
             raise OutputClashError(f"{flag} {out} is a file; name a folder")
-        parent = out if flag in folders and out.is_dir() else _writable_parent(out)
+        parent = out if flag in folders and out.is_dir() else nearest_existing(out.parent)
         if not os.access(parent, os.W_OK):
             raise PermissionError(
                 f"{flag} {out}: cannot write in {parent} (read-only or no permission); "

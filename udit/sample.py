@@ -484,7 +484,7 @@ def generate(
                 grid_path,
                 flag="--grid",
                 options={"png": True},
-                recorded=lambda p: {"png": True} if p.read_bytes()[:8] == PNG_MAGIC else None,
+                recorded=_recorded_png,
                 overwrite=overwrite,
             )
             # the finished npz plus its shards (at most twice its bytes) must fit before any work
@@ -569,6 +569,12 @@ def generate(
             return summary
     finally:
         distributed.cleanup(info)
+
+
+def _recorded_png(path: Path) -> dict | None:
+    """{"png": True} for a PNG (a grid this command may replace), None for any other file."""
+    with open(path, "rb") as f:
+        return {"png": True} if f.read(len(PNG_MAGIC)) == PNG_MAGIC else None
 
 
 def _recorded_summary(out: Path) -> dict | None:
