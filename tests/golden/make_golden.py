@@ -28,6 +28,7 @@ import importlib.metadata
 import importlib.util
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -269,6 +270,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)  # one reduction order: regenerating gives the same tensors
+    if os.environ.get("MKL_CBWR") != "COMPATIBLE":  # MKL reads it once, at its first call
+        parser.error("run with MKL_CBWR=COMPATIBLE: MKL's kernels otherwise depend on the CPU")
     dit = load_module(args.dit_repo, "models.py", "official_dit_models")
     udit = load_module(args.udit_repo, "udit_models.py", "official_udit_models")
     versions = json.dumps({p: version(p) for p in ("torch", "timm", "einops", "numpy")})
