@@ -41,6 +41,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "udit.data.latents",
         "encode an ImageFolder, both flips, into a sharded latent cache",
     ),
+    "export": ("udit.export.cli", "a checkpoint -> a Hub-ready diffusers DiTPipeline folder"),
+    "push": ("udit.export.push", "upload an export folder to the Hugging Face Hub"),
 }
 
 
