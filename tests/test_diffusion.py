@@ -416,3 +416,153 @@ def test_sample_depends_only_on_its_own_generator():
             model_kwargs={"y": torch.tensor([0, 1])},
             generator=[torch.Generator()],
         )
+
+
+# ---------------------------------------------------------------- found by mutation testing
+# Each test below is what a caller would see if a line of udit/diffusion were wrong; the mutants
+# they kill are listed in tests/mutation-survivors.md.
+
+
+def test_ddim_with_eta_one_is_the_ddpm_ancestral_step():
+    """Song et al. 2021 (sec. 4.1): eta=1 makes DDIM's step the DDPM posterior step with the fixed
+    small variance beta~_t, for the same noise. Two formulas, one answer: any wrong sign or
+    factor in DDIM's sigma, its direction term or its noise term breaks the equality."""
+    d = create_diffusion("ddim20", learn_sigma=False, sigma_small=True)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(3, C, H, H, generator=gen, dtype=torch.float64)
+    eps = torch.randn(3, C, H, H, generator=gen, dtype=torch.float64)
+    z = torch.randn(3, C, H, H, generator=gen, dtype=torch.float64)
+    t = torch.tensor([0, 7, 19])  # t == 0 takes no noise in either
+    ddim = d.ddim_sample(fixed_output(eps), x, t, eta=1.0, noise=z)
+    ddpm = d.p_sample(fixed_output(eps), x, t, noise=z)
+    torch.testing.assert_close(ddim["sample"], ddpm["sample"], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ddim["pred_xstart"], ddpm["pred_xstart"], rtol=0, atol=0)
+
+
+def test_ddim_eta_half_matches_the_formula_written_out():
+    """eq. 12 and 16 of Song et al. in float64 numpy, noise given and drawn from a generator."""
+    d = create_diffusion("ddim20")
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, C, H, H, generator=gen, dtype=torch.float64)
+    output = torch.randn(2, 2 * C, H, H, generator=gen, dtype=torch.float64)
+    z = torch.randn(2, C, H, H, generator=gen, dtype=torch.float64)
+    t, eta = torch.tensor([5, 19]), 0.5
+    acp = d.tables["alphas_cumprod"]
+    abar, abar_prev = acp[t][:, None, None, None], acp[t - 1][:, None, None, None]
+    eps = output[:, :C].numpy()
+    x0_hat = (x.numpy() - np.sqrt(1 - abar) * eps) / np.sqrt(abar)
+    sigma = eta * np.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
+    want = np.sqrt(abar_prev) * x0_hat + np.sqrt(1 - abar_prev - sigma**2) * eps + sigma * z.numpy()
+    got = d.ddim_sample(fixed_output(output), x, t, eta=eta, noise=z)["sample"]
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-9)
+    # Without `noise` the step draws it from the generators, one per sample, in x's dtype.
+    rows = [torch.Generator().manual_seed(s) for s in (10, 11)]
+    drawn = torch.cat([torch.randn(1, C, H, H, generator=g, dtype=x.dtype) for g in rows])
+    again = [torch.Generator().manual_seed(s) for s in (10, 11)]
+    got = d.ddim_sample(fixed_output(output), x, t, eta=eta, generator=again)["sample"]
+    np.testing.assert_allclose(got.numpy(), want - sigma * z.numpy() + sigma * drawn.numpy())
+
+
+def test_ddim_loop_with_eta_one_equals_the_ddpm_loop():
+    """Whole chains: eta reaches every step, and noise is drawn from the same generators in the
+    same order as the ancestral sampler."""
+    d = create_diffusion("ddim10", learn_sigma=False, sigma_small=True)
+    net = TinyDenoiser()
+
+    class EpsOnly(nn.Module):  # learn_sigma=False: the model predicts eps only
+        def forward(self, x, t, y):
+            return net(x, t, y)[:, :C]
+
+    y = torch.tensor([1, 2])
+
+    def gens():
+        return [torch.Generator().manual_seed(s) for s in (5, 6)]
+
+    kw = {"model_kwargs": {"y": y}}
+    ddim = d.ddim_sample_loop(EpsOnly(), (2, C, H, H), generator=gens(), eta=1.0, **kw)
+    ddpm = d.p_sample_loop(EpsOnly(), (2, C, H, H), generator=gens(), **kw)
+    torch.testing.assert_close(ddim, ddpm, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(
+        ddim, d.ddim_sample_loop(EpsOnly(), (2, C, H, H), generator=gens(), **kw)
+    )
+
+
+def test_sample_loops_default_to_no_clipping_and_no_progress_bar(capsys):
+    """Latents are not in [-1, 1]: clipping x0_hat by default would bend every sample. The loops'
+    defaults must be the official sample.py's (clip_denoised=False) and print nothing."""
+    d = create_diffusion("ddim10")
+    x = 3.0 * torch.randn(2, C, H, H, generator=torch.Generator().manual_seed(7))
+    big = torch.cat([torch.full((2, C, H, H), -2.0), torch.zeros(2, C, H, H)], dim=1)
+    model = fixed_output(big)  # eps that puts x0_hat far outside [-1, 1]
+    for loop in (d.ddim_sample_loop, d.p_sample_loop):
+        default = loop(model, x.shape, x.clone(), generator=torch.Generator().manual_seed(0))
+        unclipped = loop(
+            model,
+            x.shape,
+            x.clone(),
+            clip_denoised=False,
+            generator=torch.Generator().manual_seed(0),
+        )
+        clipped = loop(
+            model,
+            x.shape,
+            x.clone(),
+            clip_denoised=True,
+            generator=torch.Generator().manual_seed(0),
+        )
+        torch.testing.assert_close(default, unclipped, rtol=0, atol=0)
+        assert (default - clipped).abs().max() > 0.1
+    assert capsys.readouterr().err == ""
+
+
+def test_loops_draw_their_start_on_the_models_device():
+    """Without `noise` or `device` the chain starts where the model's parameters live (a GPU
+    model gets GPU noise); parameter-free callables run on the CPU."""
+    from udit.diffusion.gaussian import _model_device
+
+    assert _model_device(nn.Linear(2, 2, device="meta")) == torch.device("meta")
+    assert _model_device(lambda x, t: x) == torch.device("cpu")
+    assert _model_device(nn.ReLU()) == torch.device("cpu")
+
+
+def test_q_sample_draws_its_own_noise_and_names_both_shapes():
+    d = create_diffusion("")
+    x0, t = torch.randn(2, C, H, H), torch.tensor([10, 900])
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        drawn = d.q_sample(x0, t)
+        torch.manual_seed(0)
+        noise = torch.randn_like(x0)
+    torch.testing.assert_close(drawn, d.q_sample(x0, t, noise=noise), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"noise \(2, 4, 8, 7\) must match x_start \(2, 4, 8, 8\)"):
+        d.q_sample(x0, t, noise=torch.randn(2, C, H, H - 1))
+
+
+def test_training_losses_check_t_and_scale_the_vb_term_when_asked():
+    x0, noise = torch.randn(2, C, H, H), torch.randn(2, C, H, H)
+    net = TinyDenoiser()
+    kw = {"model_kwargs": {"y": torch.tensor([1, 2])}, "noise": noise}
+    d = create_diffusion("")
+    for bad in (torch.tensor([1.0, 2.0]), torch.tensor([1, 2, 3])):  # float t; wrong length
+        with pytest.raises(ValueError, match=r"integer tensor of shape \(2,\), got torch\."):
+            d.training_losses(net, x0, bad, **kw)
+    # rescale_learned_sigmas (IDDPM's "rescaled" VLB): vb * num_timesteps / 1000, here 250 / 1000.
+    t = torch.tensor([3, 200])
+    plain = create_diffusion("250").training_losses(net, x0, t, **kw)
+    scaled = create_diffusion("250", rescale_learned_sigmas=True).training_losses(net, x0, t, **kw)
+    assert plain["vb"].abs().min() > 0
+    torch.testing.assert_close(scaled["vb"], plain["vb"] * 0.25)
+    torch.testing.assert_close(scaled["mse"], plain["mse"], rtol=0, atol=0)
+    # Fixed variance: no VB term, the loss is the MSE alone, one value per sample.
+
+    def eps_only(x, t, y):
+        return net(x, t, y)[:, :C]
+
+    fixed = create_diffusion("", learn_sigma=False).training_losses(eps_only, x0, t, **kw)
+    assert fixed["vb"].shape == (2,) and not fixed["vb"].any()
+    torch.testing.assert_close(fixed["loss"], fixed["mse"], rtol=0, atol=0)
+
+
+def test_normal_kl_refuses_all_scalar_arguments():
+    with pytest.raises(TypeError, match="at least one tensor"):
+        normal_kl(0.0, 0.0, 1.0, 0.0)

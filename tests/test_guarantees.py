@@ -661,6 +661,21 @@ def test_every_command_was_found_and_no_numeric_flag_escapes_the_ranges():
     assert len(list(numeric_actions())) > 40
 
 
+# Commands whose work is cheap enough that a dry run would print what --help already says.
+WITHOUT_DRY_RUN = {"plan", "report", "toy-data", "tiny-vae"}
+
+
+def test_every_command_that_does_expensive_work_has_dry_run():
+    """edm2's --dry-run: validate, print the options, exit 0, before any work (issue 21)."""
+    missing = sorted(
+        command
+        for command, parser in PARSERS.items()
+        if command not in WITHOUT_DRY_RUN
+        and not any("--dry-run" in action.option_strings for action in parser._actions)
+    )
+    assert not missing, f"commands without --dry-run: {missing}"
+
+
 def past_bounds(allowed: argtypes.Range) -> list[str]:
     """Values just past each bound, plus the non-numbers every range refuses."""
     step = 1 if allowed.kind == "int" else 1e-9

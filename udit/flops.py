@@ -36,6 +36,7 @@ from torch import nn
 
 from udit import outputs
 from udit.argtypes import IMAGE_SIZE, MAX_WORKERS, Range
+from udit.cli import add_dry_run, dry_run
 from udit.errors import command_main
 from udit.io import atomic_write_text
 from udit.models import MODELS, get_spec
@@ -372,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_JOBS,
         help=f"models counted in parallel processes (default {DEFAULT_JOBS})",
     )
+    add_dry_run(parser)
     args = parser.parse_args(argv)
     for name in args.models or []:
         try:
@@ -379,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         except KeyError as err:
             parser.error(str(err.args[0]))
     outputs.check(inputs={}, outputs={"--out": args.out}, folders=("--out",))  # before the work
+    if dry_run(args):
+        return 0
 
     start = time.perf_counter()
     rows = flops_table(

@@ -32,6 +32,7 @@ from torchvision.datasets import ImageFolder
 
 import udit.io
 from udit import argtypes, outputs
+from udit.cli import add_dry_run, dry_run
 from udit.data.imagenet import CenterCrop, read_rgb_image  # as build-reference and training
 from udit.errors import UserError, command_main
 from udit.metrics import provenance
@@ -211,10 +212,13 @@ def main(argv: list[str] | None = None) -> int:
         help="ADM centre-crop size before Inception",
     )
     outputs.add_overwrite(parser)
+    add_dry_run(parser)
     args = parser.parse_args(argv)
     outputs.check(
         inputs={"--calibration-images": args.calibration_images}, outputs={"--out": args.out}
     )
+    if dry_run(args):
+        return 0
     with outputs.locked(args.out, flag="--out"):  # one writer: a second process refuses at once
         try:
             done = make_standin_inception(
