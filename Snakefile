@@ -34,6 +34,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/export.smk"
 
 
 # Reference batches, Inception weights, VAE and ImageNet the jobs about to run read: checked

@@ -206,19 +206,31 @@ def test_smoke_dry_run_and_slurm_profile_resolve():
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-@pytest.mark.slow
-def test_forcerun_of_one_ablation_node_touches_no_other_experiment(tmp_path):
-    """The README's re-run command, for real: two smoke experiments run end to end into a
-    scratch results folder, then `--forcerun train` on one metrics file plans that
-    experiment's train, sample and evaluate nodes and nothing of the other one."""
-    results = tmp_path / "results"
+# Two smoke experiments end to end, once per session: a U-Net (ablation-cosine) and a DiT.
+PAIR = ("ablation-cosine", "toy-dit-s-4")
+PAIR_STEP = "0000008"
+
+
+@pytest.fixture(scope="session")
+def smoke_pair(tmp_path_factory) -> tuple[Path, list[str]]:
+    """(results folder, the --config args that point the DAG at it) after both experiments of
+    PAIR ran train -> sample -> evaluate for real; tests/test_export_dag.py reuses it."""
+    results = tmp_path_factory.mktemp("pair") / "results"
     config = ["--config", f"results={results}"]
-    cosine, dit = (
-        f"{results}/{e}/metrics/0000008-cfg1.0.json" for e in ("ablation-cosine", "toy-dit-s-4")
-    )
-    ran = run_snakemake(cosine, dit, "--cores", "2", *config, timeout=900)
+    metrics = [f"{results}/{e}/metrics/{PAIR_STEP}-cfg1.0.json" for e in PAIR]
+    ran = run_snakemake(*metrics, "--cores", "2", *config, timeout=900)
     assert ran.returncode == 0, ran.stderr[-3000:]
-    assert Path(cosine).is_file() and Path(dit).is_file()
+    assert all(Path(m).is_file() for m in metrics)
+    return results, config
+
+
+@pytest.mark.slow
+def test_forcerun_of_one_ablation_node_touches_no_other_experiment(smoke_pair):
+    """The README's re-run command, for real: after two smoke experiments ran end to end into a
+    scratch results folder, `--forcerun train` on one metrics file plans that experiment's
+    train, sample and evaluate nodes and nothing of the other one."""
+    results, config = smoke_pair
+    cosine, dit = (f"{results}/{e}/metrics/{PAIR_STEP}-cfg1.0.json" for e in PAIR)
     plan = run_snakemake(cosine, "-n", "--forcerun", "train", *config)
     assert plan.returncode == 0, plan.stderr[-3000:]
     out = plan.stdout + plan.stderr

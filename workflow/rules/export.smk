@@ -1,0 +1,37 @@
+# Export stage (`snakemake export`, not part of `all`): each trained milestone checkpoint of a
+# latent-space experiment -> a Hub-ready diffusers DiTPipeline folder (`udit export`), whose
+# model card carries the run's unguided metrics of that milestone where the DAG evaluates it.
+# `udit push --repo-id ORG/NAME FOLDER` uploads one.
+
+
+include: "export_common.smk"
+
+
+rule export_checkpoint:
+    input:
+        unpack(export_inputs),
+    output:
+        directory(export_path("{experiment}", "{step}")),
+    log:
+        f"{R}/logs/export/{{experiment}}-{{step}}.log",
+    benchmark:
+        f"{R}/benchmarks/export/{{experiment}}-{{step}}.tsv"
+    conda:
+        "../../environment.yml"
+    resources:
+        **EXPORT_RESOURCES,
+    params:
+        udit=udit_cmd,
+        args=export_args,
+    shell:
+        "{params.udit} export --checkpoint {input.checkpoint:q} --out {output:q}"
+        " {params.args} > {log:q} 2>&1"
+
+
+rule export:
+    default_target: False
+    # `snakemake export`: the diffusers folder of every trained milestone (trains, samples and
+    # evaluates what is missing first, for the cards' metrics).
+    input:
+        all_exports(),
+    localrule: True
