@@ -302,17 +302,27 @@ def test_export_folder_has_no_pickles_and_a_card(run, key):
     assert not list(folder.parent.glob(f".{folder.name}.*"))  # no temp folder left
 
 
-def test_card_shows_metrics_beside_the_paper(run, tmp_path):
+def test_card_shows_metrics_beside_the_paper_row_it_is_given(run, tmp_path, capsys):
+    """The paper column is the row the caller names (the DAG: the evaluation's paper row), with
+    its sub-key; no row given, no paper numbers (a guess by model name would put a 1M-step run
+    beside the 400K row)."""
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps({"fid": 12.5, "is": 80.0, "uncalibrated": True}))
-    out = tmp_path / "out"
-    assert (
-        main(["--checkpoint", str(run["udit_ckpt"]), "--out", str(out), "--metrics", str(metrics)])
-        == 0
-    )
-    card = (out / "README.md").read_text()
-    assert "| fid | 12.5 | 16.64 |" in card  # U-DiT-B, paper T2
-    assert "uncalibrated" in card
+    ckpt = ["--checkpoint", str(run["udit_ckpt"]), "--metrics", str(metrics)]
+    row = ["--paper-table", "longer_training_T5", "--paper-row", "U-DiT-B"]
+    assert main([*ckpt, "--out", str(tmp_path / "a"), *row, "--paper-key", "400K"]) == 0
+    card = (tmp_path / "a" / "README.md").read_text()
+    assert "| fid | 12.5 | 16.64 |" in card  # U-DiT-B at 400K, paper T5
+    assert "row `U-DiT-B / 400K`" in card and "uncalibrated" in card
+    assert main([*ckpt, "--out", str(tmp_path / "b"), *row, "--paper-key", "1M"]) == 0
+    assert "| fid | 12.5 | 12.87 |" in (tmp_path / "b" / "README.md").read_text()
+    assert main([*ckpt, "--out", str(tmp_path / "c")]) == 0
+    card = (tmp_path / "c" / "README.md").read_text()
+    assert "| fid | 12.5 | - |" in card and "Paper column: none given" in card
+    capsys.readouterr()
+    assert main([*ckpt, "--out", str(tmp_path / "d"), *row, "--paper-key", "7M"]) == 2
+    assert "has no key '7M'" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
 
 
 def test_raw_weights_and_overwrite(run, tmp_path):

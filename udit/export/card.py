@@ -9,13 +9,11 @@ import yaml
 
 from udit.errors import BadValueError
 from udit.io import read_json
-from udit.paper import paper_numbers, recipe
+from udit.paper import recipe
 
 ARXIV = "2405.02730"
 PAPER = "U-DiTs: Downsample Tokens in U-Shaped Diffusion Transformers"
 METRICS = ("fid", "sfid", "is", "precision", "recall")  # paper_numbers.yaml columns after gflops
-# Tables whose rows are a model at 400K iterations, no guidance, 256 px (the paper's main setting)
-PAPER_TABLES = ("main_400k_T2", "other_architectures_T3", "toy_T1", "vanilla_vs_all_T10")
 TRAIN_FIELDS = (
     "total_steps",
     "global_batch",
@@ -50,14 +48,18 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def paper_row(model: str) -> tuple[str, list] | None:
-    """(table, [gflops, fid, sfid, is, precision, recall]) of the paper's row for `model`."""
-    numbers = paper_numbers()
-    for table in PAPER_TABLES:
-        for row, values in numbers.get(table, {}).items():
-            if row.split(" (")[0] == model and isinstance(values, list):
-                return table, values
-    return None
+def paper_values(paper: tuple[str, str, str | None] | None) -> dict:
+    """{column: value} of the paper row (table, row, key) the run reproduces; {} for none. An
+    unknown table or row is one line listing the valid ones (udit.experiments.paper_row)."""
+    if paper is None:
+        return {}
+    from udit.experiments import ConfigError, paper_row
+
+    table, row, key = paper
+    try:
+        return paper_row(table=table, row=row, key=key)
+    except ConfigError as err:
+        raise BadValueError(f"--paper-table/--paper-row: {err}") from None
 
 
 def front_matter(*, model: str, conditional: bool, hub_class: bool) -> str:
@@ -78,19 +80,25 @@ def front_matter(*, model: str, conditional: bool, hub_class: bool) -> str:
     return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n"
 
 
-def _metrics_table(model: str, metrics: dict | None) -> list[str]:
-    found = paper_row(model)
-    if metrics is None and found is None:
+def _metrics_table(paper: tuple[str, str, str | None] | None, metrics: dict | None) -> list[str]:
+    """The reproduction's metrics beside the paper row the run reproduces (given by the caller,
+    as the DAG's evaluation names it: a row holds one setting of steps, size and guidance)."""
+    theirs = paper_values(paper)
+    if metrics is None and not theirs:
         return ["No metrics were given to the export (`udit export --metrics METRICS.json`)."]
     lines = ["| metric | this reproduction | paper |", "|---|---|---|"]
-    paper = dict(zip(("gflops", *METRICS), found[1])) if found else {}
     for key in METRICS:
         ours = (metrics or {}).get(key)
         shown = f"{ours:.4g}" if _number(ours) else "-"
-        theirs = paper.get(key)
-        lines.append(f"| {key} | {shown} | {'-' if theirs is None else theirs} |")
-    where = f"paper table `{found[0]}` (arXiv {ARXIV})" if found else "no paper row"
-    lines += ["", f"Paper column: {where}; ImageNet 256x256, FID-50K, 400K iterations."]
+        value = theirs.get(key)
+        lines.append(f"| {key} | {shown} | {'-' if value is None else value} |")
+    where = (
+        f"table `{paper[0]}`, row `{' / '.join(filter(None, paper[1:]))}` of the paper "
+        f"(arXiv {ARXIV})"
+        if theirs
+        else "none given (`udit export --paper-table T --paper-row R`)"
+    )
+    lines += ["", f"Paper column: {where}."]
     if metrics and metrics.get("uncalibrated"):
         lines.append(
             "The reproduction's metrics used uncalibrated Inception weights (a smoke run)."
@@ -111,6 +119,7 @@ def render(
     num_classes: int,
     metrics: dict | None,
     metrics_sha256: str | None,
+    paper: tuple[str, str, str | None] | None = None,
     check: dict,
     code_commit: str | None,
 ) -> str:
@@ -147,7 +156,7 @@ def render(
         "",
         "## Metrics",
         "",
-        *_metrics_table(model, metrics),
+        *_metrics_table(paper, metrics),
         "",
         "## Provenance",
         "",

@@ -228,6 +228,7 @@ def export(
     model_kw: dict | None = None,
     vae: str | None = None,
     metrics: str | None = None,
+    paper: tuple[str, str, str | None] | None = None,
     overwrite: bool = False,
 ) -> dict:
     """Write the DiTPipeline folder `out` from `checkpoint`; -> a summary (paths, check)."""
@@ -247,6 +248,7 @@ def export(
     )
     refuse_existing(out, overwrite=overwrite)
     scores = card.read_metrics(metrics) if metrics else None  # before the slow part
+    card.paper_values(paper)  # an unknown paper row: refused before the slow part too
 
     net, opts, args, step, autoencoder, sha = load_run(
         ckpt, weights=weights, model=model, model_kw=model_kw, vae=vae
@@ -266,6 +268,7 @@ def export(
         num_classes=opts["num_classes"],
         metrics=scores,
         metrics_sha256=sha256_file(metrics) if metrics else None,
+        paper=paper,
         check=check,
         code_commit=git_commit(),
     )
@@ -306,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-kw", nargs="*", default=[], metavar="K=V", help="constructor overrides")
     p.add_argument("--vae", help="VAE folder or hub id; default: the one the run recorded")
     p.add_argument("--metrics", help="metrics JSON of `udit evaluate` for the model card")
+    p.add_argument("--paper-table", help="paper_numbers.yaml table of the row the run reproduces")
+    p.add_argument("--paper-row", help="that row (the card's paper column; none if not given)")
+    p.add_argument("--paper-key", help="the row's sub-key where it has several (e.g. 400K)")
     outputs.add_overwrite(p)
     add_dry_run(p)
     return p
@@ -314,9 +320,15 @@ def build_parser() -> argparse.ArgumentParser:
 @command_main("udit export")
 def main(argv: list[str] | None = None) -> int:
     """`udit export --checkpoint CKPT --out DIR`: a Hub-ready DiTPipeline folder."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.paper_table is None) != (args.paper_row is None) or (
+        args.paper_key and not args.paper_row
+    ):
+        parser.error("--paper-table and --paper-row go together (and --paper-key with them)")
     if dry_run(args):
         return 0
+    paper = (args.paper_table, args.paper_row, args.paper_key) if args.paper_table else None
     summary = export(
         checkpoint=args.checkpoint,
         out=str(args.out),
@@ -325,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         model_kw=parse_model_kw(args.model_kw) or None,
         vae=args.vae,
         metrics=args.metrics,
+        paper=paper,
         overwrite=args.overwrite,
     )
     kind = "UDiTTransformer2DModel" if summary["hub_class"] else "DiTTransformer2DModel"

@@ -65,11 +65,16 @@ def export_inputs(wildcards):
 
 
 def export_args(wildcards, input):
-    """--vae (as `udit sample` gets it) and --metrics where the DAG evaluates the milestone,
-    shell-quoted."""
-    args = ["--vae", vae_of(export_experiment(wildcards).dataset)]
+    """--vae (as `udit sample` gets it); --metrics and the paper row where the DAG evaluates
+    the milestone unguided; shell-quoted."""
+    exp = export_experiment(wildcards)
+    args = ["--vae", vae_of(exp.dataset)]
     if "metrics" in input.keys():
         args += ["--metrics", input.metrics]
+        paper = card_evaluation(exp, int(wildcards.step)).paper
+        if paper:  # the paper row this milestone reproduces: the card's paper column
+            args += ["--paper-table", paper[0].table, "--paper-row", paper[0].row]
+            args += ["--paper-key", paper[0].key] if paper[0].key else []
     return shlex.join(args)
 
 
