@@ -566,3 +566,20 @@ def test_training_losses_check_t_and_scale_the_vb_term_when_asked():
 def test_normal_kl_refuses_all_scalar_arguments():
     with pytest.raises(TypeError, match="at least one tensor"):
         normal_kl(0.0, 0.0, 1.0, 0.0)
+
+
+def test_normal_kl_keeps_float64_scalars_and_tensor_dtypes():
+    """Python-number arguments become tensors of the first tensor's dtype (0.1 in float64, not
+    rounded through float32); tensor arguments keep their own dtype."""
+    mean = torch.tensor([0.3], dtype=torch.float64)
+    got = normal_kl(mean, 0.1, 0.0, 0.0)
+    want = np_gaussian_kl(0.3, 0.1, 0.0, 0.0)
+    np.testing.assert_allclose(got.numpy(), [want], rtol=1e-14)
+    mixed = normal_kl(mean.float(), torch.tensor([0.1], dtype=torch.float64), 0.0, 0.0)
+    assert mixed.dtype == torch.float64
+
+
+def test_discretized_likelihood_names_all_three_shapes():
+    x, wrong = torch.zeros(2, 3), torch.zeros(2, 4)
+    with pytest.raises(ValueError, match=r"x \(2, 3\), means \(2, 4\), log_scales \(2, 3\)"):
+        discretized_gaussian_log_likelihood(x, means=wrong, log_scales=x)

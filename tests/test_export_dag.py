@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from test_workflow import (
-    PAIR,
+    EXPORTED,
     PAIR_STEP,
     ROOT,
     job_counts,
@@ -18,7 +18,7 @@ from test_workflow import (
 
 from udit import experiments as ex
 
-UDIT, DIT = PAIR  # a U-Net and a DiT of the smoke config, trained once per session
+DIT, UDIT = EXPORTED  # toy DiT-S/4 and U-DiT-S of the smoke config, trained once per session
 STEP = PAIR_STEP
 IMAGE_SIDE = 32  # smoke's toy32 dataset
 PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")

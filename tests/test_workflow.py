@@ -206,18 +206,20 @@ def test_smoke_dry_run_and_slurm_profile_resolve():
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-# Two smoke experiments end to end, once per session: a U-Net (ablation-cosine) and a DiT.
+# Smoke experiments run end to end once per session: an ablation node and a DiT (the forcerun
+# test), and U-DiT-S (with the DiT, the exports tests/test_export_dag.py loads with diffusers).
 PAIR = ("ablation-cosine", "toy-dit-s-4")
+EXPORTED = ("toy-dit-s-4", "u-dit-s")
 PAIR_STEP = "0000008"
 
 
 @pytest.fixture(scope="session")
 def smoke_pair(tmp_path_factory) -> tuple[Path, list[str]]:
-    """(results folder, the --config args that point the DAG at it) after both experiments of
-    PAIR ran train -> sample -> evaluate for real; tests/test_export_dag.py reuses it."""
+    """(results folder, the --config args that point the DAG at it) after the experiments of
+    PAIR and EXPORTED ran train -> sample -> evaluate for real."""
     results = tmp_path_factory.mktemp("pair") / "results"
     config = ["--config", f"results={results}"]
-    metrics = [f"{results}/{e}/metrics/{PAIR_STEP}-cfg1.0.json" for e in PAIR]
+    metrics = [f"{results}/{e}/metrics/{PAIR_STEP}-cfg1.0.json" for e in {*PAIR, *EXPORTED}]
     ran = run_snakemake(*metrics, "--cores", "2", *config, timeout=900)
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert all(Path(m).is_file() for m in metrics)

@@ -25,7 +25,8 @@ def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
     if ref is None:
         raise TypeError("normal_kl needs at least one tensor argument")
     logvar1, logvar2 = (
-        a if isinstance(a, torch.Tensor) else torch.as_tensor(a).to(ref) for a in (logvar1, logvar2)
+        a if isinstance(a, torch.Tensor) else torch.as_tensor(a, dtype=ref.dtype, device=ref.device)
+        for a in (logvar1, logvar2)
     )
     # 0.5 * (log s2^2/s1^2 + (s1^2 + (m1 - m2)^2) / s2^2 - 1)
     return 0.5 * (
