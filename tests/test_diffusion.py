@@ -583,3 +583,27 @@ def test_discretized_likelihood_names_all_three_shapes():
     x, wrong = torch.zeros(2, 3), torch.zeros(2, 4)
     with pytest.raises(ValueError, match=r"x \(2, 3\), means \(2, 4\), log_scales \(2, 3\)"):
         discretized_gaussian_log_likelihood(x, means=wrong, log_scales=x)
+
+
+def test_randn_draws_in_the_dtype_asked_for_every_generator_form():
+    """float64 noise is drawn as float64 (not float32 promoted), from the global RNG, one
+    generator or one per row; a wrong number of generators names the batch size."""
+    from udit.diffusion.noise import randn
+
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        want = torch.randn(3, 2, dtype=torch.float64)
+        torch.manual_seed(1)
+        got = randn((3, 2), dtype=torch.float64)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    one = randn((3, 2), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    torch.testing.assert_close(
+        one, torch.randn(3, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    )
+    rows = randn((3, 2), generator=[torch.Generator().manual_seed(s) for s in (3, 4, 5)],
+                 dtype=torch.float64)  # fmt: skip
+    assert rows.dtype == one.dtype == torch.float64
+    row0 = torch.randn(1, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    torch.testing.assert_close(rows[:1], row0, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="got 2 generators for a batch of 3"):
+        randn((3, 2), generator=[torch.Generator(), torch.Generator()])
