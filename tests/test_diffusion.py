@@ -460,7 +460,9 @@ def test_ddim_eta_half_matches_the_formula_written_out():
     drawn = torch.cat([torch.randn(1, C, H, H, generator=g, dtype=x.dtype) for g in rows])
     again = [torch.Generator().manual_seed(s) for s in (10, 11)]
     got = d.ddim_sample(fixed_output(output), x, t, eta=eta, generator=again)["sample"]
-    np.testing.assert_allclose(got.numpy(), want - sigma * z.numpy() + sigma * drawn.numpy())
+    np.testing.assert_allclose(
+        got.numpy(), want - sigma * z.numpy() + sigma * drawn.numpy(), rtol=1e-12
+    )
 
 
 def test_ddim_loop_with_eta_one_equals_the_ddpm_loop():
