@@ -609,3 +609,51 @@ def test_randn_draws_in_the_dtype_asked_for_every_generator_form():
     torch.testing.assert_close(rows[:1], row0, rtol=0, atol=0)
     with pytest.raises(ValueError, match="got 2 generators for a batch of 3"):
         randn((3, 2), generator=[torch.Generator(), torch.Generator()])
+
+
+@pytest.mark.parametrize("sigma_small", [True, False])
+def test_fixed_variances_are_iddpms_beta_tilde_and_beta(sigma_small):
+    """Without learned sigma (a model_kw / diffusion option): Sigma_t is beta~_t (clipped at
+    t=0) with sigma_small, else beta_t with beta~_1 at t=0 (IDDPM sec. 3.1, DiT's tables)."""
+    ref = reference_schedule()
+    d = create_diffusion("", learn_sigma=False, sigma_small=sigma_small)
+    t = torch.tensor([0, 1, 500, 999])
+    x = torch.zeros(4, C, H, H, dtype=torch.float64)
+    eps = torch.randn(4, C, H, H, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    p = d.p_from_output(eps, x, t)
+    large = np.log(np.append(ref["post_var"][1], ref["betas"][1:]))
+    want = (ref["post_logvar"] if sigma_small else large)[t.numpy()]
+    np.testing.assert_allclose(p["log_variance"][:, 0, 0, 0].numpy(), want, rtol=1e-10)
+    torch.testing.assert_close(p["variance"], torch.exp(p["log_variance"]), rtol=0, atol=0)
+    torch.testing.assert_close(p["eps"], eps, rtol=0, atol=0)
+
+
+def test_clipping_bounds_x0_hat_to_minus_one_one_and_the_mean_follows():
+    d = create_diffusion("10")
+    x = torch.zeros(2, C, H, H, dtype=torch.float64)
+    t = torch.tensor([3, 9])
+    output = torch.cat([torch.linspace(-3, 3, 2 * C * H * H, dtype=torch.float64).view(2, C, H, H),
+                        torch.zeros(2, C, H, H, dtype=torch.float64)], dim=1)  # fmt: skip
+    free, clipped = d.p_from_output(output, x, t), d.p_from_output(output, x, t, clip_denoised=True)
+    assert free["pred_xstart"].min() < -1 and free["pred_xstart"].max() > 1
+    torch.testing.assert_close(clipped["pred_xstart"], free["pred_xstart"].clamp(-1, 1))
+    mean, _, _ = d.q_posterior(free["pred_xstart"].clamp(-1, 1), x, t)
+    torch.testing.assert_close(clipped["mean"], mean)
+
+
+def test_cosine_schedule_matches_diffusers():
+    """squaredcos_cap_v2 (a config's noise_schedule) against diffusers' own implementation."""
+    d = create_diffusion("", noise_schedule="squaredcos_cap_v2")
+    theirs = DDPMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2").betas
+    np.testing.assert_allclose(d.tables["betas"], theirs.double().numpy(), rtol=1e-5)
+    assert d.tables["betas"].max() == pytest.approx(0.999)  # the cap
+    assert create_diffusion().num_timesteps == T  # default: every step kept
+
+
+def test_a_model_output_of_the_wrong_shape_names_the_shape_it_must_have():
+    d = create_diffusion("10", learn_sigma=False)
+    x, t = torch.zeros(2, C, H, H), torch.tensor([1, 2])
+    with pytest.raises(ValueError, match=r"must be \(2, 4, 8, 8\) \(eps channels\)"):
+        d.p_sample(fixed_output(torch.zeros(2, 2 * C, H, H)), x, t)
+    with pytest.raises(ValueError, match=r"must be \(2, 8, 8, 8\) \(eps \+ learned-sigma"):
+        create_diffusion("10").p_sample(fixed_output(torch.zeros(2, C, H, H)), x, t)
