@@ -258,3 +258,64 @@ def test_dataset_image_size_bounds(tmp_path, size, named):
     path = write(tmp_path / "c.yaml", PAPER.replace("image_size: 256", f"image_size: {size}", 1))
     with pytest.raises(ex.ConfigError, match=named):
         ex.resolve_experiments(ex.load_config(path))
+
+
+# ------------------------------------------------------------------ model_kw reaches a job whole
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4),
+    max_leaves=8,
+)
+
+
+@settings(deadline=None)
+@given(
+    st.dictionaries(st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True), JSON_VALUES, max_size=5)
+)
+def test_model_kw_survives_the_shell_whole(model_kw):
+    """What a config writes (1e-06, None, True, lists, strings that look like numbers) is what the
+    command parses: format -> shlex -> argv -> parse is the identity (tuples become lists)."""
+    import shlex
+
+    from udit.models.spec import format_model_kw, parse_model_kw
+
+    argv = shlex.split(shlex.join(format_model_kw(model_kw)))
+    assert parse_model_kw(argv) == model_kw
+
+
+def test_the_dag_passes_model_kw_values_as_the_config_wrote_them(tmp_path):
+    """The real DAG: a float written 1.0e-06, a list and a number-like string reach `udit train`
+    with their types (str() + YAML 1.1 turned 1e-06 into the string '1e-06')."""
+    import shlex
+
+    from udit.models.spec import parse_model_kw
+
+    raw = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    raw["base"] = str(ROOT / "config" / "paper.yaml")
+    raw["results"] = str(tmp_path / "results")
+    raw["scale"]["only"] = ["u-dit-s"]
+    want = {
+        "hidden_size": 16,
+        "num_heads": 2,
+        "class_dropout_prob": 1.0e-06,
+        "depths": [1, 1, 1, 1, 1],
+    }
+    raw["scale"]["model_kw"]["U-DiT-S"] = want
+    config = write(tmp_path / "kw.yaml", yaml.safe_dump(raw))
+    ran = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "-p", "--forceall", "--configfile", str(config)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    train = next(
+        line for line in ran.stdout.splitlines() if " train " in line and "--model-kw" in line
+    )
+    words = shlex.split(train)
+    start = words.index("--model-kw") + 1
+    end = next(i for i in range(start, len(words)) if words[i].startswith("--"))
+    got = parse_model_kw(words[start:end])
+    assert got == want and isinstance(got["class_dropout_prob"], float)

@@ -13,6 +13,7 @@ from udit import experiments as ex
 from udit import inputs, paths
 from udit import plan
 from udit.errors import UserError, one_screen
+from udit.models.spec import format_model_kw
 
 CONFIG_FILES = [
     os.path.relpath(f) if not os.path.relpath(f).startswith("..") else str(f)
@@ -277,7 +278,7 @@ def _model_args(entry, dataset):
         spec["image_size"],
     ]
     if entry.model_kw:
-        args += ["--model-kw", *(f"{k}={v}" for k, v in entry.model_kw.items())]
+        args += ["--model-kw", *format_model_kw(entry.model_kw)]
     return args
 
 
