@@ -4,6 +4,7 @@ requirements, and constraints.txt pins every one of them."""
 import re
 from pathlib import Path
 
+import pytest
 import tomllib
 import yaml
 from packaging.requirements import Requirement
@@ -46,3 +47,45 @@ def test_constraints_pin_every_requirement():
         assert Requirement(f"{name}{spec}").specifier.contains(pinned), (
             f"{name}: pin {pinned} violates {spec}"
         )
+
+
+@pytest.mark.slow
+def test_a_non_editable_install_plans_the_paper_config(tmp_path):
+    """`pip install .` (not -e) ships what `udit plan` reads (schema, paper numbers, registry):
+    a fresh venv that sees this environment's dependencies, the project built and installed
+    into it, run from a copy of the configs only, where no udit source tree exists."""
+    import shutil
+    import site
+    import subprocess
+    import sys
+    import sysconfig
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    # the dependencies (torch is never downloaded): this environment's site-packages, after
+    # the venv's own, so the installed udit (not the editable one) comes first
+    deps = [p for p in (*site.getsitepackages(), sysconfig.get_paths()["purelib"]) if p]
+    (Path(purelib) / "zz_deps.pth").write_text("\n".join(dict.fromkeys(deps)) + "\n")
+    wheel_dir = tmp_path / "wheel"
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+    subprocess.run([*build, "-w", str(wheel_dir), str(ROOT)], check=True, timeout=600)
+    (wheel,) = wheel_dir.glob("udit_repro-*.whl")
+    install = [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", purelib]
+    subprocess.run([*install, str(wheel)], check=True, timeout=600)
+    work = tmp_path / "work"
+    shutil.copytree(ROOT / "config", work / "config")
+    script = (
+        "import sys, udit; from udit.plan import main; print(udit.__file__); "
+        "sys.exit(main(['--configfile', 'config/paper.yaml']))"
+    )
+    ran = subprocess.run(
+        [python, "-c", script], cwd=work, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert ran.stdout.splitlines()[0].startswith(purelib)  # the installed copy ran
+    assert "training: 80 nodes" in ran.stdout and "total: " in ran.stdout, ran.stdout[-2000:]

@@ -3,7 +3,7 @@
 Each `Range` is both an argparse `type=` (a bad value fails at parsing, exit 2, with the flag
 named: `argument --ema-decay: must be in [0, 1), got 2.0`) and the JSON-schema fragment the
 config schema must carry for the same key (tests/test_argtypes.py checks
-workflow/schemas/config.schema.yaml against CONFIG_KEYS, so the two cannot drift apart).
+udit/schemas/config.schema.yaml against CONFIG_KEYS, so the two cannot drift apart).
 
     p.add_argument("--ema-decay", type=DECAY, default=0.9999)
 """

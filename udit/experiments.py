@@ -29,8 +29,8 @@ from udit.errors import UserError
 from udit.paper import paper_numbers, recipe
 from udit.precision import DEFAULT_PRECISION
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+# Package data, so a non-editable install validates configs too; workflow/schemas/ links here.
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 # Registry names and constructor keys as data (udit.models.index writes it): checking a config
 # must not import torch, which doubled the time of `snakemake -n` (~2.5 s of 2.5 s).
 MODEL_INDEX_PATH = Path(__file__).resolve().parent / "models" / "registry.json"
@@ -340,7 +340,7 @@ def _schema_message(err: jsonschema.ValidationError) -> str:
 
 
 def validate_config(config: dict, *, source: str = "config") -> None:
-    """Validate against workflow/schemas/config.schema.yaml (numbers finite); the error names
+    """Validate against udit/schemas/config.schema.yaml (numbers finite); the error names
     the offending key and fits on a screen."""
     validator = ConfigValidator(load_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
@@ -367,7 +367,8 @@ def load_config(
     path = Path(path)
     config = load_yaml(path) or {}  # names a missing file, a folder or a FIFO as such
     validate_config(config, source=str(path))
-    return expand_base(config, root=root or REPO_ROOT, chain=(*chain, os.path.realpath(path)))
+    # `base:` is relative to the working directory, as every path Snakemake reads from config
+    return expand_base(config, root=root or Path.cwd(), chain=(*chain, os.path.realpath(path)))
 
 
 def expand_base(config: dict, *, root: str | Path, chain: tuple[str, ...] = ()) -> dict:

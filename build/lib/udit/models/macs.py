@@ -1,0 +1,99 @@
+"""Forward MACs per image as data, so `udit plan` and the DAG's job sizing need no torch.
+
+udit/models/macs.json holds, for every registry model at its registered configuration, the
+fvcore forward GMACs per image at the latent sides the paper trains on (32: 256 px, 64:
+512 px; 4 channels) and the model's speed family (udit.plan turns T11 into one MACs/s rate
+per family), plus the SD VAE decoder and the Inception network used by sampling and
+evaluation. An experiment with `model_kw` or another size is counted live by udit.plan.
+After changing the registry, rewrite the file with
+
+    python -m udit.models.macs
+
+(tests/test_plan.py checks entries against a live count).
+"""
+
+import json
+import sys
+from pathlib import Path
+
+MACS_PATH = Path(__file__).with_name("macs.json")
+LATENT_SIDES = (32, 64)  # sd-vae-ft-ema latents of 256 and 512 px images
+# sd-vae-ft-ema's architecture (its config.json on the hub; diffusers AutoencoderKL)
+SD_VAE_CONFIG = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2,
+    "latent_channels": 4,
+    "norm_num_groups": 32,
+}
+INCEPTION_SIDE = 299  # the FID Inception resizes every image to 299x299
+
+
+def family(spec) -> str:
+    """Speed family of a registry model (the T11 rows its rate comes from):
+    'dit' (DiT blocks on one token grid), 'udit-vanilla' (U-shaped, plain attention and MLP:
+    DiT-UNet, U-DiT-T and its downsampler variants, U-DiT-S/B/L vanilla), 'udit' (any of the
+    paper's modifications: cosine attention, RoPE2D, depthwise FFN, re-param)."""
+    config = spec.extra.get("config")
+    if config is None:
+        return "dit"
+    modified = config["cosine"] or config["rope"] or config["ffn"] != "mlp"
+    return "udit" if modified else "udit-vanilla"
+
+
+def vae_decode_gmacs(side: int) -> float:
+    """fvcore GMACs of one sd-vae-ft-ema decode of a side x side latent."""
+    import torch
+    from diffusers import AutoencoderKL
+    from fvcore.nn import FlopCountAnalysis
+
+    vae = AutoencoderKL(**SD_VAE_CONFIG).eval()
+    z = torch.zeros(1, 4, side, side)
+    counter = FlopCountAnalysis(vae.decoder, (z,)).unsupported_ops_warnings(False)
+    return counter.uncalled_modules_warnings(False).total() / 1e9
+
+
+def inception_gmacs() -> float:
+    """fvcore GMACs of Inception-v3 (torchvision's layout of the FID network) at 299 px."""
+    import torch
+    from fvcore.nn import FlopCountAnalysis
+    from torchvision.models import inception_v3
+
+    net = inception_v3(weights=None, aux_logits=False, init_weights=False).eval()
+    x = torch.zeros(1, 3, INCEPTION_SIDE, INCEPTION_SIDE)
+    counter = FlopCountAnalysis(net, (x,)).unsupported_ops_warnings(False)
+    return counter.uncalled_modules_warnings(False).total() / 1e9
+
+
+def macs_index() -> dict:
+    from udit.models import MODELS
+    from udit.plan import model_gflops
+
+    models = {}
+    for name, spec in MODELS.items():
+        gmacs = {
+            str(side): round(
+                model_gflops(model=name, input_size=side, in_channels=4, model_kw={}), 4
+            )
+            for side in LATENT_SIDES
+        }
+        models[name] = {"family": family(spec), "gmacs": gmacs}
+        print(name, models[name], flush=True)
+    return {
+        "models": models,
+        "vae_decode_gmacs": {str(s): round(vae_decode_gmacs(s), 3) for s in LATENT_SIDES},
+        "inception_gmacs": round(inception_gmacs(), 4),
+    }
+
+
+def main() -> int:
+    MACS_PATH.write_text(json.dumps(macs_index(), indent=1) + "\n")
+    print(f"wrote {MACS_PATH}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
