@@ -550,3 +550,36 @@ def test_cli_validates_and_dry_runs(toy, tmp_path, capsys):
     assert "--stop-at 9" in capsys.readouterr().err
     with pytest.raises(ValueError, match="fewer than one global batch"):
         train(_options(tmp_path / "r", toy, total_steps=1, global_batch=64))
+
+
+def test_a_dag_node_drops_later_checkpoints_once_and_train_ends_it(toy, tmp_path, capsys):
+    """train.smk's node: `udit begin-node` on the first attempt drops checkpoint files past the
+    node's start (a --forcerun retrains that stretch), a requeued attempt (marker left) keeps
+    them, and `udit train` reaching --stop-at removes the marker."""
+    from udit.training import node, store
+
+    run = tmp_path / "run"
+    ckpts = run / paths.CKPT_DIR
+    ckpts.mkdir(parents=True)
+    names = [paths.checkpoint_name(s) for s in (2, 4, 6)]
+    for name in names:
+        for suffix in ("", store.SIDECAR_SUFFIX, store.CORRUPT_SUFFIX):
+            (ckpts / (name + suffix)).write_bytes(b"x")
+    (ckpts / "notes.txt").write_text("kept")
+    assert node.main(["--run-dir", str(run), "--step", "6", "--from", "2"]) == 0
+    left = sorted(p.name for p in ckpts.iterdir())
+    assert left == sorted(["notes.txt", *(names[0] + s for s in ("", ".sha256", ".corrupt"))])
+    assert store.node_marker(run, 6).exists()
+    assert "past step 2" in capsys.readouterr().err
+    (ckpts / names[2]).write_bytes(b"x")  # the interrupted attempt got this far
+    assert node.main(["--run-dir", str(run), "--step", "6", "--from", "2"]) == 0  # requeue
+    assert (ckpts / names[2]).exists()
+    assert node.main(["--run-dir", str(run), "--step", "2", "--from", "2"]) == 2
+    assert "--from 2 must be below --step 2" in capsys.readouterr().err
+
+    fresh = tmp_path / "fresh"
+    assert node.main(["--run-dir", str(fresh), "--step", str(N), "--from", "0"]) == 0
+    assert store.node_marker(fresh, N).exists()
+    assert main(_cli_args(fresh, toy, total_steps=2 * N, ckpt_every=100, stop_at=N)) == 0
+    assert not store.node_marker(fresh, N).exists()
+    assert paths.checkpoint_name(N) in os.listdir(fresh / paths.CKPT_DIR)

@@ -95,6 +95,7 @@ POSITIVE_INT = Range("int", 1)
 NONNEG_INT = Range("int", 0)
 SEED = Range("int", 0, 2**63 - 1)
 STEPS = Range("int", 1, MAX_STEPS)
+STEPS_OR_ZERO = Range("int", 0, MAX_STEPS)  # a step a run starts from: 0 is from scratch
 SAMPLES = Range("int", 1, MAX_SAMPLES)
 CLASSES = Range("int", 1, MAX_CLASSES)
 IMAGE_SIZE = Range("int", 1, MAX_IMAGE_SIZE)

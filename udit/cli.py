@@ -17,6 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "udit.training.loop",
         "train a registry model (DiT recipe; resumable, DDP under torchrun)",
     ),
+    "begin-node": (
+        "udit.training.node",
+        "before a DAG training node: drop checkpoints past its start on its first attempt",
+    ),
     "sample": (
         "udit.sample",
         "draw class-conditional samples into an ADM-format .npz (resumable, torchrun-ready)",

@@ -643,6 +643,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(asdict(opts), indent=2))
         return 0
     result = train(opts)
+    if opts.stop_at is not None and int(os.environ.get("RANK", "0")) == 0:
+        # the DAG node for --stop-at is complete: a later attempt is a fresh start
+        store.node_marker(Path(opts.run_dir), opts.stop_at).unlink(missing_ok=True)
     mark_done()
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result))

@@ -34,21 +34,10 @@ rule train:
         run_dir=paths.train_dir(R, "{experiment}"),
     shell:
         """
-        run_dir={params.run_dir:q}
-        marker="$run_dir/.node-{wildcards.step}.incomplete"
-        mkdir -p "$run_dir/checkpoints"
-        if [ ! -e "$marker" ]; then
-            for f in "$run_dir"/checkpoints/ckpt-*; do
-                [ -e "$f" ] || continue
-                s=${{f##*/ckpt-}}
-                s=${{s%%.*}}
-                if [ $((10#$s)) -gt {params.start} ]; then rm -f "$f"; fi
-            done
-            touch "$marker"
-        fi
+        {params.python} begin-node --run-dir {params.run_dir:q} --step {wildcards.step} \
+            --from {params.start} >{log:q} 2>&1
         # torchrun over the job's GPUs (and nodes), SIGUSR1 before the time limit: the job then
         # exits 75 after checkpointing its step, and the retry resumes from that checkpoint
         {params.launch} {resources.nodes} {resources.gpu} {params.threads} {resources.stop_lead_s} \
-            {params.python} train {params.args} --num-workers {params.workers} >{log:q} 2>&1
-        rm -f "$marker"
+            {params.python} train {params.args} --num-workers {params.workers} >>{log:q} 2>&1
         """
