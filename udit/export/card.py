@@ -106,6 +106,37 @@ def _metrics_table(paper: tuple[str, str, str | None] | None, metrics: dict | No
     return lines
 
 
+LICENSE_TEXT = (
+    "`license: other`: these weights were trained by this reproduction; the reproduction code "
+    "is MIT. The architectures follow the official DiT code (CC BY-NC 4.0) and U-DiT code; "
+    "check both licenses before using the weights commercially."
+)
+
+
+def _intro(model: str, *, hub_class: bool) -> str:
+    transformer = "udit class `UDiTTransformer2DModel`" if hub_class else "`DiTTransformer2DModel`"
+    return (
+        f"Class-conditional latent diffusion transformer `{model}` from *{PAPER}* "
+        f"([arXiv {ARXIV}](https://arxiv.org/abs/{ARXIV})), trained by the udit-repro "
+        f"reproduction and exported as a diffusers `DiTPipeline` folder ({transformer}, the "
+        f"run's AutoencoderKL, a DDPMScheduler, the class-label map)."
+    )
+
+
+def _sampling_note(r) -> str:
+    """Where DiTPipeline's sampling differs from the paper's (udit sample's)."""
+    return (
+        f"The paper's FID setting is {r.sampling_steps} DDPM steps, no guidance "
+        f"(`guidance_scale=1`); its guided rows use 1.5. The exported DDPMScheduler spaces "
+        f"steps like udit (`timestep_spacing='linspace'`) but uses the fixed posterior variance "
+        f"where udit's sampler uses the model's learned sigma, and DiTPipeline guides all "
+        f"latent channels where the official sampler guides the first {r.guidance_channels}: "
+        f"exact reproduction of the paper's numbers uses `udit sample`. For DDIM, "
+        f"`DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing='leading')` is "
+        f"udit's `ddimN` respacing."
+    )
+
+
 def render(
     *,
     model: str,
@@ -130,22 +161,11 @@ def render(
     body = [
         f"# {model} (udit reproduction)",
         "",
-        (
-            f"Class-conditional latent diffusion transformer `{model}` from *{PAPER}* "
-            f"([arXiv {ARXIV}](https://arxiv.org/abs/{ARXIV})), trained by the udit-repro "
-            f"reproduction and exported as a diffusers `DiTPipeline` folder "
-            f"({'udit class `UDiTTransformer2DModel`' if hub_class else '`DiTTransformer2DModel`'},"
-            f" the run's AutoencoderKL, a DDPMScheduler, the class-label map)."
-        ),
+        _intro(model, hub_class=hub_class),
         "",
         "## License",
         "",
-        (
-            "`license: other`: these weights were trained by this reproduction; the "
-            "reproduction code is MIT. The architectures follow the official DiT code "
-            "(CC BY-NC 4.0) and U-DiT code; check both licenses before using the weights "
-            "commercially."
-        ),
+        LICENSE_TEXT,
         "",
         "## Training",
         "",
@@ -172,16 +192,7 @@ def render(
         *load,
         "```",
         "",
-        (
-            f"The paper's FID setting is {r.sampling_steps} DDPM steps, no guidance "
-            f"(`guidance_scale=1`); its guided rows use 1.5. The exported DDPMScheduler "
-            f"spaces steps like udit (`timestep_spacing='linspace'`) but uses the fixed "
-            f"posterior variance where udit's sampler uses the model's learned sigma, and "
-            f"DiTPipeline guides all latent channels where the official sampler guides the "
-            f"first {r.guidance_channels}: exact reproduction of the paper's numbers uses "
-            f"`udit sample`. For DDIM, `DDIMScheduler.from_config(pipe.scheduler.config, "
-            f"timestep_spacing='leading')` is udit's `ddimN` respacing."
-        ),
+        _sampling_note(r),
         "",
     ]
     return front_matter(model=model, conditional=True, hub_class=hub_class) + "\n".join(body)

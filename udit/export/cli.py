@@ -219,6 +219,20 @@ def write_folder(out: Path, fill) -> None:
         raise
 
 
+def save_pipeline(folder: Path, transformer, autoencoder, *, id2label: dict, card: str) -> None:
+    """A DiTPipeline folder (safetensors only) with the model card as its README.md."""
+    from diffusers import DiTPipeline
+
+    pipe = DiTPipeline(
+        transformer=transformer, vae=autoencoder, scheduler=recipe_scheduler(), id2label=id2label
+    )
+    # DiTPipeline keeps the map only as `labels`; recorded in model_index.json, it comes back
+    # through from_pretrained (as facebook/DiT-XL-2-256 stores it)
+    pipe.register_to_config(id2label={str(k): v for k, v in id2label.items()})
+    pipe.save_pretrained(folder, safe_serialization=True)
+    (folder / "README.md").write_text(card, encoding="utf-8")
+
+
 def export(
     *,
     checkpoint: str,
@@ -273,23 +287,10 @@ def export(
         code_commit=git_commit(),
     )
 
-    def fill(tmp: Path) -> None:
-        from diffusers import DiTPipeline
-
-        id2label = class_names(args, opts["num_classes"])
-        pipe = DiTPipeline(
-            transformer=transformer,
-            vae=autoencoder,
-            scheduler=recipe_scheduler(),
-            id2label=id2label,
-        )
-        # DiTPipeline keeps the map only as `labels`; recorded in model_index.json, it comes
-        # back through from_pretrained (as facebook/DiT-XL-2-256 stores it)
-        pipe.register_to_config(id2label={str(k): v for k, v in id2label.items()})
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        (tmp / "README.md").write_text(text, encoding="utf-8")
-
-    write_folder(out, fill)
+    id2label = class_names(args, opts["num_classes"])
+    write_folder(
+        out, lambda tmp: save_pipeline(tmp, transformer, autoencoder, id2label=id2label, card=text)
+    )
     return {"out": str(out), "model": opts["model"], "hub_class": hub_class, "check": check}
 
 

@@ -102,6 +102,9 @@ def frechet_replicates(features, reference: dict, counts: np.ndarray, *, device=
     if n <= dim:
         with _one_thread():
             return _frechet_small(x, reference, counts)
+    if torch.device(device).type == "cpu":
+        with _one_thread():
+            return _frechet_dense(x, reference, counts, device=device)
     return _frechet_dense(x.to(device), reference, counts, device=device)
 
 
