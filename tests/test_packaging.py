@@ -71,9 +71,19 @@ def test_a_non_editable_install_plans_the_paper_config(tmp_path):
     # the venv's own, so the installed udit (not the editable one) comes first
     deps = [p for p in (*site.getsitepackages(), sysconfig.get_paths()["purelib"]) if p]
     (Path(purelib) / "zz_deps.pth").write_text("\n".join(dict.fromkeys(deps)) + "\n")
+    # built from a copy of the tracked files: setuptools writes build/ and *.egg-info beside
+    # the sources, which must not land in the checkout
+    source = tmp_path / "source"
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.split("\0")
+    for name in filter(None, tracked):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name, follow_symlinks=False)
     wheel_dir = tmp_path / "wheel"
     build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
-    subprocess.run([*build, "-w", str(wheel_dir), str(ROOT)], check=True, timeout=600)
+    subprocess.run([*build, "-w", str(wheel_dir), str(source)], check=True, timeout=600)
     (wheel,) = wheel_dir.glob("udit_repro-*.whl")
     install = [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", purelib]
     subprocess.run([*install, str(wheel)], check=True, timeout=600)

@@ -163,7 +163,9 @@ def save_features(path: Path, feats: dict) -> None:
 def _uncertainty(feats: dict, *, ref: dict, ref_pool, bootstrap: int, seed: int, device) -> dict:
     """Bootstrap intervals of every metric (none when bootstrap is 0) and FID / IS at N = inf."""
     pool, logits = feats[inception.POOL], feats[inception.LOGITS]
-    fid_inf = intervals.fid_infinity(pool, {"mu": ref["mu"], "sigma": ref["sigma"]}, seed=seed)
+    fid_inf = intervals.fid_infinity(
+        pool, {"mu": ref["mu"], "sigma": ref["sigma"]}, seed=seed, device=device
+    )
     is_inf = intervals.is_infinity(logits, seed=seed)
     spread = {}
     if bootstrap > 0:

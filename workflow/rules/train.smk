@@ -27,6 +27,7 @@ rule train:
     params:
         launch=LAUNCH,
         python=PYTHON,
+        udit=udit_cmd,
         threads=rank_threads,
         args=train_args,
         workers=loader_workers,
@@ -34,7 +35,7 @@ rule train:
         run_dir=paths.train_dir(R, "{experiment}"),
     shell:
         """
-        {params.python} begin-node --run-dir {params.run_dir:q} --step {wildcards.step} \
+        {params.udit} begin-node --run-dir {params.run_dir:q} --step {wildcards.step} \
             --from {params.start} >{log:q} 2>&1
         # torchrun over the job's GPUs (and nodes), SIGUSR1 before the time limit: the job then
         # exits 75 after checkpointing its step, and the retry resumes from that checkpoint
