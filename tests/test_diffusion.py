@@ -657,3 +657,63 @@ def test_a_model_output_of_the_wrong_shape_names_the_shape_it_must_have():
         d.p_sample(fixed_output(torch.zeros(2, 2 * C, H, H)), x, t)
     with pytest.raises(ValueError, match=r"must be \(2, 8, 8, 8\) \(eps \+ learned-sigma"):
         create_diffusion("10").p_sample(fixed_output(torch.zeros(2, C, H, H)), x, t)
+
+
+def test_sampling_chains_start_from_the_given_noise_and_show_progress_on_request(capsys):
+    """The loops start from `noise` when given (two starts, two results, same generators); the
+    progress bar changes nothing but stderr; a start of the wrong shape is named."""
+    d, net = create_diffusion("5"), TinyDenoiser()
+    y = {"y": torch.tensor([1, 2])}
+    z1, z2 = torch.randn(2, 2, C, H, H, generator=torch.Generator().manual_seed(9))
+
+    def run(loop, z, **kw):
+        return loop(
+            net, z.shape, z, model_kwargs=y, generator=torch.Generator().manual_seed(0), **kw
+        )
+
+    for loop in (d.p_sample_loop, d.ddim_sample_loop):
+        quiet = run(loop, z1)
+        assert not torch.equal(quiet, run(loop, z2))
+        capsys.readouterr()
+        torch.testing.assert_close(run(loop, z1, progress=True), quiet, rtol=0, atol=0)
+        assert "5/5" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"noise \(2, 4, 8, 8\) must have the sample shape \(3,"):
+        d.p_sample_loop(net, (3, C, H, H), z1, model_kwargs=y)
+
+
+def test_ddpm_step_draws_float64_noise_and_keeps_x0_hat_at_the_last_step():
+    d = create_diffusion("10", learn_sigma=False, sigma_small=True)
+    x = torch.randn(2, C, H, H, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    eps = torch.randn(2, C, H, H, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    t = torch.tensor([4, 9])
+    rows = [torch.Generator().manual_seed(s) for s in (20, 21)]
+    drawn = torch.cat([torch.randn(1, C, H, H, generator=g, dtype=x.dtype) for g in rows])
+    again = [torch.Generator().manual_seed(s) for s in (20, 21)]
+    got = d.p_sample(fixed_output(eps), x, t, generator=again)["sample"]
+    want = d.p_sample(fixed_output(eps), x, t, noise=drawn)["sample"]
+    torch.testing.assert_close(got, want, rtol=1e-13, atol=0)
+    last = d.p_sample(fixed_output(eps), x, torch.tensor([0, 0]))
+    torch.testing.assert_close(
+        last["pred_xstart"], d.predict_xstart_from_eps(x, torch.tensor([0, 0]), eps)
+    )
+    torch.testing.assert_close(
+        last["sample"], d.p_mean_variance(fixed_output(eps), x, torch.tensor([0, 0]))["mean"]
+    )
+
+
+def test_defaults_are_the_official_ones():
+    """create_diffusion(learn_sigma=False) uses beta_t (fixed_large), p_mean_variance does not
+    clip, and the shortest schedule has 2 steps."""
+    ref = reference_schedule()
+    d = create_diffusion("", learn_sigma=False)
+    t, x = torch.tensor([500]), torch.zeros(1, C, H, H, dtype=torch.float64)
+    got = d.model_log_variance(None, t, x)[0, 0, 0, 0].item()
+    assert got == pytest.approx(np.log(ref["betas"][500]), rel=1e-12)
+    big = 5.0 * torch.ones(1, 2 * C, H, H, dtype=torch.float64)
+    plain = create_diffusion("10").p_mean_variance(fixed_output(big), x, torch.tensor([9]))
+    assert plain["pred_xstart"].abs().max() > 1
+    from udit.diffusion.schedule import named_betas
+
+    assert named_betas(name="linear", num_steps=2).shape == (2,)
+    with pytest.raises(ValueError, match="num_steps must be >= 2, got 1"):
+        named_betas(name="linear", num_steps=1)
