@@ -22,6 +22,7 @@ from PIL import Image
 from torch_fidelity import FeatureExtractorInceptionV3
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
+from udit.errors import BadValueError
 from udit.metrics import evaluate, inception, provenance, reference, scores, standin
 from udit.metrics.npz import ArrayImages, NpzImages, open_npz_array
 
@@ -672,3 +673,85 @@ def test_evaluate_metrics_equal_own_formulas_on_inception_features(
     own = own_metrics(feats, ref_pool, reference_npz, result["protocol"])
     assert own["fid"] > 1.0 and own["sfid"] > 1.0 and own["is"] > 1.0 + 1e-3
     assert_json_equals_own_metrics(result, own)
+
+
+# ---------------------------------------------------------------- found by mutation testing
+def _gaussian_features(n, dim, seed):
+    return np.random.default_rng(seed).normal(size=(n, dim))
+
+
+def test_frechet_refuses_statistics_of_other_dimensions_naming_both(capsys):
+    a = {"mu": np.zeros(3), "sigma": np.eye(3)}
+    with pytest.raises(BadValueError, match=r"mu \(3,\) vs \(3,\), sigma \(3, 3\) vs \(4, 4\)"):
+        scores.frechet_distance(a, {"mu": np.zeros(3), "sigma": np.eye(4)})
+    with pytest.raises(
+        BadValueError, match=r"features have 3, reference mu \(3,\), sigma \(4, 4\)"
+    ):
+        scores.frechet_distance_to_features(
+            _gaussian_features(2, 3, 0), {"mu": np.zeros(3), "sigma": np.eye(4)}
+        )
+    scores.frechet_distance(a, {"mu": np.ones(3), "sigma": np.eye(3)})
+    assert capsys.readouterr() == ("", "")  # torch-fidelity's verbose output stays off
+
+
+def test_small_sample_frechet_is_float64_and_safe_for_singular_references():
+    """float32 features are scored in float64 (as torch-fidelity's path); a rank-1 reference
+    covariance, whose N x N eigenvalues have round-off below 0, gives torch-fidelity's value,
+    not NaN."""
+    x = _gaussian_features(6, 10, 1)
+    v = np.random.default_rng(2).normal(size=(10, 1))
+    ref = {"mu": np.zeros(10), "sigma": v @ v.T}
+    fast = scores.frechet_distance_to_features(x, ref)
+    assert np.isfinite(fast)
+    assert fast == pytest.approx(scores.frechet_distance(scores.gaussian_stats(x), ref), rel=1e-6)
+    x32 = x.astype(np.float32)
+    assert scores.frechet_distance_to_features(x32, ref) == scores.frechet_distance_to_features(
+        x32.astype(np.float64), ref
+    )
+
+
+def test_torch_fidelity_is_defaults_are_recorded_as_used():
+    logits = _gaussian_features(50, 10, 3).astype(np.float32)
+    got = scores.inception_score_torch_fidelity(logits)
+    assert {k: got[k] for k in ("splits", "shuffle", "seed")} == {
+        "splits": 10, "shuffle": True, "seed": 2020
+    }  # fmt: skip
+    assert got["std"] > 0 and got["mean"] > 1
+
+
+def test_precision_recall_needs_more_than_k_points_and_prints_nothing(capsys):
+    few, many = _gaussian_features(3, 4, 4), _gaussian_features(20, 4, 5)
+    with pytest.raises(BadValueError, match=r"k=3 needs more than 3 samples .* got 3 and 20"):
+        scores.precision_recall(few, many)
+    out = scores.precision_recall(_gaussian_features(4, 4, 6), many)
+    assert 0 <= out["precision"] <= 1 and capsys.readouterr() == ("", "")
+
+
+def test_kid_subset_size_is_capped_by_both_sides_and_float32():
+    ref = _gaussian_features(40, 6, 7)
+    got = scores.kid(_gaussian_features(60, 6, 8), ref, seed=1)
+    assert got["subset_size"] == 40  # the smaller side
+    big = scores.kid(_gaussian_features(1100, 6, 9), _gaussian_features(1200, 6, 10), seed=1)
+    assert big["subset_size"] == 1000  # torch-fidelity's default cap
+    as32 = scores.kid(
+        _gaussian_features(60, 6, 8).astype(np.float32), ref.astype(np.float32), seed=1
+    )
+    assert got["mean"] == as32["mean"]  # computed in float32 whatever the input dtype
+
+
+def test_npz_arrays_are_never_unpickled_and_layouts_load_right(tmp_path):
+    """Object arrays are refused (allow_pickle stays off); Fortran-ordered and compressed
+    members load by value; a missing key names the keys there are."""
+    bad = tmp_path / "obj.npz"
+    np.savez(bad, arr_0=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="allow_pickle"):
+        open_npz_array(bad, "arr_0")
+    fortran = np.asfortranarray(np.arange(12, dtype=np.int16).reshape(3, 4))
+    path = tmp_path / "f.npz"
+    np.savez(path, arr_0=fortran)
+    np.testing.assert_array_equal(open_npz_array(path, "arr_0"), fortran)
+    packed = tmp_path / "c.npz"
+    np.savez_compressed(packed, arr_0=np.arange(5))
+    np.testing.assert_array_equal(open_npz_array(packed, "arr_0"), np.arange(5))
+    with pytest.raises(BadValueError, match=r"no array 'mu' \(has \['arr_0'\]\)"):
+        open_npz_array(packed, "mu")
