@@ -755,3 +755,25 @@ def test_npz_arrays_are_never_unpickled_and_layouts_load_right(tmp_path):
     np.testing.assert_array_equal(open_npz_array(packed, "arr_0"), np.arange(5))
     with pytest.raises(BadValueError, match=r"no array 'mu' \(has \['arr_0'\]\)"):
         open_npz_array(packed, "mu")
+
+
+def test_npz_images_pickle_without_their_pixels(tmp_path):
+    """DataLoader workers get the dataset pickled: the path travels, not the opened memmap."""
+    import pickle
+
+    path = tmp_path / "s.npz"
+    np.savez(path, arr_0=np.zeros((64, 32, 32, 3), np.uint8))
+    images = NpzImages(path)
+    first = images[0]  # opens the memmap in this process
+    copy = pickle.loads(pickle.dumps(images))
+    assert len(pickle.dumps(images)) < 4096  # 196 KB of pixels stay behind
+    assert torch.equal(copy[0], first)
+
+
+def test_checkpoint_paths_are_the_documented_layout():
+    from udit import paths
+
+    assert paths.checkpoint("results", "u-dit-b", 400000) == (
+        "results/u-dit-b/train/checkpoints/ckpt-0400000.pt"
+    )
+    assert paths.checkpoint("r", "x", "0000008") == "r/x/train/checkpoints/ckpt-0000008.pt"
