@@ -7,6 +7,7 @@ looks inside. Anything else is *invalid*: never a number in a table, never "pend
 means "not run yet"), and always reported with the file and the reason.
 
     read(path)   -> MetricsRead: the data, or why there is none (missing / invalid)
+    interval(data, metric) -> the metric's bootstrap interval, or None (old file, --bootstrap 0)
     load(path)   -> dict, or InvalidMetricsError naming the file, the field and the value
 """
 
@@ -38,6 +39,9 @@ OBJECT_FIELDS = (
     "provenance.versions",
     "provenance.sha256",
 )
+# Uncertainty (udit.metrics.intervals): optional, as files from before it and `--bootstrap 0`
+# have none; when present an interval must be usable, or a verdict would rest on garbage.
+INFINITY_FIELDS = ("fid_infinity", "is_infinity")  # a number, or null where the fit failed
 MAX_METRICS_BYTES = 10_000_000  # udit evaluate writes about 5 KB
 NOT_RUN = "not run yet"
 
@@ -78,7 +82,41 @@ def problem(data) -> str | None:
         value = _field(data, dotted)
         if value is not None and not isinstance(value, dict):
             return f"{dotted} must be an object, got {type(value).__name__}"
+    return _uncertainty_problem(data)
+
+
+def _uncertainty_problem(data: dict) -> str | None:
+    for key in INFINITY_FIELDS:
+        if data.get(key) is not None and (why := FINITE.check(data[key])):
+            return f"{key} {why}"
+    spread = data.get("intervals")
+    if spread is None:
+        return None
+    if not isinstance(spread, dict):
+        return f"intervals must be an object, got {type(spread).__name__}"
+    for metric, entry in spread.items():
+        if not isinstance(entry, dict):
+            return f"intervals.{metric} must be an object, got {type(entry).__name__}"
+        if "low" not in entry and "high" not in entry:
+            continue  # {"reason": why not}: no interval for this metric, said so
+        for key in ("low", "high"):
+            if why := FINITE.check(entry.get(key)):
+                return f"intervals.{metric}.{key} {why}"
+        if entry["low"] > entry["high"]:
+            return f"intervals.{metric}: low {entry['low']} above high {entry['high']}"
+        level = entry.get("level", 0.95)
+        if why := Range("float", 0, 1, True, True).check(level):
+            return f"intervals.{metric}.level {why}"
     return None
+
+
+def interval(data: dict | None, metric: str) -> dict | None:
+    """The checked bootstrap interval of `metric` ({low, high, level, resamples, ...}), or None
+    where the file has none for it (an old file, `--bootstrap 0`, or a reason instead)."""
+    entry = ((data or {}).get("intervals") or {}).get(metric)
+    if not isinstance(entry, dict) or "low" not in entry:
+        return None
+    return {"level": 0.95, **entry}
 
 
 def load(path: str | Path) -> dict:

@@ -29,7 +29,7 @@ from udit import experiments as ex
 from udit import outputs, paths
 from udit.errors import UserError, command_main
 from udit.io import atomic_write_bytes, git_commit
-from udit.report import figures, model_tables, samples, tables, tolerances
+from udit.report import claims, figures, model_tables, samples, tables, tolerances
 
 TEMPLATE = "index.html.j2"
 REPORT_MODE = 0o644  # the report is meant to be shared, whatever the umask
@@ -100,13 +100,17 @@ def cell_lines(records: pd.DataFrame, table_key: str) -> list[dict]:
     for (row, node), group in sub.groupby(["row", "node"], sort=False, dropna=False):
         cells = []
         for rec in group.itertuples():
-            reproduced = tables.fmt(rec.reproduced, rec.metric)
             invalid = tables.is_invalid(rec)
             cells.append(
                 {
                     "metric": rec.metric,
                     "paper": tables.fmt(rec.paper, rec.metric) or "-",
-                    "reproduced": reproduced or tables.missing_text(rec) or "-",
+                    "reproduced": tables.fmt(rec.reproduced, rec.metric)
+                    or tables.missing_text(rec)
+                    or "-",
+                    "interval": tables.interval_text(rec),
+                    "verdict": rec.status if rec.status in tables.VERDICTS else "",
+                    "basis": rec.basis if isinstance(rec.basis, str) else "",
                     "diff": "" if pd.isna(rec.diff) else f"{rec.diff:+.3g}",
                     "rel": "" if pd.isna(rec.rel_diff) else f"{rec.rel_diff:+.1%}",
                     "status": rec.status,
@@ -122,6 +126,7 @@ def cell_lines(records: pd.DataFrame, table_key: str) -> list[dict]:
                 "node": node if isinstance(node, str) else None,
                 "cells": cells,
                 "uncalibrated": bool(group["uncalibrated"].any()),
+                "fid_infinity": tables.infinity_text(group),
             }
         )
     return lines
@@ -209,6 +214,7 @@ def build_report(*, config: Path, results: Path, out: Path) -> Built:
         description=cfg.get("description", ""),
         config=Path(config).as_posix(),
         summary=summary,
+        claims=claims.claim_lines(records),
         tolerances=tolerances.TOLERANCES,
         labels=tables.METRIC_LABELS,
         metrics=tables.METRICS,

@@ -22,7 +22,7 @@ from udit import paths
 from udit.argtypes import IMAGE_SIZE, NONNEG, POSITIVE
 from udit.errors import UserError, message
 from udit.report import metrics_json
-from udit.report.tolerances import STATUSES, TOLERANCES, UNJUDGED, gflops_tolerance, judge
+from udit.report.tolerances import STATUSES, TOLERANCES, UNJUDGED, gflops_tolerance, verdict
 
 METRICS = ["gflops", "fid", "sfid", "is", "precision", "recall"]  # paper_numbers.yaml `columns`
 METRIC_LABELS = {
@@ -34,6 +34,7 @@ METRIC_LABELS = {
     "recall": "Recall",
 }
 LOWER_IS_BETTER = {"gflops", "fid", "sfid"}
+VERDICTS = ("reproduced", "disagrees", "inconclusive")  # a comparison with the paper was made
 LATENT_256, LATENT_512 = (
     32,
     64,
@@ -374,21 +375,28 @@ def _row_records(
             prov = provenance_of(metrics, node, path.relative_to(results))
             provenance.setdefault(node.name, prov)
             base["uncalibrated"] = prov["uncalibrated"]
+    samples = (metrics or {}).get("protocol", {}).get("N")
     out = []
     for metric in METRICS:
         reproduced, tol, note = None, TOLERANCES[metric], base["note"]
-        invalid = base["invalid"]
+        invalid, spread = base["invalid"], None
         if node is not None and metric == "gflops":
             reproduced, tol, note = _gflops_cell(node, table, flops)
             invalid = flops.invalid
         elif metrics is not None:
             reproduced = float(metrics[metric])  # metrics_json checked it is a finite number
+            spread = metrics_json.interval(metrics, metric)
         p = paper.get(metric)
-        status = (
-            "not in config"
-            if node is None
-            else judge(metric, p, reproduced, uncalibrated=base["uncalibrated"], tol=tol)
+        judged = verdict(
+            metric,
+            p,
+            reproduced,
+            uncalibrated=base["uncalibrated"],
+            tol=tol,
+            interval=spread,
+            samples=samples,
         )
+        status = "not in config" if node is None else judged.status
         if status == "pending" and invalid:
             status = "invalid"  # it ran, but its numbers cannot be believed: not pending
         diff = None if p is None or reproduced is None else reproduced - p
@@ -398,12 +406,17 @@ def _row_records(
                 "metric": metric,
                 "paper": p,
                 "reproduced": reproduced,
+                "low": None if spread is None else float(spread["low"]),
+                "high": None if spread is None else float(spread["high"]),
+                "level": None if spread is None else float(spread["level"]),
                 "diff": diff,
                 "rel_diff": None if diff is None or not p else diff / abs(p),
                 "status": status,
+                "basis": judged.basis if status == judged.status else "",
                 "invalid": invalid,
                 "note": note,
                 "tolerance": tol.describe(),
+                "fid_infinity": (metrics or {}).get("fid_infinity"),
             }
         )
     return out
@@ -460,6 +473,28 @@ def fmt(value, metric: str) -> str:
     return f"{value:.3f}" if metric in ("precision", "recall") else f"{value:.2f}"
 
 
+def interval_text(rec) -> str:
+    """'[16.50, 17.30]': the reproduction's interval, '' where it has none."""
+    if pd.isna(rec.low) or pd.isna(rec.high):
+        return ""
+    return f"[{fmt(rec.low, rec.metric)}, {fmt(rec.high, rec.metric)}]"
+
+
+def reproduced_text(rec) -> str:
+    """A reproduced cell: '16.90 [16.50, 17.30]', 'pending', 'invalid' or ''."""
+    value = fmt(rec.reproduced, rec.metric)
+    if not value:
+        return missing_text(rec)
+    spread = interval_text(rec)
+    return f"{value} {spread}" if spread else value
+
+
+def infinity_text(group: pd.DataFrame) -> str:
+    """FID at N = infinity of a line's node, '' where absent (null at smoke scale)."""
+    values = group["fid_infinity"].dropna() if "fid_infinity" in group else []
+    return f"{float(values.iloc[0]):.2f}" if len(values) else ""
+
+
 def wide_table(records: pd.DataFrame, table_key: str) -> pd.DataFrame:
     """The paper's layout: one line per (row, run), columns (metric, paper | reproduced | diff).
     Pending cells read 'pending', never 0."""
@@ -469,7 +504,7 @@ def wide_table(records: pd.DataFrame, table_key: str) -> pd.DataFrame:
         line = {("", "row"): row, ("", "run"): node if isinstance(node, str) else "not in config"}
         for rec in group.itertuples():
             label = METRIC_LABELS[rec.metric]
-            reproduced = fmt(rec.reproduced, rec.metric) or missing_text(rec)
+            reproduced = reproduced_text(rec)
             if rec.status == "uncalibrated":
                 reproduced += " (uncalibrated)"
             line[(label, "paper")] = fmt(rec.paper, rec.metric) or "-"
@@ -477,6 +512,8 @@ def wide_table(records: pd.DataFrame, table_key: str) -> pd.DataFrame:
             line[(label, "diff")] = (
                 "" if rec.diff is None or pd.isna(rec.diff) else f"{rec.diff:+.3g}"
             )
+            line[(label, "verdict")] = rec.status if rec.status in VERDICTS else ""
+        line[("FID-infinity", "reproduced")] = infinity_text(group)
         lines.append(line)
     frame = pd.DataFrame(lines)
     frame.columns = pd.MultiIndex.from_tuples(frame.columns)

@@ -1,7 +1,19 @@
 """When a reproduced number counts as the paper's: one tolerance per metric, stated and justified
-on the report page (a number is judged only if the paper reports it and its node has run)."""
+on the report page (a number is judged only if the paper reports it and its node has run).
 
+A verdict is an equivalence test against that band. The interval of (reproduced - paper) is the
+reproduction's bootstrap interval shifted by the paper value and widened, in quadrature, by the
+paper's own noise (it reports one training run):
+    reproduced    the whole interval lies inside +-band
+    disagrees     the whole interval lies outside it
+    inconclusive  it straddles an edge of the band
+Without an interval (files from before the bootstrap, `--bootstrap 0`) the point value is
+judged against the band alone, and the verdict says that it rests on a single number.
+"""
+
+import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 INCEPTION_METRICS = {"fid", "sfid", "is", "precision", "recall"}  # need the official Inception
 
@@ -71,9 +83,30 @@ TOLERANCES = {
     "recall": Tolerance(0.0, 0.02, "as precision"),
 }
 
+# The paper's noise per metric: (coefficient of variation over training seeds, source), or
+# absent where no measurement is known, so that only the reproduction's interval counts.
+PAPER_NOISE = {
+    "fid": (
+        0.013,
+        "training-seed CoV 1.3% of FID (Dufour, Efros, Perez, 'The FID Lottery', arXiv 2606.20536)",
+    ),
+    # sFID, IS, precision, recall: no seed-to-seed measurement found. Borrowing FID's 1.3% would
+    # be a guess, and their bands are already wider than FID's for the same reason.
+}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: str  # one of STATUSES
+    basis: str  # what it rests on, in words, shown beside the number
+    low: float | None = None  # reproduced - paper, widened for the paper's noise
+    high: float | None = None
+
+
 STATUSES = [
     "reproduced",
     "disagrees",
+    "inconclusive",  # the interval of the difference straddles an edge of the band
     "pending",
     "invalid",  # its metrics file exists but is broken (udit.report.metrics_json)
     "uncalibrated",
@@ -97,11 +130,96 @@ def gflops_tolerance(model: str, row: dict) -> Tolerance:
     return Tolerance(rel, 0.0, TOLERANCES["gflops"].why)
 
 
-def judge(metric: str, paper, reproduced, *, uncalibrated: bool, tol: Tolerance) -> str:
+def band(tol: Tolerance, paper: float) -> float:
+    return max(tol.abs, tol.rel * abs(paper))
+
+
+def z_score(level: float) -> float:
+    """Two-sided normal quantile: 1.96 at 95%."""
+    return NormalDist().inv_cdf((1 + level) / 2)
+
+
+def paper_half_width(metric: str, paper: float, level: float) -> float:
+    cov = PAPER_NOISE.get(metric, (0.0, ""))[0]
+    return z_score(level) * cov * abs(paper)
+
+
+def difference_interval(
+    paper: float, reproduced: float, low: float, high: float, *, paper_half: float
+) -> tuple[float, float]:
+    """Interval of (reproduced - paper): the reproduction's [low, high] shifted by the paper
+    value, each side's half-width (from the point value: percentile intervals are asymmetric)
+    combined in quadrature with the paper's. A side never goes below 0: a bootstrap FID interval
+    can sit above its own point value (duplicates in a resample raise FID), and the verdict
+    must not rest on an interval that excludes the number. Widening [low, high] only widens
+    the result, so more uncertainty never settles a question."""
+    gap = reproduced - paper
+    below, above = max(reproduced - low, 0.0), max(high - reproduced, 0.0)
+    return gap - math.hypot(below, paper_half), gap + math.hypot(above, paper_half)
+
+
+def three_way(low: float, high: float, limit: float) -> str:
+    """Equivalence test of an interval of differences against +-limit."""
+    if -limit <= low and high <= limit:
+        return "reproduced"
+    if high < -limit or low > limit:
+        return "disagrees"
+    return "inconclusive"
+
+
+def verdict(
+    metric: str,
+    paper,
+    reproduced,
+    *,
+    uncalibrated: bool,
+    tol: Tolerance,
+    interval: dict | None = None,
+    samples: int | None = None,
+) -> Verdict:
+    """The verdict on one paper number and the text of what it rests on."""
     if paper is None:
-        return "no paper value"
+        return Verdict("no paper value", "the paper reports no value")
     if reproduced is None:
-        return "pending"
+        return Verdict("pending", "its node has not run")
     if uncalibrated and metric in INCEPTION_METRICS:
-        return "uncalibrated"  # a stand-in Inception number is never compared with the paper
-    return "reproduced" if tol.allows(paper, reproduced) else "disagrees"
+        # a stand-in Inception number is never compared with the paper
+        return Verdict("uncalibrated", "measured with non-official Inception weights")
+    limit = band(tol, paper)
+    limit_text = f"band ±{limit:.3g} ({tol.describe()})"
+    if metric == "gflops":  # fvcore is deterministic: nothing to bootstrap
+        status = "reproduced" if tol.allows(paper, reproduced) else "disagrees"
+        return Verdict(status, f"fvcore count (deterministic); {limit_text}")
+    runs = f"runs: 1; samples: {samples if samples is not None else '?'}"
+    if interval is None:
+        status = "reproduced" if tol.allows(paper, reproduced) else "disagrees"
+        gap = reproduced - paper
+        return Verdict(
+            status,
+            f"a single number (no interval in the metrics file): {runs}; "
+            f"reproduced - paper {gap:+.3g}; {limit_text}",
+        )
+    level = float(interval.get("level", 0.95))
+    paper_half = paper_half_width(metric, paper, level)
+    low, high = difference_interval(
+        paper, reproduced, interval["low"], interval["high"], paper_half=paper_half
+    )
+    noise = (
+        f"paper noise ±{paper_half:.3g} ({z_score(level):.2f} x {PAPER_NOISE[metric][1]})"
+        if metric in PAPER_NOISE
+        else "paper noise: none known for this metric"
+    )
+    resamples = interval.get("resamples")
+    return Verdict(
+        three_way(low, high, limit),
+        f"{runs}; interval [{interval['low']:.4g}, {interval['high']:.4g}] at {level:.0%}"
+        + (f" ({resamples} bootstrap resamples)" if resamples else "")
+        + f"; {noise}; reproduced - paper in [{low:+.3g}, {high:+.3g}]; {limit_text}",
+        low,
+        high,
+    )
+
+
+def judge(metric: str, paper, reproduced, *, uncalibrated: bool, tol: Tolerance, **kw) -> str:
+    """The verdict's status alone (see `verdict`)."""
+    return verdict(metric, paper, reproduced, uncalibrated=uncalibrated, tol=tol, **kw).status

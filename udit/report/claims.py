@@ -1,0 +1,212 @@
+"""The paper's claims (udit/paper/claims.yaml) tested on the reproduction.
+
+A claim is a set of comparisons "row A has a lower metric than row B". Each comparison is made
+on the two reproduced numbers: the interval of their difference combines, in quadrature, both
+bootstrap half-widths and both runs' training-seed noise (each reproduced number is one
+training run, as each paper number is; tolerances.PAPER_NOISE, none where none is known).
+    holds         the whole interval is on the claimed side of 0
+    fails         the whole interval is on the other side
+    inconclusive  it contains 0
+    pending       a number it needs has no usable reproduction (not run, not in the config,
+                  invalid, or measured with a stand-in Inception)
+A claim fails when any comparison fails, is pending when none fails and one is pending, holds
+when all hold, and is inconclusive otherwise. Claimed sizes ("about 30 FID") are not tested.
+"""
+
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+import pandas as pd
+import yaml
+
+from udit import experiments as ex
+from udit.report import tables, tolerances
+
+CLAIM_STATUSES = ("holds", "fails", "inconclusive", "pending")
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Comparison:
+    metric: str
+    lower: tuple[str, str]  # (table, row): the side claimed lower
+    higher: tuple[str, str]
+
+    def text(self) -> str:
+        label = tables.METRIC_LABELS[self.metric]
+        return f"{label} {self.lower[1]} < {self.higher[1]}"
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    text: str
+    comparisons: tuple[Comparison, ...]
+    size: str = ""  # a claimed size, shown, not tested
+    pending: str = ""  # why it cannot be tested at all
+
+
+@dataclass(frozen=True)
+class Number:
+    """One reproduced number and its interval (None where the file has none)."""
+
+    value: float
+    low: float | None = None
+    high: float | None = None
+    node: str = ""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str
+    basis: str
+
+
+def _comparisons(entry: dict) -> list[Comparison]:
+    out = [
+        Comparison(c["metric"], tuple(c["pair"][0]), tuple(c["pair"][1]))
+        for c in entry.get("lower", [])
+    ]
+    for chain in entry.get("falling", []):
+        rows = chain["rows"]
+        out += [
+            Comparison(chain["metric"], (chain["table"], after), (chain["table"], before))
+            for before, after in itertools.pairwise(rows)
+        ]
+    return out
+
+
+@cache
+def load() -> tuple[Claim, ...]:
+    text = resources.files("udit.paper").joinpath("claims.yaml").read_text()
+    return tuple(
+        Claim(
+            str(cid),
+            entry["claim"],
+            tuple(_comparisons(entry)),
+            size=entry.get("size", ""),
+            pending=entry.get("pending", ""),
+        )
+        for cid, entry in yaml.safe_load(text).items()
+    )
+
+
+def paper_lookup(table: str, row: str, metric: str) -> Number | str:
+    """The paper's own number for a claim's row: the claims must hold on the paper."""
+    name, _, key = row.partition(" @ ")
+    value = ex.paper_row(table=table, row=name, key=key or None).get(metric)
+    return "the paper reports no value" if value is None else Number(float(value))
+
+
+def records_lookup(records: pd.DataFrame) -> Callable[[str, str, str], Number | str]:
+    """The reproduced number of (table, row, metric) from the report's records, or why none.
+    A row answered by a released checkpoint (T5's DiT-XL/2 @ 7M) is found in its table."""
+
+    def lookup(table: str, row: str, metric: str) -> Number | str:
+        if not len(records):
+            return f"{row}: no run of this config answers it"
+        released = f"{tables.SOURCE_LABELS.get(table, table)}: {row}"
+        mine = records[
+            (records["metric"] == metric)
+            & records["node"].notna()
+            & (
+                ((records["table"] == table) & (records["row"] == row))
+                | ((records["table"] == tables.RELEASED_TABLE.key) & (records["row"] == released))
+            )
+        ]
+        if not len(mine):
+            return f"{row}: no run of this config answers it"
+        for rec in mine.itertuples():
+            if rec.status in tables.VERDICTS and not pd.isna(rec.reproduced):
+                low = None if pd.isna(rec.low) else float(rec.low)
+                high = None if pd.isna(rec.high) else float(rec.high)
+                return Number(float(rec.reproduced), low, high, rec.node)
+        rec = next(mine.itertuples())
+        return f"{row}: {rec.node} is {rec.status}"
+
+    return lookup
+
+
+def _sides(metric: str, number: Number) -> tuple[float, float]:
+    """(below, above): how far one reproduced number may lie below / above its value: each
+    side of its interval (never negative, as tolerances.difference_interval) in quadrature
+    with its training-seed noise."""
+    below = 0.0 if number.low is None else max(number.value - number.low, 0.0)
+    above = 0.0 if number.high is None else max(number.high - number.value, 0.0)
+    seed = tolerances.paper_half_width(metric, number.value, LEVEL)
+    return math.hypot(below, seed), math.hypot(above, seed)
+
+
+def compare(comparison: Comparison, lower: Number, higher: Number) -> Outcome:
+    """Whether the reproduction has `lower` below `higher` (see the module docstring)."""
+    below_a, above_a = _sides(comparison.metric, lower)
+    below_b, above_b = _sides(comparison.metric, higher)
+    diff = lower.value - higher.value
+    low, high = diff - math.hypot(below_a, above_b), diff + math.hypot(above_a, below_b)
+    if high < 0:
+        status = "holds"
+    elif low > 0 or low == high == 0:  # equal deterministic counts: not lower
+        status = "fails"
+    else:
+        status = "inconclusive"
+    basis = (
+        f"{comparison.text()}: {lower.value:.4g} vs {higher.value:.4g}, difference "
+        f"{diff:+.3g} in [{low:+.3g}, {high:+.3g}] at {LEVEL:.0%}: {status}"
+    )
+    return Outcome(status, basis)
+
+
+def evaluate(claim: Claim, lookup: Callable[[str, str, str], Number | str]) -> Outcome:
+    """The claim's status, resting on the comparisons that decide it (see the docstring)."""
+    if claim.pending:
+        return Outcome("pending", claim.pending)
+    outcomes = [_outcome(comparison, lookup) for comparison in claim.comparisons]
+    statuses = {o.status for o in outcomes}
+    status = next(s for s in ("fails", "pending", "inconclusive", "holds") if s in statuses)
+    # each reason once: many comparisons wait for the same run
+    deciding = dict.fromkeys(
+        part for o in outcomes if o.status == status for part in o.basis.split(" | ")
+    )
+    return Outcome(status, " | ".join(deciding))
+
+
+def details(claim: Claim, lookup: Callable[[str, str, str], Number | str]) -> list[str]:
+    """Every comparison of a claim and its outcome, in the order of claims.yaml."""
+    out = []
+    for comparison in claim.comparisons:
+        outcome = _outcome(comparison, lookup)
+        pending = outcome.status == "pending"  # its reasons do not name the comparison
+        out.append(f"{comparison.text()}: {outcome.basis}" if pending else outcome.basis)
+    return out
+
+
+def _outcome(comparison: Comparison, lookup) -> Outcome:
+    a = lookup(*comparison.lower, comparison.metric)
+    b = lookup(*comparison.higher, comparison.metric)
+    missing = [side for side in (a, b) if isinstance(side, str)]
+    if missing:
+        return Outcome("pending", " | ".join(missing))
+    return compare(comparison, a, b)
+
+
+def claim_lines(records: pd.DataFrame) -> list[dict]:
+    """Template rows of the claims table, one per claim of claims.yaml."""
+    lookup = records_lookup(records)
+    lines = []
+    for claim in load():
+        outcome = evaluate(claim, lookup)
+        lines.append(
+            {
+                "id": claim.id,
+                "claim": claim.text,
+                "size": claim.size,
+                "status": outcome.status,
+                "basis": outcome.basis,
+                "details": details(claim, lookup) if len(claim.comparisons) > 1 else [],
+            }
+        )
+    return lines
