@@ -717,3 +717,45 @@ def test_defaults_are_the_official_ones():
     assert named_betas(name="linear", num_steps=2).shape == (2,)
     with pytest.raises(ValueError, match="num_steps must be >= 2, got 1"):
         named_betas(name="linear", num_steps=1)
+
+
+def test_guidance_accepts_its_whole_range_and_names_what_it_refuses():
+    """cfg_scale 0 (the unconditional model) and 0.5 are valid, negatives and NaN are not;
+    guiding 1 channel is valid; model kwargs reach the model with and without guidance; more
+    guided channels than eps channels is refused naming both."""
+    net = TinyDenoiser()
+    for scale in (0.0, 0.5, 1.0, 4.0):
+        ClassifierFreeGuidance(net, cfg_scale=scale)
+    for bad in (-0.5, float("nan")):
+        with pytest.raises(ValueError, match=r"cfg_scale must be a number >= 0, got"):
+            ClassifierFreeGuidance(net, cfg_scale=bad)
+    with pytest.raises(ValueError, match=r"pass null_class= \(the index of the unconditional"):
+        ClassifierFreeGuidance(nn.Identity(), cfg_scale=1.5)
+    x, t, y = torch.randn(2, C, H, H), torch.tensor([3, 4]), torch.tensor([0, 1])
+    one = ClassifierFreeGuidance(net, cfg_scale=2.0, guidance_channels=1)
+    with torch.no_grad():
+        out, plain = one(x, t, y), net(x, t, y)
+    torch.testing.assert_close(out[:, 1:], plain[:, 1:])
+    assert not torch.allclose(out[:, :1], plain[:, :1])
+    seen = []
+
+    def spy(x, t, y, **kwargs):
+        seen.append(kwargs)
+        return net(x, t, y)
+
+    for scale in (1.0, 2.0):
+        ClassifierFreeGuidance(spy, cfg_scale=scale, null_class=10)(x, t, y, extra=1)
+    assert seen == [{"extra": 1}, {"extra": 1}]
+    wide = ClassifierFreeGuidance(net, cfg_scale=2.0, guidance_channels=C + 1)
+    with pytest.raises(ValueError, match=rf"guidance_channels={C + 1} exceeds the {C} eps"):
+        wide(x, t, y)
+
+
+def test_seeded_generator_is_seedsequence_written_out():
+    """Sample i of seed s must be the same stream in every version (resumed and re-run jobs
+    mix shards): the seed is SeedSequence(words)'s first two uint32 words, high word first."""
+    from udit.diffusion.noise import seeded_generator
+
+    for words in [(0,), (0, 1), (7, 3, 2), (2**40, 5)]:
+        hi, lo = np.random.SeedSequence(list(words)).generate_state(2, dtype=np.uint32)
+        assert seeded_generator(*words).initial_seed() == (int(hi) << 32) | int(lo)
