@@ -777,3 +777,16 @@ def test_checkpoint_paths_are_the_documented_layout():
         "results/u-dit-b/train/checkpoints/ckpt-0400000.pt"
     )
     assert paths.checkpoint("r", "x", "0000008") == "r/x/train/checkpoints/ckpt-0000008.pt"
+
+
+def test_gaussian_fits_are_float64_whatever_the_feature_dtype():
+    """ADM computes mu/sigma in float64; float32 features or float32 stored statistics must give
+    the float64 answer (torch-fidelity's own covariance would stay in float32)."""
+    x32 = _gaussian_features(50, 6, 11).astype(np.float32)
+    got = scores.gaussian_stats(x32)
+    same = scores.gaussian_stats(x32.astype(np.float64))
+    np.testing.assert_allclose(got["sigma"], same["sigma"], rtol=1e-12)
+    ref64 = scores.gaussian_stats(_gaussian_features(50, 6, 12))
+    ref32 = {k: v.astype(np.float32) for k, v in ref64.items()}
+    as64 = {k: v.astype(np.float64) for k, v in ref32.items()}
+    assert scores.frechet_distance(got, ref32) == scores.frechet_distance(got, as64)
