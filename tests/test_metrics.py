@@ -790,3 +790,29 @@ def test_gaussian_fits_are_float64_whatever_the_feature_dtype():
     ref32 = {k: v.astype(np.float32) for k, v in ref64.items()}
     as64 = {k: v.astype(np.float64) for k, v in ref32.items()}
     assert scores.frechet_distance(got, ref32) == scores.frechet_distance(got, as64)
+
+
+def test_npz_images_use_the_first_n_and_refuse_what_the_file_lacks(tmp_path):
+    """evaluate's --num-samples reaches NpzImages as `limit`: 1..N images are the first ones,
+    0 or more than the file holds is refused naming both counts; an empty batch is refused,
+    one image is a batch; the memmap is read-only."""
+    path = tmp_path / "s.npz"
+    pixels = np.arange(5 * 2 * 2 * 3, dtype=np.uint8).reshape(5, 2, 2, 3)
+    np.savez(path, arr_0=pixels)
+    assert len(NpzImages(path)) == 5 and len(NpzImages(path, limit=5)) == 5
+    assert len(NpzImages(path, limit=1)) == 1
+    three = NpzImages(path, limit=3)
+    assert len(three) == 3 and torch.equal(three[2], torch.from_numpy(pixels[2]).permute(2, 0, 1))
+    for bad in (0, 6):
+        with pytest.raises(BadValueError, match=rf"asked for {bad} images, file holds 5"):
+            NpzImages(path, limit=bad)
+    assert not open_npz_array(path, "arr_0").flags.writeable
+    one = tmp_path / "one.npz"
+    np.savez(one, arr_0=pixels[:1])
+    assert len(NpzImages(one)) == 1
+    empty = tmp_path / "empty.npz"
+    np.savez(empty, arr_0=pixels[:0])
+    with pytest.raises(BadValueError, match=r"empty.npz: arr_0 holds no images"):
+        NpzImages(empty)
+    with pytest.raises(BadValueError, match=r"^images: arr_0 must be uint8"):
+        ArrayImages(pixels.astype(np.float32))
