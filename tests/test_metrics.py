@@ -816,3 +816,13 @@ def test_npz_images_use_the_first_n_and_refuse_what_the_file_lacks(tmp_path):
         NpzImages(empty)
     with pytest.raises(BadValueError, match=r"^images: arr_0 must be uint8"):
         ArrayImages(pixels.astype(np.float32))
+
+
+def test_kid_seed_reaches_the_subsets_and_bad_tags_are_named(capsys):
+    from udit import paths
+
+    ref, gen = _gaussian_features(40, 6, 7), _gaussian_features(60, 6, 8)
+    assert scores.kid(gen, ref, seed=1)["mean"] != scores.kid(gen, ref, seed=2)["mean"]
+    assert capsys.readouterr() == ("", "")  # no torch-fidelity progress bar in the job logs
+    with pytest.raises(ValueError, match="not an evaluation tag: '400000-cfg1.5'"):
+        paths.parse_eval_tag("400000-cfg1.5")  # six digits
