@@ -347,11 +347,11 @@ def case_snakemake_dry_run_quotes_paths(tmp_path):
         toy_cmd = shlex.split(next(ln for ln in out.splitlines() if " toy-data --out " in ln))
         assert toy_cmd[toy_cmd.index("--out") + 1] == f"{results}/data/toy32/images"
         assert toy_cmd[toy_cmd.index(">") + 1] == f"{results}/logs/make_toy_data/toy32.log"
-        run_dirs = [ln.strip() for ln in out.splitlines() if ln.strip().startswith("run_dir=")]
-        assert run_dirs and all(
-            len(shlex.split(ln)) == 1 and shlex.split(ln)[0].startswith(f"run_dir={results}/")
-            for ln in run_dirs
-        )
+        nodes = [ln.strip() for ln in out.splitlines() if " begin-node --run-dir " in ln]
+        for line in nodes:  # the training node's run folder (udit begin-node)
+            words = shlex.split(line.rstrip("\\").strip())
+            assert words[words.index("--run-dir") + 1].startswith(f"{results}/")
+        assert nodes
         evaluate_cmd = shlex.split(next(ln for ln in out.splitlines() if " evaluate --" in ln))
         assert evaluate_cmd[evaluate_cmd.index("--samples") + 1].startswith(f"{results}/")
 

@@ -341,13 +341,12 @@ def _recorded_inputs(path: Path) -> dict | None:
 def _evaluate_to(args, weights: Path) -> int:
     # hashed only when a result is there to compare with (a missing input is named below)
     features_out = features_path(args.out)
-    options = scored_inputs(
-        args.samples, args.reference, weights, args.num_samples, args.bootstrap, args.seed
-    )
     if args.out.exists() and outputs.replace_result(
         args.out,
         flag="--out",
-        options=options,
+        options=scored_inputs(
+            args.samples, args.reference, weights, args.num_samples, args.bootstrap, args.seed
+        ),
         recorded=_recorded_inputs,
         overwrite=args.overwrite,
     ):
