@@ -40,7 +40,16 @@ include: "workflow/rules/export.smk"
 # Reference batches, Inception weights, VAE and ImageNet the jobs about to run read: checked
 # here, after the DAG is built and before any job (none of it in a dry run).
 onstart:
+    hold_results_lock()
     check_external_inputs(workflow.dag)
+
+
+onsuccess:
+    RESULTS_LOCK.close()
+
+
+onerror:
+    RESULTS_LOCK.close()
 
 
 wildcard_constraints:

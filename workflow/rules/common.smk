@@ -1,6 +1,7 @@
 # Config validation, paths and input functions shared by every stage (functions only, no rules).
 # The experiment list itself is resolved by udit.experiments: one place for this DAG,
 # `udit plan` and `udit report`.
+import contextlib
 import os
 import shlex
 import sys
@@ -10,7 +11,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from udit import experiments as ex
-from udit import inputs, paths
+from udit import inputs, outputs, paths
 from udit import plan
 from udit.errors import UserError, one_screen
 from udit.models.spec import format_model_kw
@@ -504,6 +505,19 @@ def external_needs(jobs):
             kinds = ("images",)  # pixel-space training reads the folder itself
         needs |= {(kind, "" if kind == "inception" else dataset) for kind in kinds}
     return needs
+
+
+# One Snakemake run per results folder: Snakemake's own lock is per working directory, and a
+# second run from another one would delete, as outputs of its refused jobs, what the first run
+# is writing. Held from onstart (jobs run with --no-hooks) to the end of the process.
+RESULTS_LOCK = contextlib.ExitStack()
+
+
+def hold_results_lock():
+    try:
+        RESULTS_LOCK.enter_context(outputs.locked(Path(R), flag="results folder"))
+    except UserError as err:
+        raise WorkflowError(one_screen(str(err))) from None
 
 
 def check_external_inputs(dag):
