@@ -268,7 +268,7 @@ def forward_macs(model: torch.nn.Module, size: int) -> float:
 
 def time_sampling(name: str, *, args, device, precision: str) -> dict:
     """DDPM-250 with guidance: `--sample-steps` timed steps after one warm-up, extrapolated."""
-    from udit.sample import AutocastForward
+    from udit.sampling.sampler import AutocastForward
 
     size, n = args.input_size, args.sample_batch
     model = build_model(name, args)

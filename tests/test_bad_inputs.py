@@ -24,11 +24,12 @@ from pathlib import Path
 
 import pytest
 
-from udit import errors, plan, sample
+from udit import errors, plan
 from udit import experiments as ex
 from udit.data import features, latents, toy, vae
 from udit.metrics import evaluate, reference, standin
 from udit.report import render
+from udit.sampling import cli as sample
 from udit.training import loop
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,7 +22,7 @@ from udit.data.toy import generate_toy_data
 from udit.io import sha256_file
 from udit.metrics import evaluate, inception, reference
 from udit.models import create_model
-from udit.sample import main as sample_main
+from udit.sampling.cli import main as sample_main
 from udit.training import store
 from udit.training.loop import TrainOptions, with_cache_vae
 from udit.training.loop import main as train_main

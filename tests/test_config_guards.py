@@ -260,62 +260,135 @@ def test_dataset_image_size_bounds(tmp_path, size, named):
         ex.resolve_experiments(ex.load_config(path))
 
 
-# ------------------------------------------------------------------ model_kw reaches a job whole
+# ------------------------------------------------------------- job options reach a job whole
 JSON_VALUES = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(-(2**53), 2**53)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner),
     max_leaves=8,
 )
+# A value of each TrainOptions field type, as a config would write it
+TRAIN_FIELD_VALUES = {
+    "model": st.text(min_size=1, max_size=12),
+    "seed": st.integers(0, 2**63 - 1),
+    "lr": st.floats(1e-12, 1.0) | st.integers(1, 1),  # an int where a float is expected widens
+    "checkpoint_minutes": st.floats(0, 1e6) | st.integers(0, 10**6),
+    "pixel": st.booleans(),
+    "stop_at": st.none() | st.integers(1, 10**8),
+    "latents": st.none() | st.text(max_size=12),
+    "milestones": st.lists(st.integers(1, 10**8), max_size=4),
+    "model_kw": st.dictionaries(
+        st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True), JSON_VALUES
+    ),
+}
+
+
+def _train_parser():
+    from udit.training.loop import TrainOptions, build_parser
+
+    return build_parser(), TrainOptions
 
 
 @settings(deadline=None)
-@given(
-    st.dictionaries(st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True), JSON_VALUES, max_size=5)
+@given(st.fixed_dictionaries({}, optional=TRAIN_FIELD_VALUES))
+def test_train_options_survive_json_whole(values):
+    """What a config writes (1e-06, None, True, lists, nested objects, strings that look like
+    numbers) is what `udit train --options` parses, each as its field's type: JSON -> argv ->
+    parse is the identity (lists become tuple fields, ints become float fields)."""
+    import json
+
+    from udit.cli import parse_args
+
+    parser, options = _train_parser()
+    argv = ["--options", json.dumps(values), "--run-dir", "r", "--total-steps", "1", "--model", "m"]
+    argv += ["--images", "i"] if values.get("latents") is None else []
+    args = vars(parse_args(parser, argv, options))
+    for key, value in values.items():
+        got = args[key]
+        if key == "model":
+            assert got == "m"  # a flag given as well wins
+        elif key == "milestones":
+            assert got == tuple(value)
+        elif key in ("lr", "checkpoint_minutes"):
+            assert type(got) is float and got == value
+        else:
+            assert got == value and type(got) is type(value)
+
+
+@pytest.mark.parametrize(
+    "values, named",
+    [
+        ({"seed": "7"}, "seed must be int"),
+        ({"seed": 7.0}, "seed must be int"),
+        ({"seed": True}, "seed must be int"),
+        ({"pixel": "yes"}, "pixel must be bool"),
+        ({"milestones": [1, "2"]}, "milestones must be"),
+        ({"lr": None}, "lr must be float"),
+        ({"modle": "x"}, "unknown option 'modle'"),
+        ({"dry_run": True}, "unknown option 'dry_run'"),
+        ([1, 2], "must be a JSON object"),
+    ],
 )
-def test_model_kw_survives_the_shell_whole(model_kw):
-    """What a config writes (1e-06, None, True, lists, strings that look like numbers) is what the
-    command parses: format -> shlex -> argv -> parse is the identity (tuples become lists)."""
+def test_train_options_of_the_wrong_type_are_refused(values, named):
+    import json
+
+    from udit.cli import parse_args
+    from udit.errors import BadValueError
+
+    parser, options = _train_parser()
+    with pytest.raises(BadValueError, match=named):
+        parse_args(parser, ["--options", json.dumps(values)], options)
+
+
+def _dry_run_jobs(tmp_path, raw: dict) -> list[list[str]]:
+    """The argv of every train/sample job a `snakemake -n -p` of config `raw` prints."""
     import shlex
 
-    from udit.models.spec import format_model_kw, parse_model_kw
-
-    argv = shlex.split(shlex.join(format_model_kw(model_kw)))
-    assert parse_model_kw(argv) == model_kw
-
-
-def test_the_dag_passes_model_kw_values_as_the_config_wrote_them(tmp_path):
-    """The real DAG: a float written 1.0e-06, a list and a number-like string reach `udit train`
-    with their types (str() + YAML 1.1 turned 1e-06 into the string '1e-06')."""
-    import shlex
-
-    from udit.models.spec import parse_model_kw
-
-    raw = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
-    raw["base"] = str(ROOT / "config" / "paper.yaml")
-    raw["results"] = str(tmp_path / "results")
-    raw["scale"]["only"] = ["u-dit-s"]
-    want = {
-        "hidden_size": 16,
-        "num_heads": 2,
-        "class_dropout_prob": 1.0e-06,
-        "depths": [1, 1, 1, 1, 1],
-    }
-    raw["scale"]["model_kw"]["U-DiT-S"] = want
     config = write(tmp_path / "kw.yaml", yaml.safe_dump(raw))
     ran = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "-p", "--forceall", "--configfile", str(config)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert ran.returncode == 0, ran.stderr[-3000:]
-    train = next(
-        line for line in ran.stdout.splitlines() if " train " in line and "--model-kw" in line
-    )
-    words = shlex.split(train)
-    start = words.index("--model-kw") + 1
-    end = next(i for i in range(start, len(words)) if words[i].startswith("--"))
-    got = parse_model_kw(words[start:end])
-    assert got == want and isinstance(got["class_dropout_prob"], float)
+    lines = [line for line in ran.stdout.splitlines() if " --options " in line]
+    return [shlex.split(line.split(">")[0]) for line in lines]
+
+
+def test_the_dag_passes_job_options_as_the_config_wrote_them(tmp_path):
+    """The real DAG and the real command: a float written 1.0e-06, a list and a guidance scale
+    reach `udit train` / `udit sample` with their types (a flag list turned 1e-06 into '1e-06'
+    once), checked by each command's own --dry-run on the argv the DAG prints."""
+    import json
+
+    raw = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    raw["base"] = str(ROOT / "config" / "paper.yaml")
+    raw["results"] = str(tmp_path / "results")
+    raw["scale"]["only"] = ["u-dit-b"]
+    want = {
+        "hidden_size": 16,
+        "num_heads": 2,
+        "class_dropout_prob": 1.0e-06,
+        "depths": [1, 1, 1, 1, 1],
+    }
+    raw["scale"]["model_kw"]["U-DiT-B"] = want
+    jobs = _dry_run_jobs(tmp_path, raw)
+    train = next(words for words in jobs if "train" in words)
+    argv = train[train.index("train") + 1 :]
+    latents = Path(json.loads(argv[argv.index("--options") + 1])["latents"])
+    latents.mkdir(parents=True)
+    (latents / "manifest.json").write_text("{}")  # --dry-run checks that the cache is there
+    ran = subprocess.run(
+        [sys.executable, "-m", "udit.cli", "train", *argv, "--dry-run"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    got = json.loads(ran.stdout)
+    assert got["model_kw"] == want and isinstance(got["model_kw"]["class_dropout_prob"], float)
+    assert got["model"] == "U-DiT-B" and got["stop_at"] in got["milestones"]
+    samples = [json.loads(w[w.index("--options") + 1]) for w in jobs if "sample" in w]
+    guided = [options for options in samples if options["cfg_scale"] == 1.5]
+    assert guided, "the smoke config samples U-DiT-B with guidance 1.5"
+    assert all("model" not in options for options in samples)  # the checkpoint carries it

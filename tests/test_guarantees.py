@@ -32,7 +32,7 @@ from test_bad_inputs_faults import sample_argv as tiny_sample_argv
 from udit import argtypes, distributed, errors, outputs, stop
 from udit.data.toy import generate_toy_data
 from udit.metrics import evaluate
-from udit.sample import main as sample_main
+from udit.sampling.cli import main as sample_main
 from udit.training.loop import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -257,7 +257,7 @@ def test_lock_is_exclusive_across_processes_and_released_on_exit(tmp_path):
 
 def cli_parsers():
     from udit.metrics.evaluate import main as _  # noqa: F401  (imports the parsers' modules)
-    from udit.sample import build_parser as sample_parser
+    from udit.sampling.cli import build_parser as sample_parser
     from udit.training.loop import build_parser as train_parser
 
     base_train = ["--model", "DiT-S/2", "--run-dir", "r", "--latents", "l", "--total-steps", "4"]

@@ -1,4 +1,4 @@
-"""Classifier-free guidance as `udit sample` applies it (udit.sample.sample_batch / generate).
+"""Classifier-free guidance as `udit sample` applies it (udit.sampling: sample_batch, generate).
 
 An "echo" network stands in for the denoiser: its 8 output channels encode the label it was
 given, and it records every call, so the null label, the batch doubling and which channels
@@ -14,9 +14,12 @@ import pytest
 import torch
 from torch import nn
 
-from udit import sample
 from udit.diffusion import create_diffusion
 from udit.models import create_model
+from udit.sampling.cli import main as sample_main
+from udit.sampling.generate import generate
+from udit.sampling.options import SampleOptions
+from udit.sampling.sampler import sample_batch
 
 C, SIDE, NUM_CLASSES = 4, 4, 10  # latent channels, side, classes (null label = 10)
 SCALE = 4.0  # cfg scale: large, so guided and unguided channels are far apart
@@ -69,7 +72,7 @@ EPS_0_TO_2 = (0, 1, 2)  # DiT / U-DiT: guidance on the first three channels
 
 def _run(model: nn.Module, *, cfg_scale: float, guidance_channels=3):
     """sample_batch as generate() calls it (pixel path: no VAE), 2 respaced DDPM steps."""
-    images, labels = sample.sample_batch(
+    images, labels = sample_batch(
         model=model,
         diffusion=create_diffusion("2"),  # t = 999 then t = 0
         vae=None,
@@ -184,7 +187,7 @@ COMMON = {"num_samples": 2, "steps": 3, "batch_size": 2, "seed": 1, "cfg_scale":
 
 
 def _generate(ckpt, out, **kw) -> tuple[np.ndarray, dict]:
-    sample.generate(checkpoint=str(ckpt), out=str(out), device="cpu", **COMMON, **kw)
+    generate(SampleOptions(checkpoint=str(ckpt), out=str(out), device="cpu", **COMMON, **kw))
     with np.load(out) as data:
         images = data["arr_0"]
     return images, json.loads(out.with_name(out.name + ".json").read_text())["config"]
@@ -204,7 +207,7 @@ def test_default_guidance_channels_are_3_in_generate_and_the_cli(latent_ckpt, tm
     argv = ["--checkpoint", str(latent_ckpt), "--out", str(cli_out), "--device", "cpu"]
     for key, value in COMMON.items():
         argv += [f"--{key.replace('_', '-')}", str(value)]
-    assert sample.main(argv) == 0  # no --guidance-channels: the CLI default
+    assert sample_main(argv) == 0  # no --guidance-channels: the CLI default
     with np.load(cli_out) as data:
         np.testing.assert_array_equal(data["arr_0"], three)
     config = json.loads(cli_out.with_name("cli.npz.json").read_text())["config"]

@@ -49,7 +49,7 @@ from udit.data.vae import save_tiny_vae
 from udit.io import sha256_file
 from udit.metrics import evaluate, reference, standin
 from udit.report import main as report_main
-from udit.sample import main as sample_main
+from udit.sampling.cli import main as sample_main
 from udit.training.loop import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,8 +5,12 @@ import re
 from pathlib import Path
 
 import pytest
-import tomllib
 import yaml
+
+try:
+    import tomllib  # novermin (3.11+; the except takes over on 3.10)
+except ModuleNotFoundError:  # Python 3.10: the dev extras install tomli there
+    import tomli as tomllib
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,3 +103,20 @@ def test_a_non_editable_install_plans_the_paper_config(tmp_path):
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert ran.stdout.splitlines()[0].startswith(purelib)  # the installed copy ran
     assert "training: 80 nodes" in ran.stdout and "total: " in ran.stdout, ran.stdout[-2000:]
+
+
+def test_the_sources_run_on_the_oldest_python_pyproject_allows():
+    """`requires-python` is a promise: vermin reads every module's syntax and standard-library
+    use (typing.Self, tomllib and hashlib.file_digest are 3.11) and names what needs more."""
+    import subprocess
+    import sys
+
+    oldest = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    version = re.fullmatch(r">=\s*(3\.\d+)", oldest).group(1)
+    ran = subprocess.run(
+        [Path(sys.executable).parent / "vermin", f"-t={version}-", "--no-tips", "--violations",
+         "--eval-annotations", "--backport", "typing",
+         "udit", "benchmarks", "tests", "scripts"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-1000:]

@@ -37,7 +37,7 @@ from udit.report import (
     tolerances,
 )
 from udit.report import metrics_json as metrics_json_module
-from udit.sample import image_grid
+from udit.sampling.shards import image_grid
 
 SMOKE = Path(__file__).resolve().parents[1] / "config" / "smoke.yaml"
 SHA_STANDIN = "0123abcd" * 8  # not the official 6726825d... prefix
@@ -117,7 +117,7 @@ def toy_samples(n: int = 16, side: int = 32, seed: int = 0) -> np.ndarray:
 
 
 def write_samples(results: Path, eid: str, tag: str, labels: list[int]) -> np.ndarray:
-    """A grid laid out by udit.sample.image_grid (the real layout) and the npz's labels."""
+    """A grid laid out by udit.sampling.shards.image_grid (the real layout) and the npz's labels."""
     images = toy_samples(len(labels))
     grid = results / eid / "samples" / f"{tag}.png"
     grid.parent.mkdir(parents=True, exist_ok=True)
@@ -637,7 +637,7 @@ def test_released_checkpoints_rendered_when_evaluated(tmp_path):
 def test_samples_over_training_strips(smoke_report):
     out, results, _ = smoke_report
     experiments = ex.resolve_experiments(ex.load_config(SMOKE))
-    # the first grid row of a grid written with udit.sample's layout = samples 0..3
+    # the first grid row of a grid written with udit.sampling's layout = samples 0..3
     strip = samples.first_row(results / "u-dit-b" / "samples" / "0000004-cfg1.0.png", 16)
     assert np.array_equal(strip, np.concatenate(list(toy_samples(16)[:4]), axis=1))
     assert samples.first_labels(results / "u-dit-b" / "samples" / "0000008-cfg1.0.npz", 4) == [

@@ -1,4 +1,5 @@
-"""`udit sample`: ADM npz layout, per-sample determinism, resume after SIGKILL, DDP, cfg, weights.
+"""`udit sample`: ADM npz layout, per-sample determinism, resume after SIGKILL, DDP, cfg, weights,
+the model options a training checkpoint carries, the batch generator and the shard claim.
 
 A tiny pixel-space DiT (8x8 RGB, 4 classes) with perturbed weights (the final layer is
 zero-initialised, which would make every sample pure noise-free output) is sampled for a few
@@ -18,8 +19,15 @@ import numpy as np
 import pytest
 import torch
 
+from udit import distributed
+from udit.distributed import DistInfo
 from udit.models import create_model
-from udit.sample import generate, main
+from udit.sampling import shards
+from udit.sampling.batches import Batch, batches, bind_sampler
+from udit.sampling.checkpoint import build_model
+from udit.sampling.cli import build_parser, main
+from udit.sampling.generate import generate, resolve
+from udit.sampling.options import SampleOptions
 from udit.stop import EXIT_STOPPED
 
 IMAGE = 8  # pixels
@@ -63,7 +71,7 @@ def ckpts(tmp_path_factory):
 
 def _sample(ckpt: Path, out: Path, **kw) -> dict:
     base = {"num_samples": 6, "steps": STEPS, "batch_size": 4, "device": "cpu", "seed": 3}
-    generate(checkpoint=str(ckpt), out=str(out), **{**base, **kw})
+    generate(SampleOptions(checkpoint=str(ckpt), out=str(out), **{**base, **kw}))
     with np.load(out) as data:
         return {k: data[k] for k in data.files}
 
@@ -241,7 +249,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(ckpts, tmp_path):
         [
             sys.executable,
             "-m",
-            "udit.sample",
+            "udit.sampling",
             *_cli(ckpt, out, "--batch-size", "2", "--pause-after-shard", "30"),
         ],
         env=SUBPROCESS_ENV,
@@ -275,7 +283,7 @@ def test_stop_signal_ends_at_a_shard_boundary_and_resumes(ckpts, tmp_path):
     ckpt = ckpts / "train.pt"
     reference = _sample(ckpt, tmp_path / "ref.npz", num_samples=8, batch_size=8)
     out, parts = tmp_path / "stopped.npz", tmp_path / "stopped.npz.parts"
-    cli = [sys.executable, "-m", "udit.sample", *_cli(ckpt, out, "--batch-size", "2")]
+    cli = [sys.executable, "-m", "udit.sampling", *_cli(ckpt, out, "--batch-size", "2")]
     proc = subprocess.Popen(
         [*cli, "--pause-after-shard", "2"],
         env=SUBPROCESS_ENV,
@@ -311,7 +319,7 @@ def test_two_processes_match_one(ckpts, tmp_path):
         "--nproc_per_node",
         "2",
         "-m",
-        "udit.sample",
+        "udit.sampling",
         *_cli(ckpt, out, "--batch-size", "3", "--keep-parts"),
     ]
     result = subprocess.run(
@@ -399,8 +407,167 @@ def test_u_dit_samples_are_batch_invariant(tmp_path):
 
 def test_pixels_to_uint8_as_dit_sample_ddp():
     """clamp(127.5 x + 128, 0, 255) then truncation: 0 -> 128 (not 127), -1 -> 0, 1 -> 255."""
-    from udit.sample import to_uint8
+    from udit.sampling.sampler import to_uint8
 
     x = torch.tensor([-2.0, -1.0, -0.5, 0.0, 0.001, 0.5, 1.0, 3.0], dtype=torch.float64)
     assert to_uint8(x).tolist() == [0, 0, 64, 128, 128, 191, 255, 255]
     assert to_uint8(x).dtype == torch.uint8
+
+
+# ----------------------------------------------------------------------------- model options
+
+
+def _argv(ckpt: Path, out: Path, *extra: str) -> list[str]:
+    base = ["--num-samples", "3", "--steps", "2", "--batch-size", "3", "--device", "cpu"]
+    return ["--checkpoint", str(ckpt), "--out", str(out), *base, *extra]
+
+
+def test_options_from_a_training_checkpoint_take_its_model_fields(ckpts, tmp_path):
+    """No model flag: the model, its kw, classes, size and space are the checkpoint's "args"."""
+    args = build_parser().parse_args(_argv(ckpts / "train.pt", tmp_path / "s.npz"))
+    opts = SampleOptions.from_args(args)
+    assert {k: v for k, v in opts.given_model().items() if v} == {}  # nothing given
+    state, run = resolve(opts, torch.device("cpu"))
+    assert run.model == {
+        "model": "DiT-S/2",
+        "model_kw": TINY,
+        "num_classes": CLASSES,
+        "image_size": IMAGE,
+        "pixel": True,
+        "vae": None,  # pixel space: no VAE, whatever the default
+    }
+    assert run.shape == (3, IMAGE, IMAGE) and run.vae is None
+    assert {k: run.config[k] for k in run.model} == run.model  # the shard config records them
+    assert state["args"]["model"] == "DiT-S/2"
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "recorded"),
+    [
+        ("--model", "DiT-B/2", "model='DiT-S/2'"),
+        ("--model-kw", "depth=2", "model_kw="),
+        ("--num-classes", "10", f"num_classes={CLASSES}"),
+        ("--image-size", "16", f"image_size={IMAGE}"),
+    ],
+)
+def test_a_model_flag_that_differs_from_a_training_checkpoint_is_refused(
+    ckpts, tmp_path, capsys, flag, value, recorded
+):
+    out = tmp_path / "s.npz"
+    assert main(_argv(ckpts / "train.pt", out, flag, value)) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"udit sample: error: {flag} ")
+    assert "contradicts the checkpoint" in lines[0] and recorded in lines[0]
+    assert not out.exists() and not out.with_suffix(".png").exists()
+
+
+def test_model_flags_equal_to_a_training_checkpoint_are_accepted(ckpts, tmp_path):
+    """Older command lines (the DAG sent every model flag) keep working: equal values, the
+    model's slug, a subset of the trained model_kw."""
+    plain = tmp_path / "plain.npz"
+    assert main(_argv(ckpts / "train.pt", plain)) == 0
+    equal = tmp_path / "equal.npz"
+    flags = ["--model", "dit-s-2", "--model-kw", "depth=1", "hidden_size=32", "--pixel"]
+    flags += ["--num-classes", str(CLASSES), "--image-size", str(IMAGE)]
+    assert main(_argv(ckpts / "train.pt", equal, *flags)) == 0
+    with np.load(plain) as a, np.load(equal) as b:
+        for key in ("arr_0", "arr_1"):
+            np.testing.assert_array_equal(a[key], b[key])
+    configs = [json.loads(Path(f"{p}.json").read_text())["config"] for p in (plain, equal)]
+    assert configs[0] == configs[1]
+
+
+def test_options_json_is_the_same_as_flags(ckpts, tmp_path):
+    """What a DAG job passes (--options, typed JSON) samples what the same flags sample."""
+    flags, options = tmp_path / "flags.npz", tmp_path / "options.npz"
+    assert main(_argv(ckpts / "train.pt", flags, "--cfg-scale", "1.5", "--seed", "7")) == 0
+    document = json.dumps({"cfg_scale": 1.5, "seed": 7, "model_kw": {"depth": 1}})
+    assert main(_argv(ckpts / "train.pt", options, "--options", document)) == 0
+    with np.load(flags) as a, np.load(options) as b:
+        np.testing.assert_array_equal(a["arr_0"], b["arr_0"])
+
+
+# ----------------------------------------------------------------------------- batches, shards
+
+
+def test_batches_are_the_same_samples_whatever_the_batch_size(ckpts):
+    """The generator over sample_batch: any chunking of the same indices (a rank's share is
+    not contiguous) gives the same images and labels, in the order of the indices."""
+    opts = SampleOptions(checkpoint="-", out="-.npz", steps=STEPS, seed=3, cfg_scale=1.5)
+    state = torch.load(ckpts / "train.pt", weights_only=True)
+    model_options = {"model": "DiT-S/2", "model_kw": TINY, "num_classes": CLASSES}
+    net = build_model(
+        checkpoint=state,
+        options=model_options,
+        in_channels=3,
+        input_size=IMAGE,
+        weights="ema",
+        device=torch.device("cpu"),
+    )
+    draw = bind_sampler(
+        opts,
+        model=net,
+        vae=None,
+        shape=(3, IMAGE, IMAGE),
+        num_classes=CLASSES,
+        device=torch.device("cpu"),
+    )
+    indices = [0, 2, 3, 5, 6]
+    runs = {}
+    for size in (1, 2, 3, 5, 8):
+        got = list(batches(draw, indices, size))
+        assert [len(b.indices) for b in got] == [min(size, 5 - k) for k in range(0, 5, size)]
+        assert [i for b in got for i in b.indices] == indices
+        runs[size] = (
+            np.concatenate([b.images for b in got]),
+            np.concatenate([b.labels for b in got]),
+        )
+    for images, labels in runs.values():
+        np.testing.assert_array_equal(images, runs[1][0])
+        np.testing.assert_array_equal(labels, runs[1][1])
+    assert runs[1][0].shape == (5, IMAGE, IMAGE, 3) and runs[1][0].dtype == np.uint8
+    assert len({img.tobytes() for img in runs[1][0]}) == 5  # each index its own noise
+
+
+def _shard(parts: Path, indices: list[int]) -> None:
+    images = np.zeros((len(indices), 2, 2, 3), dtype=np.uint8)
+    shards.write_shard(parts, Batch(indices, images, np.zeros(len(indices), dtype=np.int64)))
+
+
+def test_claim_deals_the_missing_indices_over_the_ranks(tmp_path, monkeypatch):
+    """Rank r computes missing[r::W]; indices a shard holds are not redone, and shards of a
+    longer earlier run (indices past num_samples) do not count."""
+    monkeypatch.setattr(distributed, "barrier", lambda info: None)  # ranks called in turn here
+    ranks = [
+        DistInfo(rank=r, world_size=2, local_rank=r, device=torch.device("cpu")) for r in (0, 1)
+    ]
+    parts, config = tmp_path / "s.npz.parts", {"seed": 3}
+
+    def claims(num_samples: int) -> list:
+        return [
+            shards.claim(parts=parts, config=config, num_samples=num_samples, info=info)
+            for info in ranks
+        ]
+
+    assert claims(7) == [([0, 2, 4, 6], 7), ([1, 3, 5], 7)]
+    _shard(parts, [1, 2])
+    assert claims(7) == [([0, 4, 6], 5), ([3, 5], 5)]
+    _shard(parts, [5, 6, 7, 8])  # from a run that asked for 9 samples
+    assert claims(6) == [([0, 4], 3), ([3], 3)]
+    assert claims(9) == [([0, 4], 3), ([3], 3)]
+    with pytest.raises(ValueError, match="seed"):  # never mixed with other options
+        shards.claim(parts=parts, config={"seed": 4}, num_samples=9, info=ranks[0])
+
+
+def test_fewer_samples_reuse_the_shards_of_a_longer_run(ckpts, tmp_path):
+    out = tmp_path / "s.npz"
+    longer = _sample(ckpts / "train.pt", out, num_samples=6, batch_size=3, keep_parts=True)
+    out.unlink()
+    made = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "s.npz.parts").glob("shard-*")}
+    shorter = _sample(ckpts / "train.pt", out, num_samples=4, batch_size=3, keep_parts=True)
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "s.npz.parts").glob("shard-*")}
+    assert after == made  # nothing recomputed
+    for key in ("arr_0", "arr_1"):
+        np.testing.assert_array_equal(shorter[key], longer[key][:4])

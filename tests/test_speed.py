@@ -133,7 +133,7 @@ def test_fused_rep_branches_equal_the_separate_convolutions():
 def test_image_grid_matches_torchvision_make_grid():
     from torchvision.utils import make_grid
 
-    from udit.sample import image_grid
+    from udit.sampling.shards import image_grid
 
     for n in (1, 5, 10):
         images = np.random.default_rng(n).integers(0, 256, (n, 4, 6, 3), dtype=np.uint8)
@@ -184,7 +184,7 @@ def test_speed_quick_writes_the_json_contract(tmp_path):
 
 
 def test_bf16_sampling_forward_runs_in_bf16_and_returns_fp32(one_thread):
-    from udit.sample import AutocastForward
+    from udit.sampling.sampler import AutocastForward
 
     model = _tiny("U-DiT-S").eval()
     x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([5, 900]), torch.tensor([1, 2])

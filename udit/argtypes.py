@@ -98,6 +98,7 @@ STEPS = Range("int", 1, MAX_STEPS)
 STEPS_OR_ZERO = Range("int", 0, MAX_STEPS)  # a step a run starts from: 0 is from scratch
 SAMPLES = Range("int", 1, MAX_SAMPLES)
 CLASSES = Range("int", 1, MAX_CLASSES)
+REPLICATES = Range("int", 1, 100)  # training seeds per experiment
 IMAGE_SIZE = Range("int", 1, MAX_IMAGE_SIZE)
 BATCH = Range("int", 1, MAX_BATCH)
 WORKERS = Range("int", 0, MAX_WORKERS)
@@ -125,4 +126,5 @@ CONFIG_KEYS = {
     "num_classes": CLASSES,
     "image_size": IMAGE_SIZE,
     "checkpoint_minutes": NONNEG,
+    "replicates": REPLICATES,
 }

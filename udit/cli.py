@@ -4,9 +4,13 @@ Every command module is also importable and exposes `main(argv) -> int`, so scri
 tests and Snakemake rules can call the same code (edm2 style).
 """
 
+import argparse
+import dataclasses
 import importlib
 import json
 import sys
+import types
+import typing
 
 # command -> module with a `main(argv: list[str] | None) -> int`
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -22,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "before a DAG training node: drop checkpoints past its start on its first attempt",
     ),
     "sample": (
-        "udit.sample",
+        "udit.sampling.cli",
         "draw class-conditional samples into an ADM-format .npz (resumable, torchrun-ready)",
     ),
     "build-reference": (
@@ -64,6 +68,97 @@ def dry_run(args) -> bool:
         print(json.dumps(options, indent=2, sort_keys=True, default=str))
         return True
     return False
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """One --options for the commands a DAG job runs (train, sample): every option as one JSON
+    object, typed as the config wrote it (edm2's options object), instead of a flag list."""
+    parser.add_argument(
+        "--options",
+        metavar="JSON",
+        help="options as one JSON object keyed by the flags' names (model_kw, cfg_scale, ...), "
+        "as --dry-run prints them; a flag given as well overrides its key",
+    )
+
+
+def parse_args(parser: argparse.ArgumentParser, argv, fields_of: type) -> argparse.Namespace:
+    """`parser.parse_args(argv)`, where `--options JSON` supplies the defaults: each key must be
+    a field of the dataclass `fields_of` and a flag of the parser, with a value of the field's
+    type (an int where a float is expected is widened; a list becomes a tuple field). Values
+    keep their JSON types, so 1e-06, null, lists and nested objects arrive as written."""
+    known, _ = _OPTIONS_ONLY.parse_known_args(argv)
+    if known.options is not None:
+        values = typed_options(known.options, fields_of, flags=_dests(parser))
+        parser.set_defaults(**values)
+        for action in parser._actions:  # a value from --options satisfies a required flag
+            action.required = action.required and action.dest not in values
+        for group in parser._mutually_exclusive_groups:
+            group.required = group.required and not any(
+                a.dest in values for a in group._group_actions
+            )
+    return parser.parse_args(argv)
+
+
+def typed_options(text: str, fields_of: type, *, flags: set[str]) -> dict:
+    """The JSON object `text` checked against the fields of dataclass `fields_of`."""
+    from udit.errors import BadValueError
+
+    try:
+        values = json.loads(text)
+    except ValueError as err:
+        raise BadValueError(f"--options is not JSON ({err}): {text[:200]!r}") from None
+    if not isinstance(values, dict):
+        raise BadValueError(f"--options must be a JSON object, got {type(values).__name__}")
+    hints = typing.get_type_hints(fields_of)
+    known = {f.name for f in dataclasses.fields(fields_of)} & flags
+    out = {}
+    for key, value in values.items():
+        if key not in known:
+            raise BadValueError(
+                f"--options: unknown option {key!r}; known: {', '.join(sorted(known))}"
+            )
+        ok, out[key] = _as_type(value, hints[key])
+        if not ok:
+            raise BadValueError(
+                f"--options: {key} must be {_type_name(hints[key])}, got {json.dumps(value)}"
+            )
+    return out
+
+
+def _as_type(value, hint) -> tuple[bool, object]:
+    """-> (whether `value` has type `hint`, the value as that type)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            ok, typed = _as_type(value, arg)
+            if ok:
+                return True, typed
+        return False, value
+    if hint is type(None):
+        return value is None, value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return True, float(value)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            return False, value
+        items = [_as_type(v, args[0]) for v in value]
+        return all(ok for ok, _ in items), tuple(v for _, v in items)
+    base = origin or hint
+    if base is int and isinstance(value, bool):
+        return False, value
+    return isinstance(value, base), value
+
+
+def _type_name(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _dests(parser: argparse.ArgumentParser) -> set[str]:
+    return {a.dest for a in parser._actions if a.dest != "help"}
+
+
+_OPTIONS_ONLY = argparse.ArgumentParser(add_help=False)
+_OPTIONS_ONLY.add_argument("--options")
 
 
 def _usage() -> str:

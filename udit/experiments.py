@@ -12,6 +12,7 @@ experiment list. Paper numbers are never copied into configs: an evaluation name
 and row of udit/paper/paper_numbers.yaml and they are read from there.
 """
 
+import dataclasses
 import difflib
 import functools
 import json
@@ -262,6 +263,10 @@ class Experiment:
     grad_accum: int = 1  # micro-batches per optimiser step (fewer or smaller GPUs)
     checkpoint_minutes: float = 30  # also checkpoint this often
     log_every: int = recipe().log_every  # steps between training-log lines
+    # The training lottery: replicate k of experiment `group` trains with the group's seed + k
+    # (k = 0 is the experiment itself); the report and the claims pool a group's replicates.
+    group: str = ""  # the config's experiment id this run is a replicate of (its own for k = 0)
+    replicate: int = 0
 
     @property
     def milestones(self) -> list[int]:
@@ -388,6 +393,11 @@ def expand_base(config: dict, *, root: str | Path, chain: tuple[str, ...] = ()) 
         raise ConfigError(
             f"scale.only names experiments not in {config['base']}: {', '.join(unknown)}"
         )
+    unknown = sorted(set(scale.get("replicated", {})) - set(wanted))
+    if unknown:
+        raise ConfigError(
+            f"scale.replicated names experiments this config does not run: {', '.join(unknown)}"
+        )
     _check_scale_model_kw(scale.get("model_kw", {}), base["experiments"], base=config["base"])
     expanded = dict(config)
     expanded["experiments"] = {
@@ -433,6 +443,8 @@ def _scaled(exp: dict, *, base: dict, scale: dict, eid: str) -> dict:
         out[key] = scale[key]
     if "log_every" in scale:  # optional: short toy runs log every step
         out["log_every"] = scale["log_every"]
+    if eid in scale.get("replicated", {}):
+        out["replicates"] = scale["replicated"][eid]
     out["size"] = scale.get("size", exp["size"])
     prefixes = [p for p in scale.get("model_kw", {}) if exp["model"].startswith(p)]
     if prefixes:  # longest prefix wins: 'DiT-UNet' before 'DiT-'
@@ -513,6 +525,7 @@ def resolve_experiments(config: dict) -> dict[str, Experiment]:
             seed=exp.get("seed", defaults["seed"]),
             evaluations=evaluations,
             title=exp.get("title", exp["model"]),
+            group=eid,
             model_kw=dict(exp.get("model_kw", {})),
             precision=exp.get("precision", defaults["precision"]),
             # harness settings, not the paper's recipe: the dataclass defaults unless set
@@ -527,7 +540,29 @@ def resolve_experiments(config: dict) -> dict[str, Experiment]:
                 f"{where}: global_batch {experiments[eid].global_batch} is not divisible by "
                 f"grad_accum {experiments[eid].grad_accum}"
             )
+        replicates = exp.get("replicates", defaults.get("replicates", 1))
+        for r in _replicates(experiments[eid], replicates):
+            if r.id in config["experiments"] or r.id in experiments:
+                raise ConfigError(f"{where}: replicate id {r.id!r} is an experiment id already")
+            experiments[r.id] = r
     return experiments
+
+
+def _replicates(exp: Experiment, count: int) -> list[Experiment]:
+    """Replicates 1..count-1 of `exp`: the same run with seeds seed + 1, seed + 2, ..."""
+    return [
+        dataclasses.replace(exp, id=paths.replicate(exp.id, exp.seed + k), seed=exp.seed + k,
+                            group=exp.id, replicate=k)
+        for k in range(1, count)
+    ]  # fmt: skip
+
+
+def replicate_groups(experiments: dict[str, Experiment]) -> dict[str, list[Experiment]]:
+    """Group id -> its replicates in order (an experiment without replicates: a group of 1)."""
+    groups: dict[str, list[Experiment]] = {}
+    for exp in experiments.values():
+        groups.setdefault(exp.group, []).append(exp)
+    return {gid: sorted(runs, key=lambda e: e.replicate) for gid, runs in groups.items()}
 
 
 def resolve_released(config: dict) -> dict[str, Released]:

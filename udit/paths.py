@@ -6,6 +6,10 @@
     {results}/{experiment}/train/log.jsonl                        udit train
     {results}/{experiment}/samples/{step}-cfg{cfg}.npz | .png     udit sample
     {results}/{experiment}/metrics/{step}-cfg{cfg}.json           udit evaluate
+    {results}/{experiment}/export/{step}/                         udit export
+    {results}/data/{dataset}/images/ | latents/ | reference.npz   toy-data, extract-latents,
+                                                                  build-reference
+    {results}/data/tiny-vae/, {results}/inception/standin.pth     tiny-vae, standin Inception
 
 `{step}-cfg{cfg}` is an evaluation tag ('0400000-cfg1.5'; 'released-cfg1.5' for an official
 checkpoint). Every function returns a plain string so the Snakefile can pass wildcard
@@ -44,6 +48,12 @@ def parse_eval_tag(tag: str) -> tuple[str, float]:
     return match.group(1), float(match.group(2))
 
 
+def replicate(experiment: str, seed: int) -> str:
+    """'u-dit-t', 7 -> 'u-dit-t-seed7': the id of an experiment's replicate trained with `seed`
+    (its first replicate keeps the plain id), so every replicate has its own run folder."""
+    return f"{experiment}-seed{seed}"
+
+
 def checkpoint_name(step: int | str) -> str:
     return f"ckpt-{step_tag(step)}.pt"
 
@@ -80,3 +90,34 @@ def flops(results) -> str:
 def speed(results) -> str:
     """Training/sampling speed measurement (benchmarks/speed.py --json): the report's Table 11."""
     return f"{results}/speed/speed.json"
+
+
+# --- data stage ------------------------------------------------------------------------------
+def data_images(results, dataset: str) -> str:
+    """A toy dataset's generated ImageFolder (`udit toy-data`)."""
+    return f"{results}/data/{dataset}/images"
+
+
+def latents_manifest(results, dataset: str) -> str:
+    """The manifest of a dataset's latent cache (`udit extract-latents`), shared by its runs."""
+    return f"{results}/data/{dataset}/latents/manifest.json"
+
+
+def reference(results, dataset: str) -> str:
+    """A dataset's reference statistics (`udit build-reference`) when the config names none."""
+    return f"{results}/data/{dataset}/reference.npz"
+
+
+def tiny_vae(results) -> str:
+    """The random-init AutoencoderKL of toy runs (`udit tiny-vae`)."""
+    return f"{results}/data/tiny-vae"
+
+
+def standin_inception(results) -> str:
+    """The seeded random-weight Inception of offline runs (`udit make-standin-inception`)."""
+    return f"{results}/inception/standin.pth"
+
+
+def export(results, experiment: str, step: int | str) -> str:
+    """The diffusers DiTPipeline folder of one milestone (`udit export`)."""
+    return f"{results}/{experiment}/export/{step_tag(step)}"

@@ -28,9 +28,11 @@ import math
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from statistics import NormalDist
 
 from udit import experiments as ex
-from udit.argtypes import POSITIVE
+from udit import power
+from udit.argtypes import POSITIVE, Range
 from udit.errors import BadValueError, command_main
 from udit.paper import recipe
 
@@ -568,6 +570,272 @@ def rates_note(throughput: Throughput) -> str:
     )
 
 
+# --- claims: power planning (udit plan --claims; statistics in udit/power.py) ---------------
+NOISE_COV = Range("float", 0, 1, low_open=True)  # --noise-cov: relative noise of one run
+CLAIM_TEXT_WIDTH = 72
+ROW_WIDTH = 32
+
+
+@dataclass(frozen=True)
+class Arm:
+    """Where the config reproduces one paper row: an evaluation of an experiment, or of a
+    released checkpoint (one network: it is sampled, never retrained)."""
+
+    experiment: str
+    step: int
+    tag: str
+    released: bool = False
+
+    def label(self) -> str:
+        if self.released:
+            return f"{self.experiment} (released)"
+        step = (
+            f"{self.step // 10**6}M"
+            if self.step >= 10**6 and self.step % 10**6 == 0
+            else f"{self.step // 1000}K"
+            if self.step >= 1000 and self.step % 1000 == 0
+            else self.step
+        )
+        guided = self.tag.partition("-")[2]
+        return f"{self.experiment}@{step}" + ("" if guided == "cfg1.0" else f"/{guided}")
+
+
+@dataclass
+class ComparisonPlan:
+    text: str  # 'FID U-DiT-S < DiT-S/2 (replicated)'
+    metric: str
+    lower: float | None  # the paper's values (None: it reports none)
+    higher: float | None
+    effect: float | None  # relative effect d
+    runs: int | None  # per arm; None: no number of runs decides it (see note)
+    arms: tuple[Arm, ...]  # the runs it needs (none for a deterministic metric)
+    missing: tuple[str, ...] = ()  # its rows that no evaluation of the config reproduces
+    note: str = ""
+
+
+@dataclass
+class ClaimPlan:
+    id: str
+    claim: str
+    runs: int | None
+    gpu_hours: float | None  # runs x the GPU-hours of its arms' plan rows; None: not costed
+    comparisons: list[ComparisonPlan]
+    note: str = ""  # pending, or why it is not costed
+
+
+def row_arms(config: dict) -> dict[tuple[str, str], list[Arm]]:
+    """(table, row) -> the evaluations that reproduce it, trained experiments first; a keyed
+    row is 'row @ key' as in claims.yaml."""
+    arms: dict[tuple[str, str], list[Arm]] = {}
+    entries = [*ex.resolve_experiments(config).values(), *ex.resolve_released(config).values()]
+    for entry in entries:
+        for e in entry.evaluations:
+            for ref in e.paper:
+                row = ref.row + (f" @ {ref.key}" if ref.key else "")
+                arm = Arm(entry.id, e.step, e.tag, released=e.released)
+                arms.setdefault((ref.table, row), []).append(arm)
+    return arms
+
+
+def noise_of(metric: str, given: float | None) -> tuple[float, str]:
+    """(relative noise of one run, where it comes from) for a metric."""
+    from udit.report import tolerances
+
+    if metric in power.DETERMINISTIC_METRICS:
+        return 0.0, "deterministic (fvcore count), 1 count"
+    if given is not None:
+        return given, f"CoV {given * 100:.3g}% per training run (given: --noise-cov)"
+    if metric in tolerances.PAPER_NOISE:
+        cov, why = tolerances.PAPER_NOISE[metric]
+        return cov, f"CoV {cov * 100:.3g}% per training run (assumed: {why})"
+    raise BadValueError(f"no training-seed noise is known for {metric}: give --noise-cov")
+
+
+def plan_comparison(comparison, arms: dict, noise: float) -> ComparisonPlan:
+    """The paper's values, effect and runs of one comparison, and the evaluations it needs."""
+    from udit.report import claims
+
+    sides = (comparison.lower, comparison.higher)
+    values = [claims.paper_lookup(*side, comparison.metric) for side in sides]
+    lower, higher = (v.value if isinstance(v, claims.Number) else None for v in values)
+    out = ComparisonPlan(comparison.text(), comparison.metric, lower, higher, None, None, ())
+    if lower is None or higher is None:
+        out.note = "the paper reports no value"
+        return out
+    out.effect = power.relative_effect(lower, higher)
+    deterministic = comparison.metric in power.DETERMINISTIC_METRICS
+    found = [None if deterministic else arms.get(side, [None])[0] for side in sides]
+    fixed = any(arm is not None and arm.released for arm in found)
+    try:
+        out.runs = power.metric_replicates(comparison.metric, out.effect, noise, fixed_arm=fixed)
+    except ValueError as err:  # the paper's own values are not in the claimed order
+        out.note = str(err)
+        return out
+    out.arms = tuple(arm for arm in found if arm is not None)
+    if not deterministic:
+        out.missing = tuple(side[1] for side, arm in zip(sides, found) if arm is None)
+    notes = ["fvcore count, no training"] if deterministic else []
+    if out.missing:
+        notes.append(f"not in this config: {', '.join(out.missing)}")
+    if out.runs is None:
+        notes.append("one arm is a released network: no number of runs of the other decides it")
+    out.note = "; ".join(notes)
+    return out
+
+
+def plan_claims(config: dict, *, noise_cov: float | None) -> list[ClaimPlan]:
+    """One ClaimPlan per claim of claims.yaml (GPU-hours filled in by cost_claims)."""
+    from udit.report import claims
+
+    arms = row_arms(config)
+    plans = []
+    for claim in claims.load():
+        plan = ClaimPlan(claim.id, claim.text, None, None, [])
+        if claim.pending:
+            plan.note = f"pending: {claim.pending}"
+        else:
+            plan.comparisons = [
+                plan_comparison(c, arms, noise_of(c.metric, noise_cov)[0])
+                for c in claim.comparisons
+            ]
+            plan.runs = power.claim_replicates(c.runs for c in plan.comparisons)
+        plans.append(plan)
+    return plans
+
+
+def needs_hours(needs, rows: list[PlanRow], samples: list[SampleRow]) -> float:
+    """GPU-hours of needs [(arm, runs)]: each training row of an arm's experiment up to its
+    step, and the sampling + evaluation row of its tag, x runs; a plan row that several needs
+    share counts once, at the most runs any of them asks (released arms cost nothing here)."""
+    needs = [(arm, runs) for arm, runs in needs if not arm.released]
+
+    def most(match) -> int:
+        return max((runs for arm, runs in needs if match(arm)), default=0)
+
+    train = sum(
+        r.gpu_hours * most(lambda a, r=r: a.experiment == r.experiment and a.step >= r.to_step)
+        for r in rows
+    )
+    sample = sum(
+        (s.sample_gpu_hours + s.eval_gpu_hours)
+        * most(lambda a, s=s: a.experiment == s.experiment and a.tag == s.tag)
+        for s in samples
+    )
+    return train + sample
+
+
+def cost_claims(plans: list[ClaimPlan], rows, samples) -> float:
+    """Fill in each decidable claim's GPU-hours; return the GPU-hours of all of them at once
+    (an experiment shared by claims counted once)."""
+    everything = []
+    for plan in plans:
+        missing = dict.fromkeys(row for c in plan.comparisons for row in c.missing)
+        if plan.note or plan.runs is None or missing:
+            plan.note = plan.note or (
+                f"not costed: not in this config: {', '.join(missing)}"
+                if missing
+                else "not costed: a comparison has no number of runs that decides it"
+            )
+            continue
+        needs = [(arm, plan.runs) for c in plan.comparisons for arm in c.arms]
+        plan.gpu_hours = needs_hours(needs, rows, samples)
+        everything += needs
+    return needs_hours(everything, rows, samples)
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _comparison_line(c: ComparisonPlan) -> str:
+    label, _, rest = c.text.partition(" ")
+    low_row, _, high_row = rest.partition(" < ")
+    text = (
+        f"{label} {_cut(low_row, ROW_WIDTH)} {_number(c.lower)} < {_cut(high_row, ROW_WIDTH)} "
+        f"{_number(c.higher)}"
+    )
+    effect = "" if c.effect is None else f": d {c.effect:.1%}"
+    runs = f", runs {_number(c.runs)}" if c.effect is not None else ""
+    where = " vs ".join(arm.label() for arm in c.arms)
+    return f"{text}{effect}{runs}" + "".join(f"; {part}" for part in (where, c.note) if part)
+
+
+def format_claims(plans: list[ClaimPlan], *, total: float, noise: str, toy: bool) -> str:
+    z1, z2 = NormalDist().inv_cdf(1 - power.ALPHA / 2), NormalDist().inv_cdf(power.POWER)
+    head = f"{'claim':<5} {'runs':>5} {'GPU-h':>9}  claim; each comparison: paper a < b, d, runs"
+    formula = (
+        f"two-sided alpha {power.ALPHA:g}, power {power.POWER:g}, unpaired normal approximation: "
+        f"runs = ceil(2 x ({z1:.3f} + {z2:.3f})^2 x (s / d)^2), d = (b - a) / mean(a, b) "
+        "(a released arm: udit/power.py)"
+    )
+    cost = (
+        "GPU-h = runs x (training to the step + sampling + evaluation) of the experiments "
+        "named, from the plan rows of `udit plan`; the config's own run is one of them"
+    )
+    lines = [
+        "claims (udit/paper/claims.yaml): training runs per arm for a decisive answer at the "
+        + "paper's effect",
+        f"  {formula}",
+        f"  noise s: {noise}",
+        f"  {cost}",
+    ]
+    if toy:
+        lines.append("  toy scale: GPU-hours are of this config's toy runs, not the paper's")
+    lines += [head, "-" * len(head)]
+    for p in plans:
+        lines.append(
+            f"{p.id:<5} {_number(p.runs):>5} {_number(p.gpu_hours):>9}  "
+            f"{_cut(p.claim, CLAIM_TEXT_WIDTH)}"
+        )
+        lines += [f"{'':<18}{_comparison_line(c)}" for c in p.comparisons]
+        if p.note:
+            lines.append(f"{'':<18}{p.note}")
+    left_out = [p.id for p in plans if p.gpu_hours is None]
+    lines.append(
+        f"all decisive: {total:.4g} GPU-hours (an experiment shared by claims counted once, at "
+        f"the most runs any asks; not costed: {', '.join(left_out) or 'none'})"
+    )
+    return "\n".join(lines)
+
+
+def add_claims_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--claims",
+        action="store_true",
+        help="per claim of udit/paper/claims.yaml: the training runs per arm a decisive answer "
+        "needs at the paper's effect, and their GPU-hours (udit/power.py)",
+    )
+    parser.add_argument(
+        "--noise-cov",
+        type=NOISE_COV,
+        default=None,
+        help="relative noise (coefficient of variation) of one training run's FID, e.g. 0.013 "
+        "(default: udit.report.tolerances.PAPER_NOISE, the FID Lottery's 1.3%%)",
+    )
+
+
+def claims_output(config: dict, args, rows, samples) -> str:
+    """`udit plan --claims`: the claims table (or its JSON)."""
+    plans = plan_claims(config, noise_cov=args.noise_cov)
+    total = cost_claims(plans, rows, samples)
+    from udit.report import claims
+    from udit.report.tables import METRIC_LABELS
+
+    metrics = sorted({c.metric for claim in claims.load() for c in claim.comparisons})
+    noise = "; ".join(f"{METRIC_LABELS[m]} {noise_of(m, args.noise_cov)[1]}" for m in metrics)
+    toy = bool(config.get("scale")) or any(
+        d.get("source") == "toy" for d in config["datasets"].values()
+    )
+    if args.format == "json":
+        out = {"noise": noise, "toy": toy, "all_decisive_gpu_hours": total}
+        return json.dumps({**out, "claims": [asdict(p) for p in plans]}, indent=1)
+    return format_claims(plans, total=total, noise=noise, toy=toy)
+
+
 @command_main("udit plan")
 def main(argv: list[str] | None = None) -> int:
     """`udit plan`: per node and in total, the compute and hours of a config's jobs."""
@@ -588,7 +856,10 @@ def main(argv: list[str] | None = None) -> int:
         help="benchmarks/speed.py --json output (default: config plan.speed_json)",
     )
     parser.add_argument("--format", choices=("table", "json"), default="table")
+    add_claims_flags(parser)
     args = parser.parse_args(argv)
+    if args.noise_cov is not None and not args.claims:
+        parser.error("--noise-cov is used only with --claims")
     config = ex.load_config(args.configfile)
     ex.resolve_released(config)  # not planned, but checked as `snakemake -n` checks it
     check_partitions(config)
@@ -598,6 +869,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = plan_rows(config, throughput=throughput)
     samples = sample_rows(config, throughput=throughput)
     note = rates_note(throughput)
+    if args.claims:
+        print(claims_output(config, args, rows, samples))
+        return 0
     if args.format == "json":
         out = {
             "throughput_source": note,

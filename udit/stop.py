@@ -16,7 +16,6 @@ import signal
 import sys
 import threading
 import time
-from typing import Self
 
 import torch
 
@@ -54,7 +53,7 @@ class StopFlag:
         self.last = time.monotonic()
         self._previous = {}
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> "StopFlag":  # noqa: PYI034 (typing.Self is 3.11+, we support 3.10)
         if threading.current_thread() is threading.main_thread():  # signal() is main-only
             for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)

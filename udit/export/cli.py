@@ -46,7 +46,7 @@ def load_run(checkpoint: Path, *, weights: str, model: str | None, model_kw: dic
     """(udit model in eval mode, resolved options, training args, VAE, checkpoint sha256)."""
     from udit.data.vae import latent_shape, load_vae
     from udit.models import check_model_options
-    from udit.sample import (
+    from udit.sampling.checkpoint import (
         build_model,
         checkpoint_options,
         checkpoint_sha256,

@@ -31,17 +31,11 @@ class ModelSpec:
         return slugify(self.name)
 
 
-def format_model_kw(model_kw: dict) -> list[str]:
-    """{'depth': 2, 'eps': 1e-06, 'depths': (2, 2)} -> ['depth=2', 'eps=1e-06', 'depths=[2, 2]']:
-    the `--model-kw` words a job gets. Values are JSON, which parse_model_kw reads back as the
-    same numbers, None, booleans, strings and lists (str() and YAML 1.1 lose 1e-06 and None)."""
-    return [f"{key}={json.dumps(value)}" for key, value in model_kw.items()]
-
-
 def parse_model_kw(items: list[str]) -> dict:
     """CLI `--model-kw depth=2 mlp_ratio=2.0 ffn=rep` -> {'depth': 2, 'mlp_ratio': 2.0,
-    'ffn': 'rep'}: constructor overrides. A value is read as JSON (what format_model_kw writes,
-    and what a user types for numbers, lists, true/false/null), else as YAML (bare words)."""
+    'ffn': 'rep'}: constructor overrides. A value is read as JSON (numbers, lists,
+    true/false/null as a user types them), else as YAML (bare words). DAG jobs skip this: their
+    model_kw arrives typed inside `--options` (udit.cli.parse_args)."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")

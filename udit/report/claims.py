@@ -1,14 +1,17 @@
 """The paper's claims (udit/paper/claims.yaml) tested on the reproduction.
 
 A claim is a set of comparisons "row A has a lower metric than row B". Each comparison is made
-on the two reproduced numbers: the interval of their difference combines, in quadrature, both
-bootstrap half-widths and both runs' training-seed noise (each reproduced number is one
-training run, as each paper number is; tolerances.PAPER_NOISE, none where none is known).
+on the two reproduced numbers. Where both rows ran the same K >= 2 training seeds (`replicates`)
+it is paired: the t interval of the K per-seed differences. Otherwise the interval of their
+difference combines, in quadrature, both numbers' intervals and, for a number from a single
+training run, its assumed training-seed noise (tolerances.PAPER_NOISE, none where none is known).
+Two numbers measured with the same stand-in Inception compare with each other (never with the
+paper): such an outcome is marked uncalibrated (toy scale).
     holds         the whole interval is on the claimed side of 0
     fails         the whole interval is on the other side
     inconclusive  it contains 0
     pending       a number it needs has no usable reproduction (not run, not in the config,
-                  invalid, or measured with a stand-in Inception)
+                  or invalid)
 A claim fails when any comparison fails, is pending when none fails and one is pending, holds
 when all hold, and is inconclusive otherwise. Claimed sizes ("about 30 FID") are not tested.
 """
@@ -58,6 +61,12 @@ class Number:
     low: float | None = None
     high: float | None = None
     node: str = ""
+    replicates: dict | None = None  # replicate index -> value, where training seeds ran
+    uncalibrated: bool = False  # a stand-in Inception measured it (comparable to its kind only)
+
+    @property
+    def seeds(self) -> int:
+        return len(self.replicates or {})
 
 
 @dataclass(frozen=True)
@@ -121,10 +130,14 @@ def records_lookup(records: pd.DataFrame) -> Callable[[str, str, str], Number | 
         if not len(mine):
             return f"{row}: no run of this config answers it"
         for rec in mine.itertuples():
-            if rec.status in tables.VERDICTS and not pd.isna(rec.reproduced):
+            usable = rec.status in (*tables.VERDICTS, "uncalibrated")
+            if usable and not pd.isna(rec.reproduced):
                 low = None if pd.isna(rec.low) else float(rec.low)
                 high = None if pd.isna(rec.high) else float(rec.high)
-                return Number(float(rec.reproduced), low, high, rec.node)
+                reps = getattr(rec, "replicates", None)
+                replicates = reps if isinstance(reps, dict) and len(reps) >= 2 else None
+                uncalibrated = rec.status == "uncalibrated"
+                return Number(float(rec.reproduced), low, high, rec.node, replicates, uncalibrated)
         rec = next(mine.itertuples())
         return f"{row}: {rec.node} is {rec.status}"
 
@@ -137,16 +150,46 @@ def _sides(metric: str, number: Number) -> tuple[float, float]:
     with its training-seed noise."""
     below = 0.0 if number.low is None else max(number.value - number.low, 0.0)
     above = 0.0 if number.high is None else max(number.high - number.value, 0.0)
+    if number.seeds >= 2:  # its interval is over training seeds: the noise is measured
+        return below, above
     seed = tolerances.paper_half_width(metric, number.value, LEVEL)
     return math.hypot(below, seed), math.hypot(above, seed)
 
 
+def paired(comparison: Comparison, lower: Number, higher: Number) -> Outcome | None:
+    """Replicate k of one row against replicate k of the other (the same training seed offset),
+    where both rows ran the same K >= 2 seeds: the t interval of the K differences."""
+    shared = sorted(set(lower.replicates or {}) & set(higher.replicates or {}))
+    if len(shared) < 2:
+        return None
+    diffs = [lower.replicates[k] - higher.replicates[k] for k in shared]
+    spread = tolerances.seeds_interval(diffs, LEVEL)
+    mean = sum(diffs) / len(diffs)
+    return _decide(
+        comparison, lower, higher, mean, spread["low"], spread["high"],
+        how=f"paired over {len(shared)} training seeds",
+    )  # fmt: skip
+
+
 def compare(comparison: Comparison, lower: Number, higher: Number) -> Outcome:
     """Whether the reproduction has `lower` below `higher` (see the module docstring)."""
+    by_seed = paired(comparison, lower, higher)
+    if by_seed is not None:
+        return by_seed
     below_a, above_a = _sides(comparison.metric, lower)
     below_b, above_b = _sides(comparison.metric, higher)
     diff = lower.value - higher.value
     low, high = diff - math.hypot(below_a, above_b), diff + math.hypot(above_a, below_b)
+    return _decide(comparison, lower, higher, diff, low, high, how="")
+
+
+def _decide(comparison, lower: Number, higher: Number, diff, low, high, *, how: str) -> Outcome:
+    if lower.uncalibrated != higher.uncalibrated:  # two Inception networks: not comparable
+        return Outcome(
+            "pending", f"{comparison.text()}: one side is uncalibrated (stand-in Inception)"
+        )
+    if lower.uncalibrated:
+        how = ", ".join(filter(None, [how, "uncalibrated: stand-in Inception, toy scale"]))
     if high < 0:
         status = "holds"
     elif low > 0 or low == high == 0:  # equal deterministic counts: not lower
@@ -155,7 +198,9 @@ def compare(comparison: Comparison, lower: Number, higher: Number) -> Outcome:
         status = "inconclusive"
     basis = (
         f"{comparison.text()}: {lower.value:.4g} vs {higher.value:.4g}, difference "
-        f"{diff:+.3g} in [{low:+.3g}, {high:+.3g}] at {LEVEL:.0%}: {status}"
+        f"{diff:+.3g} in [{low:+.3g}, {high:+.3g}] at {LEVEL:.0%}"
+        + (f" ({how})" if how else "")
+        + f": {status}"
     )
     return Outcome(status, basis)
 

@@ -2,7 +2,7 @@
 already writes: no extra sampling node, so it costs nothing in the smoke run.
 
 Every evaluation of a run samples index i with the same seed and class (per-index seeds and
-labels, udit.sample), so the first row of each milestone's grid shows the same noise and
+labels, udit.sampling), so the first row of each milestone's grid shows the same noise and
 classes at every milestone: one strip row per milestone.
 """
 
@@ -15,7 +15,7 @@ from PIL import Image
 from udit import paths
 from udit.errors import BadValueError
 from udit.report import figures
-from udit.sample import GRID_MAX
+from udit.sampling.shards import GRID_MAX
 
 STRIP_MODELS = ("U-DiT-B", "U-DiT-L")  # the runs of figs. 9-10
 FINAL_GRID_MODEL = "U-DiT-L"  # its longest run's last milestone: the paper's 1M grid
@@ -40,7 +40,7 @@ IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 def first_row(grid_png: Path, num_samples: int) -> np.ndarray:
     """(side, cols * side, 3) uint8: the first grid row (samples 0..cols-1) of a grid that
-    udit.sample.image_grid laid out from min(num_samples, GRID_MAX) samples. A grid that
+    udit.sampling.shards.image_grid laid out from min(num_samples, GRID_MAX) samples. A grid that
     does not decode raises InvalidGridError naming the file."""
     try:
         with Image.open(grid_png) as img:

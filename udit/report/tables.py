@@ -22,7 +22,14 @@ from udit import paths
 from udit.argtypes import IMAGE_SIZE, NONNEG, POSITIVE
 from udit.errors import UserError, message
 from udit.report import metrics_json
-from udit.report.tolerances import STATUSES, TOLERANCES, UNJUDGED, gflops_tolerance, verdict
+from udit.report.tolerances import (
+    STATUSES,
+    TOLERANCES,
+    UNJUDGED,
+    gflops_tolerance,
+    seeds_interval,
+    verdict,
+)
 
 METRICS = ["gflops", "fid", "sfid", "is", "precision", "recall"]  # paper_numbers.yaml `columns`
 METRIC_LABELS = {
@@ -110,6 +117,8 @@ class Node:
     shrunk: bool  # trained with model_kw (smoke): not the paper-size architecture
     evaluation: ex.Evaluation
     latent: int = LATENT_256  # fvcore input size of a released checkpoint's GFLOPs
+    group: str = ""  # the experiment this node's run replicates (udit.experiments)
+    replicate: int = 0  # 0: the group's lead node, the one its paper rows are judged on
 
     @property
     def cfg(self) -> float:
@@ -141,10 +150,13 @@ def config_nodes(
     (`snakemake released` is optional, so an un-run released node is not 'pending').
     `datasets` (the config's) gives a released checkpoint's resolution for its GFLOPs."""
     nodes = [
-        Node(eid, exp.title or exp.model, exp.model, bool(exp.model_kw), e)
+        Node(
+            eid, exp.title or exp.model, exp.model, bool(exp.model_kw), e,
+            group=exp.group or eid, replicate=exp.replicate,
+        )
         for eid, exp in experiments.items()
         for e in exp.evaluations
-    ]
+    ]  # fmt: skip
     for rid, rel in released.items():
         size = (datasets or {}).get(rel.dataset, {}).get("image_size", 256)
         latent = LATENT_512 if size >= 512 else LATENT_256
@@ -271,8 +283,13 @@ def collect_records(
         invalid.insert(0, {"node": "flops", "path": str(path), "file": file, "why": flops.why})
     by_ref: dict[tuple[str, str, str | None], list[Node]] = {}
     for node in nodes:
-        for ref in [] if node.evaluation.released else node.evaluation.paper:
+        refs = [] if node.evaluation.released or node.replicate else node.evaluation.paper
+        for ref in refs:
             by_ref.setdefault((ref.table, ref.row, ref.key), []).append(node)
+    # a lead node's replicates (itself first): their metrics are pooled into its records
+    replicas: dict[str, list[Node]] = {}
+    for node in nodes:
+        replicas.setdefault(f"{node.group}/{node.tag}", []).append(node)
 
     records, provenance = [], {}
     for table in PAPER_TABLES:
@@ -289,6 +306,7 @@ def collect_records(
                     results=results,
                     reads=reads,
                     provenance=provenance,
+                    replicas=replicas,
                 )
     for node in (n for n in nodes if n.evaluation.released):
         table = PaperTable(RELEASED_TABLE.key, "", "", latent=node.latent)
@@ -346,7 +364,9 @@ def _row_records(
     results: Path,
     reads: dict,
     provenance: dict,
+    replicas: dict | None = None,
 ) -> list[dict]:
+    group = (replicas or {}).get(f"{node.group}/{node.tag}", []) if node else []
     base = {
         "table": table.key,
         "row": row + (f" @ {key}" if key else ""),
@@ -386,6 +406,10 @@ def _row_records(
         elif metrics is not None:
             reproduced = float(metrics[metric])  # metrics_json checked it is a finite number
             spread = metrics_json.interval(metrics, metric)
+            values = replicate_values(group, reads, metric)
+            if len(values) >= 2:  # the training lottery, measured: mean and t interval
+                spread = seeds_interval(list(values.values()))
+                reproduced = sum(values.values()) / len(values)
         p = paper.get(metric)
         judged = verdict(
             metric,
@@ -417,9 +441,21 @@ def _row_records(
                 "note": note,
                 "tolerance": tol.describe(),
                 "fid_infinity": (metrics or {}).get("fid_infinity"),
+                "runs": 1 if spread is None else int(spread.get("runs", 1)),
+                # replicate index -> value, for paired claims (udit.report.claims)
+                "replicates": replicate_values(group, reads, metric) if metric != "gflops" else {},
             }
         )
     return out
+
+
+def replicate_values(group: list, reads: dict, metric: str) -> dict[int, float]:
+    """Replicate index -> the metric of each replicate node with a valid metrics file."""
+    return {
+        n.replicate: float(reads[n.name].data[metric])
+        for n in group
+        if reads[n.name].data is not None and reads[n.name].data.get(metric) is not None
+    }
 
 
 def _gflops_cell(node: Node, table: PaperTable, flops: FlopsRead):

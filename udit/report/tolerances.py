@@ -139,6 +139,18 @@ def z_score(level: float) -> float:
     return NormalDist().inv_cdf((1 + level) / 2)
 
 
+def seeds_interval(values: list[float], level: float = 0.95) -> dict:
+    """Interval of the mean of K >= 2 training replicates (Student t, K - 1 degrees of freedom):
+    the training lottery measured, so no assumed seed noise is added on this side."""
+    from scipy.stats import t  # the report's only scipy use: imported where needed
+
+    k = len(values)
+    mean = sum(values) / k
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (k - 1))
+    half = float(t.ppf((1 + level) / 2, k - 1)) * sd / math.sqrt(k)
+    return {"low": mean - half, "high": mean + half, "level": level, "runs": k, "sd": sd}
+
+
 def paper_half_width(metric: str, paper: float, level: float) -> float:
     cov = PAPER_NOISE.get(metric, (0.0, ""))[0]
     return z_score(level) * cov * abs(paper)
@@ -190,7 +202,8 @@ def verdict(
     if metric == "gflops":  # fvcore is deterministic: nothing to bootstrap
         status = "reproduced" if tol.allows(paper, reproduced) else "disagrees"
         return Verdict(status, f"fvcore count (deterministic); {limit_text}")
-    runs = f"runs: 1; samples: {samples if samples is not None else '?'}"
+    seeds = (interval or {}).get("runs", 1)
+    runs = f"runs: {seeds}; samples: {samples if samples is not None else '?'}"
     if interval is None:
         status = "reproduced" if tol.allows(paper, reproduced) else "disagrees"
         gap = reproduced - paper
@@ -214,6 +227,7 @@ def verdict(
         three_way(low, high, limit),
         f"{runs}; interval [{interval['low']:.4g}, {interval['high']:.4g}] at {level:.0%}"
         + (f" ({resamples} bootstrap resamples)" if resamples else "")
+        + (f" (t over {seeds} training seeds, sd {interval['sd']:.3g})" if seeds > 1 else "")
         + f"; {noise}; reproduced - paper in [{low:+.3g}, {high:+.3g}]; {limit_text}",
         low,
         high,

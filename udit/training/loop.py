@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from udit import argtypes, distributed, outputs, paths
-from udit.cli import add_dry_run
+from udit.cli import add_dry_run, add_options, parse_args
 from udit.errors import BadValueError, UserError, command_main
 from udit.models.spec import parse_model_kw
 from udit.paper import recipe
@@ -623,20 +623,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # Poison the batch of this step with NaN: tests that a non-finite loss stops the run.
     p.add_argument("--inject-nan-at", type=argtypes.STEPS, default=None, help=argparse.SUPPRESS)
-    add_dry_run(p)  # prints the validated TrainOptions
+    add_options(p)  # what a DAG job gets: the fields below as one JSON object
+    add_dry_run(p)  # prints the validated TrainOptions (a valid --options document)
     return p
 
 
 def options_from_args(args: argparse.Namespace) -> TrainOptions:
     names = {f.name for f in fields(TrainOptions)}
     values = {k: v for k, v in vars(args).items() if k in names}
-    values["model_kw"] = parse_model_kw(args.model_kw)
+    if not isinstance(args.model_kw, dict):  # a dict from --options is already typed
+        values["model_kw"] = parse_model_kw(args.model_kw)
     return TrainOptions(**values)
 
 
 @command_main("udit train")
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv, TrainOptions)
     opts = options_from_args(args)
     opts.validate()
     if args.dry_run:

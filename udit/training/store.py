@@ -85,12 +85,22 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def sidecar_digest(path: Path, *, errors: str = "strict") -> str | None:
+    """The SHA-256 the sidecar of checkpoint `path` records ('' for an empty sidecar), or None
+    when there is no sidecar. `errors`: how undecodable bytes in it are read (str.decode)."""
+    path = Path(path)
+    sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
+    if not sidecar.exists():
+        return None
+    words = sidecar.read_text(errors=errors).split()
+    return words[0] if words else ""
+
+
 def verify_checkpoint(path: Path) -> str | None:
     """None if `path` is a usable checkpoint, else the reason it is not."""
     path = Path(path)
-    sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
-    if sidecar.exists():
-        expected = sidecar.read_text().split()[0] if sidecar.read_text().strip() else ""
+    expected = sidecar_digest(path)
+    if expected is not None:
         actual = sha256_file(path)
         if actual != expected:
             return (
@@ -189,11 +199,12 @@ def move_aside(path: Path, problem: str) -> Path:
     return target
 
 
-def remove_stale_temp(run_dir: Path) -> list[Path]:
+def remove_stale_temp(run_dir: Path, globs: dict = STALE_TEMP_GLOBS) -> list[Path]:
     """Delete the temp files a killed job left in the run folder (checkpoint temps are as big
-    as a checkpoint); call before this job writes anything, on one process only."""
+    as a checkpoint); call before this job writes anything, on one process only. `globs`:
+    sub-folder -> temp-name patterns (default: a training run's; `udit sample` passes its own)."""
     removed = []
-    for sub, patterns in STALE_TEMP_GLOBS.items():
+    for sub, patterns in globs.items():
         directory = Path(run_dir) / sub
         for pattern in patterns:
             for path in sorted(directory.glob(pattern)) if directory.is_dir() else []:

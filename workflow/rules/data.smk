@@ -4,7 +4,7 @@
 
 rule make_toy_data:
     output:
-        directory(f"{R}/data/{{dataset}}/images"),
+        directory(paths.data_images(R, "{dataset}")),
     log:
         f"{R}/logs/make_toy_data/{{dataset}}.log",
     benchmark:
@@ -12,10 +12,10 @@ rule make_toy_data:
     conda:
         "../../environment.yml"
     resources:
-        **resources_for("make_toy_data"),
+        **NODES.resources_for("make_toy_data"),
     params:
         udit=udit_cmd,
-        ds=dataset_params,
+        ds=NODES.dataset_params,
     shell:
         "{params.udit} toy-data --out {output:q} --num-classes {params.ds[classes]:q}"
         " --per-class {params.ds[per_class]:q} --image-size {params.ds[image_size]:q}"
@@ -24,7 +24,7 @@ rule make_toy_data:
 
 rule make_tiny_vae:
     output:
-        directory(f"{R}/data/tiny-vae"),
+        directory(paths.tiny_vae(R)),
     log:
         f"{R}/logs/make_tiny_vae.log",
     benchmark:
@@ -32,7 +32,7 @@ rule make_tiny_vae:
     conda:
         "../../environment.yml"
     resources:
-        **resources_for("make_tiny_vae"),
+        **NODES.resources_for("make_tiny_vae"),
     params:
         udit=udit_cmd,
     shell:
@@ -41,10 +41,9 @@ rule make_tiny_vae:
 
 rule extract_latents:
     input:
-        images=dataset_images_input,
-        vae=dataset_vae_input,
+        unpack(NODES.dataset_inputs),
     output:
-        f"{R}/data/{{dataset}}/latents/manifest.json",
+        paths.latents_manifest(R, "{dataset}"),
     log:
         f"{R}/logs/extract_latents/{{dataset}}.log",
     benchmark:
@@ -52,23 +51,22 @@ rule extract_latents:
     conda:
         "../../environment.yml"
     resources:
-        **resources_for("extract_latents"),
+        **NODES.resources_for("extract_latents"),
     params:
         udit=udit_cmd,
-        ds=dataset_params,
-        images=dataset_images,
+        ds=NODES.dataset_params,
         out=subpath(output[0], parent=True),
     shell:
         # re-running resumes from the shards already written (a retried job loses nothing)
-        "{params.udit} extract-latents --images {params.images:q} --out {params.out:q}"
+        "{params.udit} extract-latents --images {params.ds[images]:q} --out {params.out:q}"
         " --image-size {params.ds[image_size]:q} --vae {params.ds[vae]:q} > {log:q} 2>&1"
 
 
 rule make_standin_inception:
     input:
-        calibration_images,
+        NODES.images_input(NODES.calibration_dataset()),
     output:
-        f"{R}/inception/standin.pth",
+        paths.standin_inception(R),
     log:
         f"{R}/logs/make_standin_inception.log",
     benchmark:
@@ -76,23 +74,22 @@ rule make_standin_inception:
     conda:
         "../../environment.yml"
     resources:
-        **resources_for("make_standin_inception"),
+        **NODES.resources_for("make_standin_inception"),
     params:
         udit=udit_cmd,
-        seed=INCEPTION.get("standin_seed", 0),
-        images=images_dir(calibration_dataset()),
-        size=DATASETS[calibration_dataset()]["image_size"],
+        standin=NODES.standin_params(),
     shell:
-        "{params.udit} make-standin-inception --out {output:q} --seed {params.seed:q}"
-        " --calibration-images {params.images:q} --image-size {params.size:q} > {log:q} 2>&1"
+        "{params.udit} make-standin-inception --out {output:q} --seed {params.standin[seed]:q}"
+        " --calibration-images {params.standin[images]:q}"
+        " --image-size {params.standin[size]:q} > {log:q} 2>&1"
 
 
 rule build_reference:
     input:
-        images=dataset_images_input,
-        weights=inception_input,
+        images=lambda w: NODES.images_input(w.dataset),
+        weights=NODES.inception_input,
     output:
-        f"{R}/data/{{dataset}}/reference.npz",
+        paths.reference(R, "{dataset}"),
     log:
         f"{R}/logs/build_reference/{{dataset}}.log",
     benchmark:
@@ -100,17 +97,15 @@ rule build_reference:
     conda:
         "../../environment.yml"
     resources:
-        **resources_for("build_reference"),
+        **NODES.resources_for("build_reference"),
     params:
         udit=udit_cmd,
-        ds=dataset_params,
-        images=dataset_images,
-        weights=inception_weights(),
-        subset=reference_subset_args,
+        ds=NODES.dataset_params,
+        weights=NODES.inception_weights(),
     shell:
-        "{params.udit} build-reference --images {params.images:q} --out {output:q}"
+        "{params.udit} build-reference --images {params.ds[images]:q} --out {output:q}"
         " --inception-weights {params.weights:q} --image-size {params.ds[image_size]:q}"
-        " {params.subset} > {log:q} 2>&1"
+        " {params.ds[subset]} > {log:q} 2>&1"
 
 
 rule download:
@@ -123,6 +118,6 @@ rule download:
         "../../environment.yml"
     params:
         udit=udit_cmd,
-        config=report_config,
+        config=NODES.report_config,
     shell:
         "{params.udit} download --configfile {params.config:q} > {log:q} 2>&1"

@@ -4,8 +4,8 @@
 rule evaluate:
     input:
         samples=paths.samples(R, "{experiment}", "{step}-cfg{cfg}"),
-        reference=eval_reference,
-        weights=inception_input,
+        reference=NODES.eval_reference,
+        weights=NODES.inception_input,
     output:
         paths.metrics(R, "{experiment}", "{step}-cfg{cfg}"),
     log:
@@ -15,11 +15,11 @@ rule evaluate:
     conda:
         "../../environment.yml"
     resources:
-        **resources_for("evaluate"),
+        **NODES.resources_for("evaluate"),
     params:
         udit=udit_cmd,
-        reference=eval_reference_path,
-        weights=inception_weights(),
+        reference=NODES.eval_reference_path,
+        weights=NODES.inception_weights(),
     shell:
         "{params.udit} evaluate --samples {input.samples:q} --reference {params.reference:q}"
         " --inception-weights {params.weights:q} --out {output:q} > {log:q} 2>&1"

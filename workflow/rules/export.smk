@@ -4,14 +4,11 @@
 # `udit push --repo-id ORG/NAME FOLDER` uploads one.
 
 
-include: "export_common.smk"
-
-
 rule export_checkpoint:
     input:
-        unpack(export_inputs),
+        unpack(NODES.export_inputs),
     output:
-        directory(export_path("{experiment}", "{step}")),
+        directory(paths.export(R, "{experiment}", "{step}")),
     log:
         f"{R}/logs/export/{{experiment}}-{{step}}.log",
     benchmark:
@@ -19,10 +16,10 @@ rule export_checkpoint:
     conda:
         "../../environment.yml"
     resources:
-        **EXPORT_RESOURCES,
+        **NODES.resources_for("export"),
     params:
         udit=udit_cmd,
-        args=export_args,
+        args=NODES.export_args,
     shell:
         "{params.udit} export --checkpoint {input.checkpoint:q} --out {output:q}"
         " {params.args} > {log:q} 2>&1"
@@ -33,5 +30,5 @@ rule export:
     # `snakemake export`: the diffusers folder of every trained milestone (trains, samples and
     # evaluates what is missing first, for the cards' metrics).
     input:
-        all_exports(),
+        NODES.all_exports(),
     localrule: True

@@ -13,7 +13,7 @@ rule count_flops:
     conda:
         "../../environment.yml"
     resources:
-        **resources_for("count_flops"),
+        **NODES.resources_for("count_flops"),
     params:
         udit=udit_cmd,
         out=subpath(output.json, parent=True),
@@ -24,28 +24,28 @@ rule count_flops:
 
 rule measure_speed:
     output:
-        SPEED_JSON,
+        paths.speed(R),
     log:
         f"{R}/logs/measure_speed.log",
     conda:
         "../../environment.yml"
     resources:
-        **resources_for("measure_speed"),
+        **NODES.resources_for("measure_speed"),
     params:
         python=python_cmd,
-        args=speed_args(),
+        args=NODES.speed_args(),
     shell:
         "{params.python} benchmarks/speed.py --json {output:q} {params.args} > {log:q} 2>&1"
 
 
 rule make_report:
     input:
-        metrics=all_metrics(),
-        grids=all_grids(),
-        checkpoints=final_checkpoints(),
+        metrics=NODES.all_metrics(),
+        grids=NODES.all_grids(),
+        checkpoints=NODES.final_checkpoints(),
         flops=rules.count_flops.output.json,
-        released=existing_released_metrics(),
-        speed=report_speed(),
+        released=NODES.existing_released_metrics(),
+        speed=NODES.report_speed(),
     output:
         html="report/index.html",
         figures=report(
@@ -61,11 +61,11 @@ rule make_report:
     conda:
         "../../environment.yml"
     resources:
-        **resources_for("make_report"),
+        **NODES.resources_for("make_report"),
     params:
         udit=udit_cmd,
-        config=report_config,
-        results=results_dir,
+        config=NODES.report_config,
+        results=subpath(input.flops, ancestor=2),  # {results}/flops/flops.json -> {results}
     shell:
         "{params.udit} report --configfile {params.config:q} --results {params.results:q}"
         " --out report/ > {log:q} 2>&1"
@@ -76,7 +76,7 @@ rule released:
     # `snakemake released`: sample + evaluate the official checkpoints listed under
     # `released` in the config; missing files stop the run with what to download and where.
     input:
-        released_metrics,
+        NODES.released_metrics,
     localrule: True
 
 

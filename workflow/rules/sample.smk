@@ -4,8 +4,8 @@
 
 rule sample:
     input:
-        checkpoint=sample_checkpoint,
-        vae=sample_vae_input,
+        checkpoint=NODES.sample_checkpoint,
+        vae=NODES.sample_vae_input,
     output:
         samples=paths.samples(R, "{experiment}", "{step}-cfg{cfg}"),
         grid=report(
@@ -21,16 +21,16 @@ rule sample:
     conda:
         "../../environment.yml"
     resources:
-        **resources_for("sample"),
+        **NODES.resources_for("sample"),
     params:
         launch=LAUNCH,
         python=PYTHON,
         threads=rank_threads,
-        args=sample_args,
+        options=NODES.sample_options,
     shell:
         """
         # torchrun over the job's GPUs (and nodes); SIGUSR1 before the time limit (launch.sh)
         {params.launch} {resources.nodes} {resources.gpu} {params.threads} {resources.stop_lead_s} \
             {params.python} sample --checkpoint {input.checkpoint:q} --out {output.samples:q} \
-            --grid {output.grid:q} {params.args} >{log:q} 2>&1
+            --grid {output.grid:q} --options {params.options:q} >{log:q} 2>&1
         """

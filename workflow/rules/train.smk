@@ -13,7 +13,7 @@
 
 rule train:
     input:
-        unpack(train_inputs),
+        unpack(NODES.train_inputs),
     output:
         paths.checkpoint(R, "{experiment}", "{step}"),
     log:
@@ -23,15 +23,14 @@ rule train:
     conda:
         "../../environment.yml"
     resources:
-        **resources_for("train"),
+        **NODES.resources_for("train"),
     params:
         launch=LAUNCH,
         python=PYTHON,
         udit=udit_cmd,
         threads=rank_threads,
-        args=train_args,
-        workers=loader_workers,
-        start=train_start,
+        options=NODES.train_options,
+        start=NODES.train_start,
         run_dir=paths.train_dir(R, "{experiment}"),
     shell:
         """
@@ -40,5 +39,5 @@ rule train:
         # torchrun over the job's GPUs (and nodes), SIGUSR1 before the time limit: the job then
         # exits 75 after checkpointing its step, and the retry resumes from that checkpoint
         {params.launch} {resources.nodes} {resources.gpu} {params.threads} {resources.stop_lead_s} \
-            {params.python} train {params.args} --num-workers {params.workers} >>{log:q} 2>&1
+            {params.python} train --options {params.options:q} >>{log:q} 2>&1
         """
