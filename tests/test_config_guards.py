@@ -392,3 +392,18 @@ def test_the_dag_passes_job_options_as_the_config_wrote_them(tmp_path):
     guided = [options for options in samples if options["cfg_scale"] == 1.5]
     assert guided, "the smoke config samples U-DiT-B with guidance 1.5"
     assert all("model" not in options for options in samples)  # the checkpoint carries it
+
+
+def test_the_paper_config_takes_its_recipe_from_paper_numbers(monkeypatch):
+    """Defaults once: config/paper.yaml restates no recipe value, so editing paper_numbers.yaml
+    (here: a global batch of 512) changes the paper run."""
+    import dataclasses
+
+    import udit.paper
+
+    config = ex.load_config(ROOT / "config" / "paper.yaml")
+    restated = set(config.get("defaults", {})) & set(ex.DEFAULTS)
+    assert not restated, f"config/paper.yaml restates recipe values: {sorted(restated)}"
+    edited = dataclasses.replace(udit.paper.recipe(), global_batch=512)
+    monkeypatch.setattr(ex, "DEFAULTS", {**ex.DEFAULTS, "global_batch": edited.global_batch})
+    assert ex.resolve_experiments(config)["u-dit-b"].global_batch == 512

@@ -34,6 +34,7 @@ from udit import argtypes, outputs
 from udit.cli import add_dry_run, dry_run
 from udit.errors import BadValueError, command_main
 from udit.io import atomic_write_bytes, atomic_write_json, sha256_file
+from udit.paper import recipe
 
 OFFICIAL_NAME = re.compile(r"^(\d+)_(\d)\.npy$")  # '{n}_{rank}.npy', one-digit rank
 
@@ -110,8 +111,8 @@ def import_features(
     *,
     features: str,
     out: str,
-    image_size: int = 256,
-    vae: str = "stabilityai/sd-vae-ft-ema",
+    image_size: int = recipe().image_size,
+    vae: str = recipe().vae,
     shard_size: int = 1024,
     keep_last: bool = False,
     num_classes: int | None = None,  # labels must lie in [0, num_classes); None: max label + 1
@@ -238,8 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", required=True, help="latent cache, e.g. results/data/imagenet256/latents"
     )
-    parser.add_argument("--image-size", type=argtypes.IMAGE_SIZE, default=256)
-    parser.add_argument("--vae", default="stabilityai/sd-vae-ft-ema", help="VAE to record")
+    parser.add_argument("--image-size", type=argtypes.IMAGE_SIZE, default=recipe().image_size)
+    parser.add_argument("--vae", default=recipe().vae, help="VAE to record")
     parser.add_argument("--shard-size", type=argtypes.BATCH, default=1024)
     parser.add_argument(
         "--num-classes",

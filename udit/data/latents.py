@@ -53,6 +53,7 @@ from udit.data.vae import (
 )
 from udit.errors import BadValueError, command_main
 from udit.io import atomic_write_bytes, atomic_write_json, read_json, sha256_file
+from udit.paper import recipe
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
@@ -118,7 +119,7 @@ def extract_latents(
     *,
     images: str,
     out: str,
-    image_size: int = 256,
+    image_size: int = recipe().image_size,
     vae: str = DEFAULT_VAE,
     batch_size: int = 32,
     shard_size: int = 1024,
@@ -332,7 +333,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", required=True, help="ImageFolder root (root/<class>/<image>)")
     parser.add_argument("--out", required=True, help="cache directory (re-run to resume)")
     parser.add_argument(
-        "--image-size", type=argtypes.IMAGE_SIZE, default=256, help="centre-crop side in pixels"
+        "--image-size",
+        type=argtypes.IMAGE_SIZE,
+        default=recipe().image_size,
+        help="centre-crop side in pixels",
     )
     parser.add_argument(
         "--vae", default=DEFAULT_VAE, help="hub id or local AutoencoderKL directory"

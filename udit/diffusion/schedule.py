@@ -11,9 +11,11 @@ import math
 
 import numpy as np
 
+from udit.paper import recipe
+
 # DDPM (Ho et al. 2020, sec. 4) linear schedule, the one DiT and U-DiT train with (train.py:
-# create_diffusion(timestep_respacing="") -> 1000 steps, "linear").
-NUM_TRAIN_TIMESTEPS = 1000
+# create_diffusion(timestep_respacing="") -> 1000 steps, "linear"): T from the recipe.
+NUM_TRAIN_TIMESTEPS = recipe().diffusion_steps
 LINEAR_BETA_START = 1e-4
 LINEAR_BETA_END = 0.02
 # IDDPM (Nichol & Dhariwal 2021, eq. 17): cosine alpha_bar, offset s=0.008, betas capped at 0.999.
