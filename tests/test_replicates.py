@@ -97,20 +97,19 @@ def test_each_replicate_node_trains_with_its_own_seed(tmp_path):
     assert evaluation.paper  # a replicate's samples are judged against the same paper row
 
 
-def test_plan_prices_every_replicate(tmp_path):
+def test_plan_prices_every_replicate():
+    """`udit plan` sees the replicates as runs: three seeds cost three times one (the paper
+    config: registry models, whose FLOPs are tabulated, so no model is traced)."""
     from udit import plan
 
-    one = smoke(tmp_path, {})
-    three = smoke(tmp_path, {"u-dit-t": 3})
-    rows = {
-        k: plan.plan_rows(c, throughput=plan.Throughput.from_config(c))
-        for k, c in (("one", one), ("three", three))
-    }
-    hours = {
-        k: sum(r.gpu_hours for r in v if r.experiment.startswith("u-dit-t"))
-        for k, v in rows.items()
-    }
-    assert hours["three"] == pytest.approx(3 * hours["one"])
+    one = paper_config()
+    three = paper_config()
+    three["experiments"]["u-dit-t"]["replicates"] = 3
+    hours = {}
+    for name, config in (("one", one), ("three", three)):
+        rows = plan.plan_rows(config, throughput=plan.Throughput.from_config(config))
+        hours[name] = sum(r.gpu_hours for r in rows if r.experiment.startswith("u-dit-t"))
+    assert hours["one"] > 0 and hours["three"] == pytest.approx(3 * hours["one"])
 
 
 # --- pooling: the report's number and interval over seeds ----------------------------------------
