@@ -1,6 +1,8 @@
 """The workflow as data: schema, both configs, every paper node in the DAG, lint, `udit plan`."""
 
+import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +95,17 @@ def test_bad_value_and_bad_paper_reference_are_named(tmp_path):
         ex.resolve_experiments(raw)
 
 
+def job_options(out: str, kind: str) -> list[dict]:
+    """The `--options` document of every train or sample job a `snakemake -n -p` prints (each
+    job's one launch.sh line)."""
+    found = []
+    for line in out.splitlines():
+        if "launch.sh" in line and f" {kind} " in line and "--options" in line:
+            words = shlex.split(line.split(">")[0])
+            found.append(json.loads(words[words.index("--options") + 1]))
+    return found
+
+
 def test_multi_node_and_grad_accum_reach_the_train_command(tmp_path):
     """nodes: 2 and grad_accum: 4 plan a train job that launch.sh starts on 2 nodes (one
     torchrun agent each) with --grad-accum 4; a grad_accum that does not divide the global
@@ -109,7 +122,8 @@ def test_multi_node_and_grad_accum_reach_the_train_command(tmp_path):
     launch = next(ln for ln in text.splitlines() if "launch.sh" in ln)
     # nodes, GPUs of the job, threads per rank (64 CPUs of a node / its 4 ranks), lead_s
     assert " 2 8 16 600 " in " ".join(launch.split()), launch
-    assert "--grad-accum 4" in text and "--checkpoint-minutes 30" in text
+    jobs = job_options(text, "train")  # the 400K node and the chunk ends before it
+    assert jobs and all(o["grad_accum"] == 4 and o["checkpoint_minutes"] == 30 for o in jobs)
     raw["experiments"]["dit-xl-2"]["grad_accum"] = 3  # 256 % 3 != 0
     with pytest.raises(ex.ConfigError, match=r"dit-xl-2.*grad_accum 3"):
         ex.resolve_experiments(raw)
@@ -163,12 +177,13 @@ def test_paper_dry_run_passes_a_precision_to_every_train_and_sample_command():
     result = run_snakemake("-n", "-p", "--forceall", "--configfile", "config/paper.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout + result.stderr
-    # each job's one launch.sh line; its arguments run up to the log redirect
-    commands = re.findall(r"launch\.sh [^\n]*? (train|sample) ([^>]*)>", out)
-    counts = {k: sum(c == k for c, _ in commands) for k in ("train", "sample")}
-    assert counts == {"train": PAPER_JOB_COUNTS["train"], "sample": PAPER_JOB_COUNTS["sample"]}
-    for kind, args in commands:
-        assert re.search(r"--precision (tf32|bf16)\b", args), (kind, args)
+    counts = {kind: job_options(out, kind) for kind in ("train", "sample")}
+    assert {k: len(v) for k, v in counts.items()} == {
+        "train": PAPER_JOB_COUNTS["train"],
+        "sample": PAPER_JOB_COUNTS["sample"],
+    }
+    for kind, jobs in counts.items():
+        assert all(o["precision"] in ("tf32", "bf16") for o in jobs), kind
 
 
 @pytest.mark.parametrize(("config", "every"), [("paper.yaml", 100), ("smoke.yaml", 1)])
@@ -177,10 +192,8 @@ def test_train_commands_log_as_configured(config, every):
     would otherwise log one line each and draw no loss curve in the report."""
     result = run_snakemake("-n", "-p", "--forceall", "--configfile", f"config/{config}")
     assert result.returncode == 0, result.stderr[-3000:]
-    commands = re.findall(r"launch\.sh [^\n]*? train ([^>]*)>", result.stdout + result.stderr)
-    assert commands
-    for args in commands:
-        assert f"--log-every {every} " in args, args
+    jobs = job_options(result.stdout + result.stderr, "train")
+    assert jobs and all(o["log_every"] == every for o in jobs)
 
 
 @pytest.mark.slow
