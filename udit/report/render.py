@@ -29,7 +29,7 @@ from udit import experiments as ex
 from udit import outputs, paths
 from udit.errors import UserError, command_main
 from udit.io import atomic_write_bytes, git_commit
-from udit.report import claims, figures, model_tables, samples, tables, tolerances
+from udit.report import claims, figures, lottery, model_tables, samples, tables, tolerances
 
 TEMPLATE = "index.html.j2"
 REPORT_MODE = 0o644  # the report is meant to be shared, whatever the umask
@@ -43,14 +43,21 @@ PACKAGES = [
     "pandas",
     "matplotlib",
 ]
+BARS = (
+    " Error bars on reproduced points: their 95% interval, a bootstrap over the generated "
+    "samples, or a Student-t interval over K training seeds where K > 1 (hollow markers or "
+    "bars, n=K: the mean of K seeds); points without bars have no interval. Paper points have "
+    "none (one run, no interval reported)."
+)
 FIGURES = {  # file stem -> caption (the page and workflow/captions/figure.rst)
     "fid_vs_gflops": "FID-50K vs GFLOPs at 400K iterations (the paper's headline comparison, "
     "Table 2, with Table 3's other architectures as triangles): paper points left, reproduced "
-    "runs right (GFLOPs from fvcore).",
+    "runs right (GFLOPs from fvcore)." + BARS,
     "fid_vs_iterations": "FID vs training iterations: the paper's Table 5 curves left, "
     "each reproduced run over its evaluated milestones right "
-    "(dotted lines: milestone checkpoints).",
-    "ablation_ladder": "The ablation ladder (Table 9) as FID bars: paper left, reproduction right.",
+    "(dotted lines: milestone checkpoints)." + BARS,
+    "ablation_ladder": "The ablation ladder (Table 9) as FID bars: paper left, reproduction right."
+    + BARS,
     "training_loss": "Training loss (mse + vb, hybrid objective) from each run's log.jsonl: "
     "one panel per paper table with the runs it compares (log-scaled steps).",
 }
@@ -182,9 +189,9 @@ def build_report(*, config: Path, results: Path, out: Path) -> Built:
     fig_dir = out / "figures"
     milestones = {eid: exp.milestones for eid, exp in experiments.items()}
     made = [
-        figures.fid_vs_gflops(records, fig_dir),
-        figures.fid_vs_iterations(records, milestones, fig_dir),
-        figures.ablation_ladder(records, fig_dir),
+        figures.fid_vs_gflops(records, fig_dir).name,
+        figures.fid_vs_iterations(records, milestones, fig_dir).name,
+        figures.ablation_ladder(records, fig_dir).name,
         figures.training_loss(loss_panels(experiments, results), fig_dir),
     ]
     nodes = tables.config_nodes(
@@ -215,6 +222,7 @@ def build_report(*, config: Path, results: Path, out: Path) -> Built:
         config=Path(config).as_posix(),
         summary=summary,
         claims=claims.claim_lines(records),
+        lottery=lottery.measure(experiments, results),
         tolerances=tolerances.TOLERANCES,
         labels=tables.METRIC_LABELS,
         metrics=tables.METRICS,
