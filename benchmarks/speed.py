@@ -519,7 +519,29 @@ def main(argv: list[str] | None = None) -> int:
     name = device_name(device)
     peak = peak_for(name) if device.type == "cuda" else None
     load_before = os.getloadavg()[0]
-    result = {
+    result = _result_header(args, device, name=name, peak=peak)
+    clock = time.perf_counter()
+    for model in args.models:
+        rows = time_train(model, paths=args.paths, args=args, device=device, peak_tflops=peak)
+        print(f"{model}: {time.perf_counter() - clock:.1f} s so far", file=sys.stderr)
+        result["train"] += rows
+        if args.profile:
+            profile_paths(model, args=args, device=device)
+    if not args.only_train:
+        _time_the_rest(result, args, device)
+    print(f"all figures: {time.perf_counter() - clock:.1f} s", file=sys.stderr)
+    result["load_avg_1m"] = [load_before, os.getloadavg()[0]]
+    print_table(result)
+    if args.json:
+        from udit.io import atomic_write_json
+
+        atomic_write_json(args.json, result)
+    return _check_first_step_losses(result)
+
+
+def _result_header(args, device: torch.device, *, name: str, peak: float | None) -> dict:
+    """The JSON's description of the machine and the run, with empty train and sample rows."""
+    return {
         "schema": SCHEMA,
         "quick": args.quick,
         "device": device.type,
@@ -532,30 +554,24 @@ def main(argv: list[str] | None = None) -> int:
         "train": [],
         "sample": [],
     }
-    clock = time.perf_counter()
-    for model in args.models:
-        rows = time_train(model, paths=args.paths, args=args, device=device, peak_tflops=peak)
-        print(f"{model}: {time.perf_counter() - clock:.1f} s so far", file=sys.stderr)
-        result["train"] += rows
-        if args.profile:
-            profile_paths(model, args=args, device=device)
-    if not args.only_train:
-        result["vae_decode"] = time_vae_decode(args, device)
-        precisions = ["tf32"] + ["bf16"] * (device.type == "cuda")
-        for precision in precisions:
-            row = time_sampling(args.sample_model, args=args, device=device, precision=precision)
-            per_image_s = 1 / row["images_per_s"] + 1 / result["vae_decode"]["images_per_s"]
-            row["gpu_hours_50k"] = SAMPLES_50K * per_image_s / 3600
-            result["sample"].append(row)
-        result["inception"] = time_inception(args, device)
-        result["ema"] = time_ema(args.sample_model, args=args, device=device)
-    print(f"all figures: {time.perf_counter() - clock:.1f} s", file=sys.stderr)
-    result["load_avg_1m"] = [load_before, os.getloadavg()[0]]
-    print_table(result)
-    if args.json:
-        from udit.io import atomic_write_json
 
-        atomic_write_json(args.json, result)
+
+def _time_the_rest(result: dict, args, device: torch.device) -> None:
+    """VAE decode, sampling (tf32, and bf16 on CUDA), Inception and EMA, into `result`."""
+    result["vae_decode"] = time_vae_decode(args, device)
+    precisions = ["tf32"] + ["bf16"] * (device.type == "cuda")
+    for precision in precisions:
+        row = time_sampling(args.sample_model, args=args, device=device, precision=precision)
+        per_image_s = 1 / row["images_per_s"] + 1 / result["vae_decode"]["images_per_s"]
+        row["gpu_hours_50k"] = SAMPLES_50K * per_image_s / 3600
+        result["sample"].append(row)
+    result["inception"] = time_inception(args, device)
+    result["ema"] = time_ema(args.sample_model, args=args, device=device)
+
+
+def _check_first_step_losses(result: dict) -> int:
+    """-> 1 (naming them) when harness first-step losses stray from the reference's (fp32/TF32
+    only), else 0."""
     bad = [
         r
         for r in result["train"]

@@ -209,3 +209,28 @@ def test_speed_refuses_non_positive_sizes_before_any_work(option):
     assert result.returncode == 2, result.stderr[-2000:]
     assert f"argument {flag}: must be" in result.stderr and f"got {value}" in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_speed_dry_run_prints_the_resolved_options_and_measures_nothing(tmp_path):
+    out = tmp_path / "speed.json"
+    command = [sys.executable, "benchmarks/speed.py", "--device", "cpu", "--quick", "--dry-run"]
+    result = subprocess.run(
+        [*command, "--models", "DiT-S/2", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    options = json.loads(result.stdout)  # the whole stdout is the JSON: no table, no rows
+    assert options["models"] == ["DiT-S/2"] and options["json"] == str(out)
+    # resolved as a measurement would use them (--quick sizes), without the flag itself
+    assert (options["batch"], options["input_size"], options["pairs"]) == (4, 8, 1)
+    assert options["paths"] == ["reference", "harness-tf32"] and "dry_run" not in options
+    assert "s so far" not in result.stderr and not out.exists()  # nothing timed or written
+    refused = subprocess.run(  # still validated: a bad value exits 2 before the dry run
+        [*command, "--batch=0"], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert refused.returncode == 2 and "argument --batch: must be" in refused.stderr
+    assert refused.stdout == ""

@@ -65,9 +65,56 @@ def evaluate(
     sample_images = NpzImages(samples, limit=num_samples)
     ref = load_reference(reference)
     check_same_resolution(sample_images, ref["images"], samples=samples, reference=reference)
+    feats, ref_pool, ref_pool_source, extract_s = _inception_features(
+        sample_images,
+        ref,
+        weights=weights,
+        device=device,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+    )
+    scored = _scores(feats, ref=ref, ref_pool=ref_pool)
+    if features_out is not None:
+        save_features(features_out, feats)
+    start = time.perf_counter()
+    uncertainty = _uncertainty(
+        feats, ref=ref, ref_pool=ref_pool, bootstrap=bootstrap, seed=seed, device=device
+    )
+    uncertainty_s = time.perf_counter() - start
+    prov = provenance.collect(
+        device=device, weights=weights, files={"samples": samples, "reference": reference}
+    )
+    protocol = _protocol(
+        n=len(sample_images),
+        ref=ref,
+        resolution=sample_images.shape[1:3],
+        scored=scored,
+        ref_pool_source=ref_pool_source,
+        batch_size=batch_size,
+    )
+    return {
+        **_headline(scored),
+        "uncalibrated": not prov["inception_weights"]["official"],
+        "samples": sample_metadata(samples),
+        "protocol": protocol,
+        "timing": {
+            "sample_features_s": round(extract_s, 3),
+            "images_per_s": round(len(sample_images) / extract_s, 3),
+            "uncertainty_s": round(uncertainty_s, 3),
+        },
+        "provenance": prov,
+        **uncertainty,
+    }
+
+
+def _inception_features(
+    sample_images, ref: dict, *, weights: Path, device, batch_size: int, num_workers: int, progress
+) -> tuple[dict, np.ndarray, str, float]:
+    """One Inception pass over the samples, and the reference's pool_3 features; -> (sample
+    features, reference pool_3, where those came from, seconds the sample pass took)."""
     weights_sha = provenance.sha256_file(weights)
     extractor = inception.load_extractor(weights=weights, device=device)
-
     start = time.perf_counter()
     feats = inception.extract_features(
         sample_images,
@@ -84,58 +131,36 @@ def evaluate(
         batch_size=batch_size,
         num_workers=num_workers,
     )
+    return feats, ref_pool, ref_pool_source, extract_s
 
-    fid = scores.frechet_distance_to_features(
-        feats[inception.POOL], {"mu": ref["mu"], "sigma": ref["sigma"]}
-    )
-    sfid = scores.frechet_distance_to_features(
-        feats[inception.SPATIAL], {"mu": ref["mu_s"], "sigma": ref["sigma_s"]}
-    )
-    is_adm = scores.inception_score_adm(feats[inception.LOGITS])
-    is_tf = scores.inception_score_torch_fidelity(feats[inception.LOGITS])
-    pr = scores.precision_recall(feats[inception.POOL], ref_pool)
-    kid = scores.kid(feats[inception.POOL], ref_pool)
 
-    if features_out is not None:
-        save_features(features_out, feats)
-    start = time.perf_counter()
-    uncertainty = _uncertainty(
-        feats, ref=ref, ref_pool=ref_pool, bootstrap=bootstrap, seed=seed, device=device
-    )
-    uncertainty_s = time.perf_counter() - start
-
-    prov = provenance.collect(
-        device=device, weights=weights, files={"samples": samples, "reference": reference}
-    )
-    protocol = _protocol(
-        n=len(sample_images),
-        ref=ref,
-        resolution=sample_images.shape[1:3],
-        is_adm=is_adm,
-        is_tf=is_tf,
-        kid=kid,
-        ref_pool_source=ref_pool_source,
-        batch_size=batch_size,
-    )
+def _scores(feats: dict, *, ref: dict, ref_pool) -> dict:
+    """Every metric of the samples' features against the reference (scores.py)."""
     return {
-        "fid": fid,
-        "sfid": sfid,
-        "is": is_adm["mean"],
-        "precision": pr["precision"],
-        "recall": pr["recall"],
-        "kid": kid["mean"],
-        "kid_std": kid["std"],
-        "is_torch_fidelity": is_tf,
-        "uncalibrated": not prov["inception_weights"]["official"],
-        "samples": sample_metadata(samples),
-        "protocol": protocol,
-        "timing": {
-            "sample_features_s": round(extract_s, 3),
-            "images_per_s": round(len(sample_images) / extract_s, 3),
-            "uncertainty_s": round(uncertainty_s, 3),
-        },
-        "provenance": prov,
-        **uncertainty,
+        "fid": scores.frechet_distance_to_features(
+            feats[inception.POOL], {"mu": ref["mu"], "sigma": ref["sigma"]}
+        ),
+        "sfid": scores.frechet_distance_to_features(
+            feats[inception.SPATIAL], {"mu": ref["mu_s"], "sigma": ref["sigma_s"]}
+        ),
+        "is_adm": scores.inception_score_adm(feats[inception.LOGITS]),
+        "is_tf": scores.inception_score_torch_fidelity(feats[inception.LOGITS]),
+        "pr": scores.precision_recall(feats[inception.POOL], ref_pool),
+        "kid": scores.kid(feats[inception.POOL], ref_pool),
+    }
+
+
+def _headline(scored: dict) -> dict:
+    """The metrics as the JSON's first keys, in its order."""
+    return {
+        "fid": scored["fid"],
+        "sfid": scored["sfid"],
+        "is": scored["is_adm"]["mean"],
+        "precision": scored["pr"]["precision"],
+        "recall": scored["pr"]["recall"],
+        "kid": scored["kid"]["mean"],
+        "kid_std": scored["kid"]["std"],
+        "is_torch_fidelity": scored["is_tf"],
     }
 
 
@@ -218,8 +243,9 @@ def sample_metadata(samples: Path) -> dict | None:
     return {"num_samples": data.get("num_samples"), **data.get("config", {})}
 
 
-def _protocol(*, n, ref, resolution, is_adm, is_tf, kid, ref_pool_source, batch_size) -> dict:
+def _protocol(*, n, ref, resolution, scored, ref_pool_source, batch_size) -> dict:
     """How every number was computed (ADM protocol, with torch-fidelity's extractor)."""
+    is_adm, is_tf, kid = scored["is_adm"], scored["is_tf"], scored["kid"]
     return {
         "N": n,
         "N_reference": len(ref["images"]),

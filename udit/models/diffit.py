@@ -22,11 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from udit.models.dit import (
-    LN_EPS,
-    Mlp,
-    PatchModel,
-)
+from udit.models.dit import LN_EPS, Mlp
+from udit.models.patch_model import PatchModel
 from udit.models.spec import ModelSpec
 from udit.paper import paper_numbers
 

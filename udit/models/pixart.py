@@ -22,14 +22,9 @@ import functools
 import torch
 from torch import nn
 
-from udit.models.dit import (
-    INIT_STD_EMBED,
-    LN_EPS,
-    Attention,
-    Mlp,
-    PatchModel,
-)
+from udit.models.dit import LN_EPS, Attention, Mlp
 from udit.models.embed import modulate
+from udit.models.patch_model import INIT_STD_EMBED, PatchModel
 from udit.models.spec import ModelSpec
 from udit.paper import paper_numbers
 

@@ -92,6 +92,13 @@ class Stem(nn.Module):
         return self.proj(x)
 
 
+def _check_layout(*, input_size: int, depths: tuple) -> None:
+    if input_size % (LEVEL_STRIDE * 2):
+        raise ValueError(f"input_size must be divisible by {LEVEL_STRIDE * 2}, got {input_size}")
+    if len(depths) != 2 * NUM_LEVELS - 1:
+        raise ValueError(f"depths needs 5 entries (enc1, enc2, latent, dec2, dec1), got {depths}")
+
+
 class UShapedDiT(nn.Module):
     def __init__(
         self,
@@ -121,20 +128,12 @@ class UShapedDiT(nn.Module):
         fused_attention: bool = True,
     ):
         super().__init__()
-        if input_size % (LEVEL_STRIDE * 2):
-            raise ValueError(
-                f"input_size must be divisible by {LEVEL_STRIDE * 2}, got {input_size}"
-            )
-        if len(depths) != 2 * NUM_LEVELS - 1:
-            raise ValueError(
-                f"depths needs 5 entries (enc1, enc2, latent, dec2, dec1), got {depths}"
-            )
+        _check_layout(input_size=input_size, depths=depths)
         self.input_size, self.in_channels = input_size, in_channels
         self.num_classes = num_classes  # the null (unconditional) label is num_classes
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
         self.shared_label_drop = shared_label_drop
         c = hidden_size
-        widths = (c, 2 * c, 4 * c, 2 * c, dec1_mult * c)
         block = partial(
             UDiTBlock,
             sublayers=sublayers,
@@ -148,13 +147,25 @@ class UShapedDiT(nn.Module):
             rope=rope,
             fused=fused_attention,
         )
-
+        # modules in the official order: the state-dict keys and the seeded weights follow it
         self.x_embedder = Stem(in_channels, c)
+        self._add_conditioning(c, num_classes=num_classes, class_dropout_prob=class_dropout_prob)
+        self._add_levels(block, c, depths=depths, dec1_width=dec1_mult * c)
+        self._add_head(dec1_mult * c, output_conv=output_conv)
+        self.initialize_weights()
+
+    def _add_conditioning(self, c: int, *, num_classes: int, class_dropout_prob: float) -> None:
+        """Timestep and label embedders per width: t_embedder_l, y_embedder_l at C, 2C, 4C."""
         for level, width in enumerate((c, 2 * c, 4 * c), start=1):
             setattr(self, f"t_embedder_{level}", TimestepEmbedder(width))
             setattr(
                 self, f"y_embedder_{level}", LabelEmbedder(num_classes, width, class_dropout_prob)
             )
+
+    def _add_levels(self, block, c: int, *, depths: tuple, dec1_width: int) -> None:
+        """The U: encoder levels 1, 2, the latent level and decoder levels 2, 1, with the
+        transitions between them and the 1x1 convs that fuse each skip."""
+        widths = (c, 2 * c, 4 * c, 2 * c, dec1_width)
         self.encoder_level_1 = nn.ModuleList(block(widths[0]) for _ in range(depths[0]))
         self.down1_2 = Resample(c, up=False)  # C @ H -> 2C @ H/2
         self.encoder_level_2 = nn.ModuleList(block(widths[1]) for _ in range(depths[1]))
@@ -164,15 +175,13 @@ class UShapedDiT(nn.Module):
         self.reduce_chan_level2 = nn.Conv2d(4 * c, 2 * c, 1)  # concat skip (2C + 2C) -> 2C
         self.decoder_level_2 = nn.ModuleList(block(widths[3]) for _ in range(depths[3]))
         self.up2_1 = Resample(2 * c, up=True)  # 2C @ H/2 -> C @ H
-        self.reduce_chan_level1 = nn.Conv2d(
-            2 * c, widths[4], 1
-        )  # concat skip (C + C) -> dec1 width
+        self.reduce_chan_level1 = nn.Conv2d(2 * c, widths[4], 1)  # skip (C + C) -> dec1 width
         self.decoder_level_1 = nn.ModuleList(block(widths[4]) for _ in range(depths[4]))
-        self.output = (
-            nn.Conv2d(widths[4], widths[4], 3, padding=1) if output_conv else nn.Identity()
-        )
-        self.final_layer = FinalLayer(widths[4], self.out_channels)
-        self.initialize_weights()
+
+    def _add_head(self, width: int, *, output_conv: bool) -> None:
+        """The optional 3x3 output conv at dec1 width, then the adaLN final layer."""
+        self.output = nn.Conv2d(width, width, 3, padding=1) if output_conv else nn.Identity()
+        self.final_layer = FinalLayer(width, self.out_channels)
 
     def set_fused_attention(self, fused: bool) -> None:
         """Switch every attention between SDPA (True) and explicit q k^T (False); weights are
@@ -275,46 +284,33 @@ class UShapedDiT(nn.Module):
 #                                   Registry                                    #
 #################################################################################
 
+# fvcore GFLOPs vs paper: released configs are known, toy ones reconstructed
+RELEASED_TOL, TOY_TOL = 0.01, 0.03
+# plain DiT attention and MLP: the vanilla U-DiTs (T10) and the toy DiT-UNet
+PLAIN = {"cosine": False, "rope": False, "ffn": "mlp"}
 
-def _paper_gflops(table: str, row: str) -> float:
-    return float(
-        paper_numbers()[table][row][0]
-    )  # columns: [gflops, fid, sfid, is, precision, recall]
 
+def released(*, hidden_size: int, num_heads: int, depths: tuple, **switches) -> dict:
+    """Keywords of the official U_DiT_S/B/L at this size (paper T8: C, heads, depths): two
+    (attention, FFN) pairs per block, MLP ratio 2, token downsampling, dec1 at 2C, the 3x3 output
+    conv and every modification (cosine, RoPE2D, re-parameterised FFN); `switches` replace some."""
+    official = {
+        "depths": depths,
+        "sublayers": 2,
+        "mlp_ratio": 2.0,
+        "attention": "tokens",
+        "downsampler": "dwconv_shortcut",
+        "downsampler_kernel": 5,
+        "cosine": True,
+        "rope": True,
+        "ffn": "rep",
+        "dec1_mult": 2,
+        "output_conv": True,
+        "hidden_size": hidden_size,
+        "num_heads": num_heads,
+    }
+    return official | switches
 
-RELEASED_TOL, TOY_TOL = (
-    0.01,
-    0.03,
-)  # fvcore GFLOPs vs paper: released configs are known, toy ones reconstructed
-
-# U-DiT-S/B/L exactly as the official U_DiT_S/B/L
-# (paper T8: C, heads, depths; MLP ratio 2, two sub-layers).
-RELEASED = {
-    "U-DiT-S": {"hidden_size": 96, "num_heads": 4},
-    "U-DiT-B": {"hidden_size": 192, "num_heads": 8},
-    "U-DiT-L": {"hidden_size": 384, "num_heads": 16},
-}
-RELEASED_COMMON = {
-    "depths": (2, 5, 8, 5, 2),
-    "sublayers": 2,
-    "mlp_ratio": 2.0,
-    "attention": "tokens",
-    "downsampler": "dwconv_shortcut",
-    "downsampler_kernel": 5,
-    "cosine": True,
-    "rope": True,
-    "ffn": "rep",
-    "dec1_mult": 2,
-    "output_conv": True,
-}
-# Train-graph (unfused FFN) parameter counts of the official U_DiT_S/B/L (counted with the official
-# udit_models.py, before re-parameterisation); num_params() reproduces them.
-TRAIN_GRAPH_PARAMS_M = {"U-DiT-S": 58.90, "U-DiT-B": 231.25, "U-DiT-L": 916.34}
-PLAIN = {
-    "cosine": False,
-    "rope": False,
-    "ffn": "mlp",
-}  # plain DiT attention and MLP: vanilla U-DiT (T10), toy base
 
 # Toy scale (T1, T7, T9): the paper publishes no configuration. Reconstruction, chosen by searching
 # widths/depths/layouts for the smallest worst-case GFLOPs error over every toy figure: C=40,
@@ -323,29 +319,115 @@ PLAIN = {
 # dense 5x5 conv (the depthwise 5x5 made dense). fvcore: DiT-UNet 1.388, Slim (C=30) 0.907,
 # KV 0.908, U-DiT-T 0.908, PS only 0.892, DWconv FFN 0.969, dense 2.203 -> worst residual +2.0%
 # (DWconv FFN vs 0.95).
-TOY = {
-    "hidden_size": 40,
-    "num_heads": 2,
-    "depths": (2, 7, 8, 7, 2),
-    "sublayers": 1,
-    "mlp_ratio": 4.0,
-    "downsampler_kernel": 5,
-    "dec1_mult": 2,
-    "output_conv": False,
-}
 TOY_NOTE = (
     "toy config reconstructed (paper gives none): C=40, 2 heads, depths [2,7,8,7,2], one "
     "attention+FFN pair per block, MLP ratio 4, dec1 at 2C, no output conv"
 )
-UDIT_T = dict(TOY, **PLAIN, attention="tokens", downsampler="dwconv_shortcut")
-SLIM_WIDTH = (
-    30  # full attention with C=30 lands on the 0.92 GFLOPs of T9 (no RoPE, so head_dim 15 is fine)
+
+
+def toy(*, hidden_size: int, **switches) -> dict:
+    """Keywords of the toy scale at width `hidden_size` (TOY_NOTE), then the ablation `switches`."""
+    return {
+        "hidden_size": hidden_size,
+        "num_heads": 2,
+        "depths": (2, 7, 8, 7, 2),
+        "sublayers": 1,
+        "mlp_ratio": 4.0,
+        "downsampler_kernel": 5,
+        "dec1_mult": 2,
+        "output_conv": False,
+        **switches,
+    }
+
+
+def u_dit_t(**changes) -> dict:
+    """U-DiT-T (the toy DiT-UNet with token downsampling) with `changes`: the T7/T9 ablations."""
+    return toy(hidden_size=40, **PLAIN, attention="tokens", downsampler="dwconv_shortcut") | changes
+
+
+# name -> UShapedDiT keywords, one line per model (as DiT's `DiT_XL_2 = ...` constructors)
+TOY_CONFIGS: dict[str, dict] = {
+    "DiT-UNet": toy(hidden_size=40, **PLAIN, attention="full"),
+    "DiT-UNet (Slim)": toy(hidden_size=30, **PLAIN, attention="full"),
+    "DiT-UNet + KV downsampling": u_dit_t(attention="kv"),
+    "U-DiT-T": u_dit_t(),
+    "U-DiT-T + cos": u_dit_t(cosine=True),
+    "U-DiT-T + cos + RoPE2D": u_dit_t(cosine=True, rope=True),
+    "U-DiT-T + cos + RoPE2D + DWconv FFN": u_dit_t(cosine=True, rope=True, ffn="dwconv"),
+    "U-DiT-T + cos + RoPE2D + DWconv FFN + re-param": u_dit_t(cosine=True, rope=True, ffn="rep"),
+    "U-DiT-T (PS only)": u_dit_t(downsampler="ps"),
+    "U-DiT-T (DWconv + PS)": u_dit_t(downsampler="dwconv"),
+    "U-DiT-T (dense conv)": u_dit_t(downsampler="dense"),
+}
+VANILLA_CONFIGS: dict[str, dict] = {  # U-DiT without its modifications (T10)
+    "U-DiT-S vanilla": released(hidden_size=96, num_heads=4, depths=(2, 5, 8, 5, 2), **PLAIN),
+    "U-DiT-B vanilla": released(hidden_size=192, num_heads=8, depths=(2, 5, 8, 5, 2), **PLAIN),
+    "U-DiT-L vanilla": released(hidden_size=384, num_heads=16, depths=(2, 5, 8, 5, 2), **PLAIN),
+}
+RELEASED_CONFIGS: dict[str, dict] = {  # exactly the official U_DiT_S/B/L
+    "U-DiT-S": released(hidden_size=96, num_heads=4, depths=(2, 5, 8, 5, 2)),
+    "U-DiT-B": released(hidden_size=192, num_heads=8, depths=(2, 5, 8, 5, 2)),
+    "U-DiT-L": released(hidden_size=384, num_heads=16, depths=(2, 5, 8, 5, 2)),
+}
+
+# Where the paper reports each model's GFLOPs: (table, row) of udit/paper's numbers; the
+# table's name ends in its number, the spec's source ('toy_T1' -> 'T1').
+PAPER_ROWS: dict[str, tuple[str, str]] = {
+    "DiT-UNet": ("toy_T1", "DiT-UNet"),
+    "DiT-UNet (Slim)": ("ablation_T9", "DiT-UNet (Slim)"),
+    "DiT-UNet + KV downsampling": ("toy_T1", "DiT-UNet + key-value downsampling"),
+    "U-DiT-T": ("downsampler_T7", "depthwise conv with shortcut + pixel shuffle"),
+    "U-DiT-T + cos": ("ablation_T9", "+ cosine similarity"),
+    "U-DiT-T + cos + RoPE2D": ("ablation_T9", "+ RoPE2D"),
+    "U-DiT-T + cos + RoPE2D + DWconv FFN": ("ablation_T9", "+ depthwise-conv FFN"),
+    "U-DiT-T + cos + RoPE2D + DWconv FFN + re-param": ("ablation_T9", "+ re-parameterisation"),
+    "U-DiT-T (PS only)": ("downsampler_T7", "pixel shuffle only"),
+    "U-DiT-T (DWconv + PS)": ("downsampler_T7", "depthwise conv + pixel shuffle"),
+    **{name: ("vanilla_vs_all_T10", name) for name in VANILLA_CONFIGS},
+    **{name: ("main_400k_T2", name) for name in RELEASED_CONFIGS},
+}
+# Not in a table: the T7 caption says a dense-conv downsampler costs 2.22 GFLOPs.
+CAPTION_GFLOPS = {"U-DiT-T (dense conv)": (2.22, "T7")}  # name -> (GFLOPs, source)
+
+# What each toy reconstruction chose, after TOY_NOTE.
+TOY_NOTES = {
+    "DiT-UNet": "plain U-Net of DiT blocks, full self-attention at every level",
+    # full attention with C=30 lands on the 0.92 GFLOPs of T9 (no RoPE, so head_dim 15 is fine)
+    "DiT-UNet (Slim)": "DiT-UNet narrowed to C=30 to match U-DiT-T's cost",
+    "DiT-UNet + KV downsampling": "keys/values 2x2 average-pooled after the depthwise-conv "
+    "downsampler; queries keep all tokens (operator reconstructed: the paper names no pooling "
+    "operator)",
+    "U-DiT-T": "= DiT-UNet + token downsampling; the paper gives 0.90 GFLOPs in T1 and 0.91 in "
+    "T7/T9 for this model",
+    "U-DiT-T + cos + RoPE2D + DWconv FFN": "FFN = official FeedForward(rep=False): 1x1, GELU, "
+    "dw5x5, 1x1 (= the deployed re-param graph)",
+    "U-DiT-T + cos + RoPE2D + DWconv FFN + re-param": "train graph adds split 1x1s and "
+    "identity/3x3/1x1 branches; eval FLOPs = the fused graph",
+    "U-DiT-T (DWconv + PS)": "depthwise 5x5 without the identity shortcut",
+    "U-DiT-T (dense conv)": "T7 caption: a dense-conv downsampler costs 2.22 GFLOPs; here a "
+    "dense 5x5 conv with shortcut (the official toy script measures 2.22 with a dense 3x3 in a "
+    "different config)",
+}
+VANILLA_NOTE = (
+    "U-DiT without cosine attention, RoPE2D, depthwise FFN and re-param (DiT MLP, ratio 2)"
 )
+RELEASED_NOTE = "official udit_models.py U_DiT_S/B/L; official checkpoints load strictly"
+# Train-graph (unfused FFN) parameter counts of the official U_DiT_S/B/L (counted with the official
+# udit_models.py, before re-parameterisation); num_params() reproduces them.
+TRAIN_GRAPH_PARAMS_M = {"U-DiT-S": 58.90, "U-DiT-B": 231.25, "U-DiT-L": 916.34}
 
 
-def _spec(
-    name: str, cfg: dict, *, gflops: float, source: str, note: str, tol: float, **extra
-) -> ModelSpec:
+def _paper_gflops(name: str) -> tuple[float, str]:
+    """-> (GFLOPs the paper reports for `name`, the table that says so)."""
+    if name in CAPTION_GFLOPS:
+        return CAPTION_GFLOPS[name]
+    table, row = PAPER_ROWS[name]
+    # columns: [gflops, fid, sfid, is, precision, recall]
+    return float(paper_numbers()[table][row][0]), table.rsplit("_", 1)[-1]
+
+
+def _spec(name: str, cfg: dict, *, note: str, tol: float, **extra) -> ModelSpec:
+    gflops, source = _paper_gflops(name)
     return ModelSpec(
         name=name,
         build=partial(UShapedDiT, **cfg),
@@ -356,132 +438,23 @@ def _spec(
     )
 
 
-def _toy(name: str, cfg: dict, table: str, row: str, source: str, note: str = "") -> ModelSpec:
+def _released_spec(name: str, cfg: dict) -> ModelSpec:
     return _spec(
         name,
         cfg,
-        gflops=_paper_gflops(table, row),
-        source=source,
-        tol=TOY_TOL,
-        note=TOY_NOTE + (f"; {note}" if note else ""),
+        note=RELEASED_NOTE,
+        tol=RELEASED_TOL,
+        paper_params_m=paper_numbers()["configurations_T8"][name]["params_m"],
+        train_graph_params_m=TRAIN_GRAPH_PARAMS_M[name],
     )
 
 
+def _toy_note(name: str) -> str:
+    return TOY_NOTE + (f"; {TOY_NOTES[name]}" if name in TOY_NOTES else "")
+
+
 UNET_MODELS: dict[str, ModelSpec] = {
-    s.name: s
-    for s in [
-        _toy(
-            "DiT-UNet",
-            dict(TOY, **PLAIN, attention="full"),
-            "toy_T1",
-            "DiT-UNet",
-            "T1",
-            "plain U-Net of DiT blocks, full self-attention at every level",
-        ),
-        _toy(
-            "DiT-UNet (Slim)",
-            dict(TOY, **PLAIN, attention="full", hidden_size=SLIM_WIDTH),
-            "ablation_T9",
-            "DiT-UNet (Slim)",
-            "T9",
-            f"DiT-UNet narrowed to C={SLIM_WIDTH} to match U-DiT-T's cost",
-        ),
-        _toy(
-            "DiT-UNet + KV downsampling",
-            dict(UDIT_T, attention="kv"),
-            "toy_T1",
-            "DiT-UNet + key-value downsampling",
-            "T1",
-            "keys/values 2x2 average-pooled after the depthwise-conv downsampler; queries keep "
-            "all tokens (operator reconstructed: the paper names no pooling operator)",
-        ),
-        _toy(
-            "U-DiT-T",
-            UDIT_T,
-            "downsampler_T7",
-            "depthwise conv with shortcut + pixel shuffle",
-            "T7",
-            "= DiT-UNet + token downsampling; the paper gives 0.90 GFLOPs in T1 and 0.91 in T7/T9 "
-            "for this model",
-        ),
-        _toy(
-            "U-DiT-T + cos", dict(UDIT_T, cosine=True), "ablation_T9", "+ cosine similarity", "T9"
-        ),
-        _toy(
-            "U-DiT-T + cos + RoPE2D",
-            dict(UDIT_T, cosine=True, rope=True),
-            "ablation_T9",
-            "+ RoPE2D",
-            "T9",
-        ),
-        _toy(
-            "U-DiT-T + cos + RoPE2D + DWconv FFN",
-            dict(UDIT_T, cosine=True, rope=True, ffn="dwconv"),
-            "ablation_T9",
-            "+ depthwise-conv FFN",
-            "T9",
-            "FFN = official FeedForward(rep=False): 1x1, GELU, dw5x5, 1x1 "
-            "(= the deployed re-param graph)",
-        ),
-        _toy(
-            "U-DiT-T + cos + RoPE2D + DWconv FFN + re-param",
-            dict(UDIT_T, cosine=True, rope=True, ffn="rep"),
-            "ablation_T9",
-            "+ re-parameterisation",
-            "T9",
-            "train graph adds split 1x1s and identity/3x3/1x1 branches; "
-            "eval FLOPs = the fused graph",
-        ),
-        _toy(
-            "U-DiT-T (PS only)",
-            dict(UDIT_T, downsampler="ps"),
-            "downsampler_T7",
-            "pixel shuffle only",
-            "T7",
-        ),
-        _toy(
-            "U-DiT-T (DWconv + PS)",
-            dict(UDIT_T, downsampler="dwconv"),
-            "downsampler_T7",
-            "depthwise conv + pixel shuffle",
-            "T7",
-            "depthwise 5x5 without the identity shortcut",
-        ),
-        _spec(
-            "U-DiT-T (dense conv)",
-            dict(UDIT_T, downsampler="dense"),
-            gflops=2.22,
-            source="T7",
-            tol=TOY_TOL,
-            note=TOY_NOTE
-            + "; T7 caption: a dense-conv downsampler costs 2.22 GFLOPs; here a dense "
-            "5x5 conv with shortcut (the official toy script measures 2.22 with a dense 3x3 "
-            "in a different config)",
-        ),
-        *[
-            _spec(
-                f"{name} vanilla",
-                dict(RELEASED_COMMON, **width, **PLAIN),
-                source="T10",
-                tol=RELEASED_TOL,
-                gflops=_paper_gflops("vanilla_vs_all_T10", f"{name} vanilla"),
-                note="U-DiT without cosine attention, RoPE2D, depthwise FFN and re-param "
-                "(DiT MLP, ratio 2)",
-            )
-            for name, width in RELEASED.items()
-        ],
-        *[
-            _spec(
-                name,
-                dict(RELEASED_COMMON, **width),
-                source="T2",
-                tol=RELEASED_TOL,
-                gflops=_paper_gflops("main_400k_T2", name),
-                note="official udit_models.py U_DiT_S/B/L; official checkpoints load strictly",
-                paper_params_m=paper_numbers()["configurations_T8"][name]["params_m"],
-                train_graph_params_m=TRAIN_GRAPH_PARAMS_M[name],
-            )
-            for name, width in RELEASED.items()
-        ],
-    ]
+    **{n: _spec(n, cfg, note=_toy_note(n), tol=TOY_TOL) for n, cfg in TOY_CONFIGS.items()},
+    **{n: _spec(n, cfg, note=VANILLA_NOTE, tol=RELEASED_TOL) for n, cfg in VANILLA_CONFIGS.items()},
+    **{n: _released_spec(n, cfg) for n, cfg in RELEASED_CONFIGS.items()},
 }

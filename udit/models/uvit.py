@@ -24,8 +24,9 @@ import functools
 import torch
 from torch import nn
 
-from udit.models.dit import Attention, Mlp, PatchEmbed, PatchModel
+from udit.models.dit import Attention, Mlp
 from udit.models.embed import LabelEmbedder, timestep_features
+from udit.models.patch_model import PatchEmbed, PatchModel
 from udit.models.spec import ModelSpec
 from udit.paper import paper_numbers
 
@@ -127,24 +128,26 @@ NOTE = (
     "common setting the output has 2x in_channels (learned sigma) and labels drop with p 0.1 "
     "to a DiT null row inside the model (U-ViT: p 0.15 in the data loader)"
 )
-# registry name -> (depth, row of paper_numbers.yaml other_architectures_T3, extra note)
-UVIT_CONFIGS = {
-    "U-ViT-L": (20, "U-ViT-L", ""),
-    "U-ViT-XL": (30, "U-ViT-XL* (depth 20 -> 30)", "; depth 30 (15 in, 1 mid, 15 out) as T3"),
+# name -> constructor, one line per model (D 1024, 16 heads, patch 2: UViT's defaults)
+UVIT_BUILDERS: dict[str, functools.partial] = {
+    "U-ViT-L": functools.partial(UViT, depth=20),
+    "U-ViT-XL": functools.partial(UViT, depth=30),
 }
+# name -> row of paper_numbers.yaml other_architectures_T3
+UVIT_ROWS = {"U-ViT-L": "U-ViT-L", "U-ViT-XL": "U-ViT-XL* (depth 20 -> 30)"}
+UVIT_NOTES = {"U-ViT-XL": "; depth 30 (15 in, 1 mid, 15 out) as T3"}  # after NOTE
 
 
-def _uvit_spec(name: str, depth: int, row: str, extra_note: str) -> ModelSpec:
+def _uvit_spec(name: str, build: functools.partial) -> ModelSpec:
+    row = UVIT_ROWS[name]
     return ModelSpec(
         name=name,
-        build=functools.partial(UViT, depth=depth),
+        build=build,
         paper_gflops=float(paper_numbers()["other_architectures_T3"][row][0]),
         source="T3",
-        note=NOTE + extra_note,
+        note=NOTE + UVIT_NOTES.get(name, ""),
         extra={"paper_table": "other_architectures_T3", "paper_row": row},
     )
 
 
-UVIT_MODELS: dict[str, ModelSpec] = {
-    name: _uvit_spec(name, *cfg) for name, cfg in UVIT_CONFIGS.items()
-}
+UVIT_MODELS: dict[str, ModelSpec] = {name: _uvit_spec(name, b) for name, b in UVIT_BUILDERS.items()}

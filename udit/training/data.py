@@ -28,31 +28,43 @@ def build_train_data(
     flips use the per-sample coin, not the dataset's transform, so they do not depend on
     the rank or DataLoader worker (the latent cache stores both flips as separate items).
     """
-    # Imported per branch: a latent cache needs neither torchvision nor diffusers (~5 s).
-    from udit.data.latents import sample_latent
-
+    # Each source imports its own: a latent cache needs neither torchvision nor diffusers (~5 s).
     if latents is not None:
-        from udit.data.latents import LatentDataset
+        return _latent_data(latents, image_size=image_size, num_classes=num_classes, device=device)
+    return _image_data(
+        images, pixel=pixel, vae=vae, image_size=image_size, num_classes=num_classes, device=device
+    )
 
-        # every shard is checked here, before any step: dtype and shape against the manifest,
-        # labels in [0, its classes), finite moments (udit.data.shards); one line names the file
-        dataset = LatentDataset(latents)
-        if dataset.image_size != image_size:
-            raise BadValueError(
-                f"latent cache {latents} was extracted at {dataset.image_size} px, "
-                f"but --image-size is {image_size}"
-            )
-        _check_classes(dataset, source=latents, num_classes=num_classes)
-        moments, _ = dataset[0]
-        shape = (moments.shape[0] // 2, *moments.shape[1:])  # moments = [mean; logvar]
 
-        def draw_latent(x, draws):
-            x = x.to(device, non_blocking=True)  # pinned by the DataLoader on CUDA
-            return sample_latent(x, draws.latent_noise.to(device))  # (N, C, h, w)
+def _latent_data(latents: str, *, image_size: int, num_classes: int, device: torch.device):
+    """A latent cache: a fresh z ~ N(mean, var) per step from the stored moments."""
+    from udit.data.latents import LatentDataset, sample_latent
 
-        return dataset, "latents", shape, draw_latent
+    # every shard is checked here, before any step: dtype and shape against the manifest,
+    # labels in [0, its classes), finite moments (udit.data.shards); one line names the file
+    dataset = LatentDataset(latents)
+    if dataset.image_size != image_size:
+        raise BadValueError(
+            f"latent cache {latents} was extracted at {dataset.image_size} px, "
+            f"but --image-size is {image_size}"
+        )
+    _check_classes(dataset, source=latents, num_classes=num_classes)
+    moments, _ = dataset[0]
+    shape = (moments.shape[0] // 2, *moments.shape[1:])  # moments = [mean; logvar]
 
+    def draw_latent(x, draws):
+        x = x.to(device, non_blocking=True)  # pinned by the DataLoader on CUDA
+        return sample_latent(x, draws.latent_noise.to(device))  # (N, C, h, w)
+
+    return dataset, "latents", shape, draw_latent
+
+
+def _image_data(
+    images: str, *, pixel: bool, vae: str, image_size: int, num_classes: int, device: torch.device
+):
+    """An ImageFolder: flipped per sample, then encoded by the VAE, or as pixels (`pixel`)."""
     from udit.data.imagenet import build_image_dataset
+    from udit.data.latents import sample_latent
 
     dataset = build_image_dataset(images, image_size, flip=False)
     _check_classes(dataset, source=images, num_classes=num_classes)

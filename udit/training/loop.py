@@ -375,26 +375,13 @@ class Run:
 
 
 def _train(opts: TrainOptions, info: distributed.DistInfo, flag: StopFlag) -> dict:
+    """The job in its phases: check the run folder, build the data and the model, resume, then
+    train up to stop_at / total_steps."""
     from udit.diffusion import create_diffusion
 
     run_dir = Path(opts.run_dir)
     _start_run(opts, info, run_dir)
-    dataset, kind, shape, prepare = build_train_data(
-        latents=opts.latents,
-        images=opts.images,
-        pixel=opts.pixel,
-        vae=opts.vae,
-        image_size=opts.image_size,
-        num_classes=opts.num_classes,
-        device=info.device,
-    )
-    order = DataOrder(
-        num_items=len(dataset),
-        global_batch=opts.global_batch,
-        world_size=info.world_size,
-        rank=info.rank,
-        seed=opts.seed,
-    )
+    dataset, kind, shape, prepare, order = _build_data(opts, info)
     model, net, ema, drops, opt = _build_model(opts, info, shape)
     start, ckpt = store.resume_training_state(
         run_dir=run_dir,
@@ -414,7 +401,44 @@ def _train(opts: TrainOptions, info: distributed.DistInfo, flag: StopFlag) -> di
         return {"step": start, "kind": kind, "checkpoint": str(ckpt) if ckpt else None}
     if opts.compile:
         net = torch.compile(net)
-    loader = torch.utils.data.DataLoader(
+    loader = _step_loader(dataset, order, opts, info, start=start, stop=stop)
+    diffusion = create_diffusion(timestep_respacing="")
+    run = Run(
+        opts, info, run_dir, order, shape, kind, prepare, model, net, ema, drops, opt, diffusion
+    )
+    _check_grad_accum(opts, info, order)
+    _record_run(opts, info, run_dir)
+    flag.reset_clock()  # minutes count from the first step, not from start-up
+    last_path = _run_steps(run, loader, start=start, stop=stop, last_path=ckpt, flag=flag)
+    drops.remove()
+    return {"step": stop, "kind": kind, "checkpoint": str(last_path)}
+
+
+def _build_data(opts: TrainOptions, info: distributed.DistInfo):
+    """-> (dataset, kind, shape, prepare) of the data source (udit.training.data) and this
+    rank's DataOrder over it."""
+    dataset, kind, shape, prepare = build_train_data(
+        latents=opts.latents,
+        images=opts.images,
+        pixel=opts.pixel,
+        vae=opts.vae,
+        image_size=opts.image_size,
+        num_classes=opts.num_classes,
+        device=info.device,
+    )
+    order = DataOrder(
+        num_items=len(dataset),
+        global_batch=opts.global_batch,
+        world_size=info.world_size,
+        rank=info.rank,
+        seed=opts.seed,
+    )
+    return dataset, kind, shape, prepare, order
+
+
+def _step_loader(dataset, order: DataOrder, opts: TrainOptions, info, *, start: int, stop: int):
+    """The batches of steps start..stop-1, in the run's order (StepBatchSampler)."""
+    return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=StepBatchSampler(order, start, stop),
         num_workers=opts.num_workers,
@@ -422,31 +446,15 @@ def _train(opts: TrainOptions, info: distributed.DistInfo, flag: StopFlag) -> di
         persistent_workers=opts.num_workers > 0,
         worker_init_fn=ignore_stop_signals,  # a job-wide signal must not kill the workers
     )
-    run = Run(
-        opts,
-        info,
-        run_dir,
-        order,
-        shape,
-        kind,
-        prepare,
-        model,
-        net,
-        ema,
-        drops,
-        opt,
-        create_diffusion(timestep_respacing=""),
-    )
+
+
+def _check_grad_accum(opts: TrainOptions, info: distributed.DistInfo, order: DataOrder) -> None:
+    """Every micro-batch of a rank must hold the same number of samples."""
     if order.local_batch % opts.grad_accum:
         raise BadValueError(
             f"--grad-accum {opts.grad_accum} does not divide the per-rank batch "
             f"{order.local_batch} (global batch {opts.global_batch} over {info.world_size} ranks)"
         )
-    _record_run(opts, info, run_dir)
-    flag.reset_clock()  # minutes count from the first step, not from start-up
-    last_path = _run_steps(run, loader, start=start, stop=stop, last_path=ckpt, flag=flag)
-    drops.remove()
-    return {"step": stop, "kind": kind, "checkpoint": str(last_path)}
 
 
 def _run_steps(run: Run, loader, *, start: int, stop: int, last_path, flag: StopFlag):
@@ -460,37 +468,9 @@ def _run_steps(run: Run, loader, *, start: int, stop: int, last_path, flag: Stop
     bar = tqdm(total=stop, initial=start, file=sys.stderr, disable=not info.is_main)
     run.model.train()
     for step, (x, y) in zip(range(start, stop), loader):
-        draws = draw_samples(
-            seed=opts.seed,
-            step=step,
-            offset=run.order.global_offset(),
-            count=len(y),
-            shape=run.shape,
-            num_timesteps=run.diffusion.num_timesteps,
-            num_embedders=len(run.drops),
-            drop_prob=run.drops.drop_prob,
-            latent=run.kind in ("latents", "vae"),
-            flip_prob=FLIP_PROB,
-        ).to(device)  # one non-blocking copy: no host-GPU sync per step
-        x = run.prepare(x, draws)  # (N, C, H, W) model input
-        if opts.inject_nan_at == step + 1:  # debug: poison one step's batch (NaN-stop test)
-            x = x * float("nan")
         done = step + 1
         log_now = done % opts.log_every == 0 or done == stop
-        terms, grad_norm = train_step(
-            net=run.net,
-            opt=run.opt,
-            diffusion=run.diffusion,
-            x=x,
-            y=y.to(device, non_blocking=True),  # pinned by the DataLoader on CUDA
-            t=draws.t.to(device),
-            noise=draws.noise.to(device),
-            autocast=autocast,
-            grad_norm=log_now,
-            accum=opts.grad_accum,
-            drops=run.drops,
-            label_drop=draws.label_drop.to(device),  # (N, K) per-embedder drop coins
-        )
+        terms, grad_norm = _step(run, step, x, y, autocast=autocast, grad_norm=log_now)
         update_ema(run.ema, run.model, opts.ema_decay)  # multi-tensor: one kernel per op
         window.add(terms, done=done)
         bar.update(1)
@@ -510,19 +490,7 @@ def _run_steps(run: Run, loader, *, start: int, stop: int, last_path, flag: Stop
         scheduled = done % opts.ckpt_every == 0 or done in milestones or done == stop
         if scheduled or stop_now or clock_due:
             window.check_finite(info, last_path=last_path)  # never save weights a NaN step touched
-            last_path = store.save_training_state(
-                run_dir=run.run_dir,
-                info=info,
-                model=run.model,
-                ema=run.ema,
-                opt=run.opt,
-                order=run.order,
-                step=done,
-                args=asdict(opts),
-                keep_last=opts.keep_last,
-                milestones=tuple(opts.milestones),
-                resumed=resumed,
-            )
+            last_path = _checkpoint(run, done=done, resumed=resumed)
             flag.reset_clock()
             if stop_now and done != stop:
                 raise StoppedEarly(
@@ -536,6 +504,59 @@ def _run_steps(run: Run, loader, *, start: int, stop: int, last_path, flag: Stop
             time.sleep(opts.pause_after_step)
     bar.close()
     return last_path
+
+
+def _step(run: Run, step: int, x, y, *, autocast, grad_norm: bool):
+    """Step `step` (0-based) on the batch (x, y): its per-sample draws, the model input, one
+    optimiser step; -> (per-sample loss terms, grad norm or None)."""
+    opts, device = run.opts, run.info.device
+    draws = draw_samples(
+        seed=opts.seed,
+        step=step,
+        offset=run.order.global_offset(),
+        count=len(y),
+        shape=run.shape,
+        num_timesteps=run.diffusion.num_timesteps,
+        num_embedders=len(run.drops),
+        drop_prob=run.drops.drop_prob,
+        latent=run.kind in ("latents", "vae"),
+        flip_prob=FLIP_PROB,
+    ).to(device)  # one non-blocking copy: no host-GPU sync per step
+    x = run.prepare(x, draws)  # (N, C, H, W) model input
+    if opts.inject_nan_at == step + 1:  # debug: poison one step's batch (NaN-stop test)
+        x = x * float("nan")
+    return train_step(
+        net=run.net,
+        opt=run.opt,
+        diffusion=run.diffusion,
+        x=x,
+        y=y.to(device, non_blocking=True),  # pinned by the DataLoader on CUDA
+        t=draws.t.to(device),
+        noise=draws.noise.to(device),
+        autocast=autocast,
+        grad_norm=grad_norm,
+        accum=opts.grad_accum,
+        drops=run.drops,
+        label_drop=draws.label_drop.to(device),  # (N, K) per-embedder drop coins
+    )
+
+
+def _checkpoint(run: Run, *, done: int, resumed) -> Path | None:
+    """The state after step `done` (model, EMA, optimiser, data position, RNGs), written by rank 0;
+    every rank calls it (store.save_training_state); -> its path."""
+    return store.save_training_state(
+        run_dir=run.run_dir,
+        info=run.info,
+        model=run.model,
+        ema=run.ema,
+        opt=run.opt,
+        order=run.order,
+        step=done,
+        args=asdict(run.opts),
+        keep_last=run.opts.keep_last,
+        milestones=tuple(run.opts.milestones),
+        resumed=resumed,
+    )
 
 
 #################################################################################
@@ -562,15 +583,33 @@ def _env_seconds(name: str = "UDIT_PAUSE_AFTER_STEP") -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = TrainOptions(model="", run_dir="", total_steps=1)
+    d = TrainOptions(model="", run_dir="", total_steps=1)  # the defaults
     p = argparse.ArgumentParser(prog="udit train", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="registry name, e.g. U-DiT-B, DiT-S/2")
     p.add_argument("--run-dir", required=True, help="run folder; re-running the command resumes it")
+    _add_data_flags(p, d)
+    _add_schedule_flags(p, d)
+    _add_recipe_flags(p, d)
+    p.add_argument("--log-every", type=argtypes.STEPS, default=d.log_every)
+    p.add_argument("--num-workers", type=argtypes.WORKERS, default=d.num_workers)
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    _add_test_hooks(p)
+    add_options(p)  # what a DAG job gets: the fields below as one JSON object
+    add_dry_run(p)  # prints the validated TrainOptions (a valid --options document)
+    return p
+
+
+def _add_data_flags(p: argparse.ArgumentParser, d: TrainOptions) -> None:
+    """Where the training data comes from: a latent cache, or images (through the VAE or not)."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--latents", help="latent cache directory (VAE moments)")
     src.add_argument("--images", help="ImageFolder root (online VAE encode, or --pixel)")
     p.add_argument("--pixel", action="store_true", help="pixel space, no VAE")
     p.add_argument("--vae", default=d.vae, help="VAE hub id or local dir (images mode)")
+
+
+def _add_schedule_flags(p: argparse.ArgumentParser, d: TrainOptions) -> None:
+    """How long the run is, in what batches, and when it checkpoints, stops and resumes."""
     p.add_argument("--total-steps", type=argtypes.STEPS, required=True)
     p.add_argument("--global-batch", type=argtypes.BATCH, default=d.global_batch)
     p.add_argument(
@@ -598,6 +637,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--stop-at", type=argtypes.STEPS, default=None, help="exit after this step")
     p.add_argument("--resume", default=d.resume, help="auto | never | PATH")
+
+
+def _add_recipe_flags(p: argparse.ArgumentParser, d: TrainOptions) -> None:
+    """The recipe: seed, optimiser, EMA, precision, classes, image size, model overrides."""
     p.add_argument("--seed", type=argtypes.SEED, default=d.seed)
     p.add_argument("--lr", type=argtypes.LEARNING_RATE, default=d.lr)
     p.add_argument("--weight-decay", type=argtypes.NONNEG, default=d.weight_decay)
@@ -612,9 +655,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=argtypes.CLASSES, default=d.num_classes)
     p.add_argument("--image-size", type=argtypes.IMAGE_SIZE, default=d.image_size)
     p.add_argument("--model-kw", nargs="*", default=[], metavar="KEY=VAL", help="model overrides")
-    p.add_argument("--log-every", type=argtypes.STEPS, default=d.log_every)
-    p.add_argument("--num-workers", type=argtypes.WORKERS, default=d.num_workers)
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None)
+
+
+def _add_test_hooks(p: argparse.ArgumentParser) -> None:
+    """Hidden flags the tests drive the loop with."""
     # Seconds to sleep after each checkpoint: lets a test SIGKILL the job at a known step.
     p.add_argument("--pause-after-ckpt", type=argtypes.NONNEG, default=0.0, help=argparse.SUPPRESS)
     # Seconds to sleep after each step: lets a test signal the job between known steps.
@@ -623,9 +667,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # Poison the batch of this step with NaN: tests that a non-finite loss stops the run.
     p.add_argument("--inject-nan-at", type=argtypes.STEPS, default=None, help=argparse.SUPPRESS)
-    add_options(p)  # what a DAG job gets: the fields below as one JSON object
-    add_dry_run(p)  # prints the validated TrainOptions (a valid --options document)
-    return p
 
 
 def options_from_args(args: argparse.Namespace) -> TrainOptions:

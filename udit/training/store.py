@@ -286,7 +286,31 @@ def resume_training_state(
     model / EMA / optimiser / RNGs; -> (step, path or None). `order` is the run's DataOrder;
     `expected` this run's options: a checkpoint trained with other RESUME_SHOWN is refused."""
     expected = json.loads(json.dumps(expected or {}))  # tuples -> lists, as the checkpoint has
-    run_dir, ckpt = Path(run_dir), None
+    run_dir = Path(run_dir)
+    ckpt = _checkpoint_to_resume(run_dir, resume, info)
+    if ckpt is None:
+        if info.is_main:  # fresh start: lines of an earlier, checkpoint-less attempt go
+            truncate_log(run_dir / TRAIN_LOG, step=0)
+        return 0, None
+    state = load_checkpoint_state(ckpt, map_location=info.device)
+    _check_trained_options(ckpt, trained=state.get("args") or {}, expected=expected)
+    _load_weights(ckpt, state, model=model, ema=ema, opt=opt)
+    step = int(state["step"])
+    if state["data"] != order.state(step):
+        raise BadValueError(
+            f"{ckpt}: data position {state['data']} does not match this run's "
+            f"{order.state(step)} (dataset or batch size changed)"
+        )
+    _restore_rank_rngs(state["rng"]["ranks"], info)
+    if info.is_main:  # a killed job may have logged past its last checkpoint
+        truncate_log(run_dir / TRAIN_LOG, step=step)
+        print(f"resumed from {ckpt} at step {step}", file=sys.stderr)
+    return step, ckpt
+
+
+def _checkpoint_to_resume(run_dir: Path, resume: str, info) -> Path | None:
+    """The checkpoint `resume` names: 'auto' the newest valid one (None, with a warning when
+    only invalid ones are there), 'never' None, else the path, which must verify."""
     if resume == "auto":
         found = find_latest(run_dir)
         ckpt = found[1] if found else None
@@ -294,17 +318,18 @@ def resume_training_state(
             print(
                 f"warning: no valid checkpoint in {run_dir}; starting from scratch", file=sys.stderr
             )
-    elif resume != "never":
-        ckpt = Path(resume)
-        problem = verify_checkpoint(ckpt) if ckpt.is_file() else "missing"
-        if problem:
-            raise BadValueError(f"--resume {ckpt}: not a usable checkpoint ({problem})")
-    if ckpt is None:
-        if info.is_main:  # fresh start: lines of an earlier, checkpoint-less attempt go
-            truncate_log(run_dir / TRAIN_LOG, step=0)
-        return 0, None
-    state = load_checkpoint_state(ckpt, map_location=info.device)
-    trained = state.get("args") or {}
+        return ckpt
+    if resume == "never":
+        return None
+    ckpt = Path(resume)
+    problem = verify_checkpoint(ckpt) if ckpt.is_file() else "missing"
+    if problem:
+        raise BadValueError(f"--resume {ckpt}: not a usable checkpoint ({problem})")
+    return ckpt
+
+
+def _check_trained_options(ckpt: Path, *, trained: dict, expected: dict) -> None:
+    """Refuse a checkpoint trained with other model options (RESUME_SHOWN) than this run's."""
     misfit = [
         k for k in RESUME_SHOWN if k in trained and k in expected and trained[k] != expected[k]
     ]
@@ -314,6 +339,10 @@ def resume_training_state(
             f"--resume {ckpt}: trained with other model options ({shown}); resume it with "
             f"those options or use another checkpoint"
         )
+
+
+def _load_weights(ckpt: Path, state: dict, *, model, ema, opt) -> None:
+    """Model, EMA and optimiser state into this run's; a misfit names the trained options."""
     try:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
@@ -325,13 +354,10 @@ def resume_training_state(
             f"--resume {ckpt}: its weights do not fit this run's model ({first}); it was "
             f"trained with {trained}; resume it with those options or use another checkpoint"
         ) from None
-    step = int(state["step"])
-    if state["data"] != order.state(step):
-        raise BadValueError(
-            f"{ckpt}: data position {state['data']} does not match this run's "
-            f"{order.state(step)} (dataset or batch size changed)"
-        )
-    ranks = state["rng"]["ranks"]
+
+
+def _restore_rank_rngs(ranks: list, info) -> None:
+    """This rank's saved RNG states, when the checkpoint has as many ranks as this job."""
     if len(ranks) == info.world_size:
         restore_rng(ranks[info.rank])
     elif info.is_main:  # the global RNGs drive nothing in the loop; per-sample draws stay exact
@@ -340,10 +366,6 @@ def resume_training_state(
             f"re-seeded (per-sample noise and data order unaffected)",
             file=sys.stderr,
         )
-    if info.is_main:  # a killed job may have logged past its last checkpoint
-        truncate_log(run_dir / TRAIN_LOG, step=step)
-        print(f"resumed from {ckpt} at step {step}", file=sys.stderr)
-    return step, ckpt
 
 
 def save_training_state(
