@@ -569,7 +569,7 @@ def test_a_dag_node_drops_later_checkpoints_once_and_train_ends_it(toy, tmp_path
     assert node.main(["--run-dir", str(run), "--step", "6", "--from", "2"]) == 0
     left = sorted(p.name for p in ckpts.iterdir())
     assert left == sorted(["notes.txt", *(names[0] + s for s in ("", ".sha256", ".corrupt"))])
-    assert store.node_marker(run, 6).exists()
+    assert node.node_marker(run, 6).exists()
     assert "past step 2" in capsys.readouterr().err
     (ckpts / names[2]).write_bytes(b"x")  # the interrupted attempt got this far
     assert node.main(["--run-dir", str(run), "--step", "6", "--from", "2"]) == 0  # requeue
@@ -579,7 +579,7 @@ def test_a_dag_node_drops_later_checkpoints_once_and_train_ends_it(toy, tmp_path
 
     fresh = tmp_path / "fresh"
     assert node.main(["--run-dir", str(fresh), "--step", str(N), "--from", "0"]) == 0
-    assert store.node_marker(fresh, N).exists()
+    assert node.node_marker(fresh, N).exists()
     assert main(_cli_args(fresh, toy, total_steps=2 * N, ckpt_every=100, stop_at=N)) == 0
-    assert not store.node_marker(fresh, N).exists()
+    assert not node.node_marker(fresh, N).exists()
     assert paths.checkpoint_name(N) in os.listdir(fresh / paths.CKPT_DIR)

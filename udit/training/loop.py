@@ -35,7 +35,7 @@ from udit.models.spec import parse_model_kw
 from udit.paper import recipe
 from udit.precision import DEFAULT_PRECISION, PRECISIONS, check_precision, set_precision
 from udit.stop import POLL_EVERY, StopFlag, StoppedEarly, ignore_stop_signals, mark_done
-from udit.training import store
+from udit.training import node, store
 from udit.training.data import FLIP_PROB, build_train_data
 from udit.training.determinism import DataOrder, LabelDropControl, StepBatchSampler, draw_samples
 from udit.training.ema import make_ema, update_ema
@@ -688,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
     result = train(opts)
     if opts.stop_at is not None and int(os.environ.get("RANK", "0")) == 0:
         # the DAG node for --stop-at is complete: a later attempt is a fresh start
-        store.node_marker(Path(opts.run_dir), opts.stop_at).unlink(missing_ok=True)
+        node.node_marker(Path(opts.run_dir), opts.stop_at).unlink(missing_ok=True)
     mark_done()
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result))

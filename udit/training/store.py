@@ -21,7 +21,6 @@ left (udit.io.atomic_open: .<name>.<random>.tmp) are removed when the next job s
 
 import json
 import os
-import re
 import sys
 import warnings
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch.distributed as dist
 
 from udit.errors import BadValueError
 from udit.io import atomic_torch_save, atomic_write_bytes, atomic_write_json, read_json, sha256_file
-from udit.paths import CKPT_DIR, CKPT_PATTERN, TRAIN_LOG, checkpoint_name, step_tag
+from udit.paths import CKPT_DIR, CKPT_PATTERN, TRAIN_LOG, checkpoint_name
 from udit.training.determinism import capture_rng, restore_rng
 
 OPTIONS_NAME = "options.json"  # the resolved options of the run
@@ -42,34 +41,6 @@ STALE_TEMP_GLOBS = {
     ".": (f".{OPTIONS_NAME}.*.tmp", f".{TRAIN_LOG}.*.tmp"),
     CKPT_DIR: (".ckpt-*.tmp",),
 }
-
-
-NODE_FILE = re.compile(r"^ckpt-(\d+)\.")  # a checkpoint, its sidecar or its .corrupt copy
-
-
-def node_marker(run_dir: Path, step: int) -> Path:
-    """Present while the DAG node that trains `run_dir` up to `step` has not finished."""
-    return Path(run_dir) / f".node-{step_tag(step)}.incomplete"
-
-
-def begin_node(run_dir: Path, *, step: int, start: int) -> list[Path]:
-    """Start the DAG node that trains `run_dir` from `start` to `step`. On its first attempt (no
-    marker) every checkpoint file past `start` goes, so a --forcerun really retrains that
-    stretch; a requeued attempt (marker left) keeps them and resumes. `udit train` removes the
-    marker when it reaches --stop-at. -> the removed files."""
-    marker = node_marker(run_dir, step)
-    directory = Path(run_dir) / CKPT_DIR
-    directory.mkdir(parents=True, exist_ok=True)
-    if marker.exists():
-        return []
-    removed = []
-    for path in sorted(directory.iterdir()):
-        found = NODE_FILE.match(path.name)
-        if found and int(found.group(1)) > start:
-            path.unlink()
-            removed.append(path)
-    marker.touch()
-    return removed
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
