@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from udit import argtypes
-from udit.cli import add_dry_run, dry_run
+from udit.cli import add_device, add_dry_run, dry_run
 from udit.diffusion import ClassifierFreeGuidance, create_diffusion
 from udit.models import MODELS, create_model
 from udit.paper import recipe
@@ -439,9 +439,7 @@ def print_table(result: dict) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu"
-    )
+    add_device(p)
     p.add_argument("--quick", action="store_true", help="tiny sizes: the code paths in seconds")
     p.add_argument("--json", help="write the figures here (schema 1)")
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=None, help="train rows")
@@ -487,7 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve(args) -> argparse.Namespace:
     """Fill the size defaults: the paper's on a GPU, QUICK with --quick."""
-    cuda = args.device == "cuda"
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    cuda = args.device.startswith("cuda")
     full = {"batch": 32, "input_size": LATENT_SIZE, "sample_batch": 256 if cuda else 8}
     base = QUICK if args.quick else full
     for key in ("batch", "input_size", "sample_batch"):
@@ -510,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     args = resolve(args)
     if dry_run(args):
         return 0
-    if args.device == "cuda" and not torch.cuda.is_available():
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("speed: --device cuda but no CUDA device is visible", file=sys.stderr)
         return 2
     if args.threads:

@@ -3,10 +3,12 @@
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from udit.cli import COMMANDS, main
+from udit.errors import UserError
 
 
 def test_help_lists_every_command(capsys):
@@ -33,3 +35,40 @@ def test_console_script_installed():
         [sys.executable, "-m", "udit.cli", "--help"], capture_output=True, text=True, check=False
     )
     assert proc.returncode == 0 and "flops" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["-m", "udit.cli", "train"],
+        ["-m", "udit.cli", "sample"],
+        ["-m", "udit.cli", "evaluate"],
+        ["-m", "udit.cli", "build-reference"],
+        ["-m", "udit.cli", "extract-latents"],
+        ["benchmarks/speed.py"],
+    ],
+)
+def test_every_computing_command_takes_one_device_convention(command):
+    """--device auto|cpu|cuda|cuda:N, default auto, on every command that computes; anything
+    else is refused at parsing, naming the flag."""
+    root = Path(__file__).resolve().parents[1]
+    run = [sys.executable, *command]
+    shown = subprocess.run([*run, "--help"], cwd=root, capture_output=True, text=True, check=False)
+    assert shown.returncode == 0 and "auto (CUDA when available)" in " ".join(shown.stdout.split())
+    bad = subprocess.run(
+        [*run, "--device", "gpu"], cwd=root, capture_output=True, text=True, check=False
+    )
+    assert bad.returncode == 2 and "--device: must be auto, cpu, cuda or cuda:N" in bad.stderr
+
+
+def test_pick_device_reads_the_convention():
+    import torch
+
+    from udit.distributed import pick_device
+
+    assert pick_device("cpu") == torch.device("cpu")
+    auto = pick_device("auto")
+    assert auto.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="--device cuda:1: CUDA is not available"):
+            pick_device("cuda:1")

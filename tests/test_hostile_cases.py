@@ -197,10 +197,11 @@ class Child:
     """A command in its own process whose output is read while it runs, so the test can wait
     for its progress before signalling it."""
 
-    def __init__(self, cmd: list[str], *, cwd: Path):
+    def __init__(self, cmd: list[str], *, cwd: Path, env: dict | None = None):
         self.proc = subprocess.Popen(
-            cmd, cwd=cwd, env=CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+            cmd, cwd=cwd, env=env or CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
         self.out: list[str] = []
         self.err: list[str] = []
         self.readers = [
@@ -563,9 +564,9 @@ def case_a3(t: Case):
 def case_a4(t: Case):
     samples, ref, weights = evaluate_inputs(t)
     out = t.tmp / "m.json"
-    ran = t.call(evaluate.main, *eval_argv(samples, ref, weights, out, "--num-samples", 10**12))
+    ran = t.call(evaluate.main, *eval_argv(samples, ref, weights, out, "--first", 10**12))
     refused(ran, "udit evaluate", "1000000000000")
-    assert "--num-samples" in ran.err or str(samples) in ran.err, ran.tail()
+    assert "--first" in ran.err or str(samples) in ran.err, ran.tail()
     assert not out.exists() and temp_files(t.tmp) == []
 
 
@@ -884,7 +885,7 @@ def case_d2(t: Case):
         fill(mnt, leave=4096)  # one page: the lock's; the new JSON (about 5 KB) cannot fit
         before = snapshot(mnt)
         # other inputs than m.json's (6 samples) and --overwrite: the write itself must fail
-        argv = eval_argv(samples, ref, weights, out, "--num-samples", "6", "--overwrite")
+        argv = eval_argv(samples, ref, weights, out, "--first", "6", "--overwrite")
         ran = t.call(evaluate.main, *argv)
         refused(ran, "udit evaluate", mnt)
         assert "space" in ran.err, ran.tail()
@@ -1517,6 +1518,7 @@ def case_g10(t: Case):
 
 
 LATENTS_TARGET = "data/toy32/latents/manifest.json"  # toy data, tiny VAE, latents: 3 jobs
+S1_TRAIN_TARGET = "u-dit-t/train/checkpoints/ckpt-0000008.pt"
 
 
 def smoke_config(root: Path, results: Path) -> Path:
@@ -1545,9 +1547,12 @@ def s1_runs(tmp_path_factory) -> tuple[Ran, Ran, Path]:
     root = tmp_path_factory.mktemp("s1")
     results, workdir = root / "smr", root / "wd"
     workdir.mkdir()
-    target = f"{results}/{LATENTS_TARGET}"  # before --configfile, which takes every word after
-    cmd = snakemake(workdir, "--cores", "1", target, "--configfile", smoke_config(root, results))
-    first = Child(cmd, cwd=root)
+    # before --configfile, which takes every word after; a training node paused 2 s per step
+    # holds the first run (and its lock) long after the second has started: without it the
+    # first could finish first, and the second find nothing to do (no lock taken, exit 0)
+    targets = [f"{results}/{LATENTS_TARGET}", f"{results}/{S1_TRAIN_TARGET}"]
+    cmd = snakemake(workdir, "--cores", "1", *targets, "--configfile", smoke_config(root, results))
+    first = Child(cmd, cwd=root, env={**CHILD_ENV, "UDIT_PAUSE_AFTER_STEP": "2"})
     locks = workdir / ".snakemake" / "locks"
     first.wait_for(lambda: locks.is_dir() and any(locks.iterdir()), "Snakemake's lock", timeout=120)
     second = Child(cmd, cwd=root).finish(timeout=300)

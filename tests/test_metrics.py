@@ -793,7 +793,7 @@ def test_gaussian_fits_are_float64_whatever_the_feature_dtype():
 
 
 def test_npz_images_use_the_first_n_and_refuse_what_the_file_lacks(tmp_path):
-    """evaluate's --num-samples reaches NpzImages as `limit`: 1..N images are the first ones,
+    """evaluate's --first reaches NpzImages as `limit`: 1..N images are the first ones,
     0 or more than the file holds is refused naming both counts; an empty batch is refused,
     one image is a batch; the memmap is read-only."""
     path = tmp_path / "s.npz"

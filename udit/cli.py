@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import re
 import sys
 import types
 import typing
@@ -68,6 +69,27 @@ def dry_run(args) -> bool:
         print(json.dumps(options, indent=2, sort_keys=True, default=str))
         return True
     return False
+
+
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def device_name(text: str) -> str:
+    """argparse type of --device: 'auto', 'cpu', 'cuda' or 'cuda:N'."""
+    if not DEVICE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    """One --device for every command that computes (udit.distributed.pick_device reads it)."""
+    parser.add_argument(
+        "--device",
+        type=device_name,
+        default="auto",
+        help="auto (CUDA when available), cpu, cuda or cuda:N; under torchrun each rank "
+        "takes the GPU of its LOCAL_RANK",
+    )
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:

@@ -40,23 +40,31 @@ def _env_int(name: str, default: int) -> int:
         raise BadValueError(f"environment variable {name}={value!r} is not an integer") from None
 
 
-def setup(device: str | None = None) -> DistInfo:
-    """Join the process group if launched by torchrun; pick this rank's device.
+def pick_device(device: str | None = "auto", *, local_rank: int | None = None) -> torch.device:
+    """--device (udit.cli.add_device) -> a torch device: 'auto' (or None) is CUDA when
+    available; under torchrun (`local_rank`) a CUDA device is the rank's own GPU."""
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine")
+    if local_rank is not None:
+        return torch.device("cuda", local_rank)
+    return torch.device(device)
 
-    device: 'cpu', 'cuda' or None (cuda when available)."""
+
+def setup(device: str | None = "auto") -> DistInfo:
+    """Join the process group if launched by torchrun; pick this rank's device (pick_device)."""
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
     if not 0 <= rank < world_size:
         raise BadValueError(f"RANK={rank} outside [0, WORLD_SIZE={world_size})")
-    use_cuda = torch.cuda.is_available() if device is None else device == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise UserError("--device cuda: CUDA is not available on this machine")
+    dev = pick_device(device, local_rank=local_rank if world_size > 1 else None)
+    use_cuda = dev.type == "cuda"
     if use_cuda:
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device("cpu")
+        torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(
             backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world_size

@@ -393,10 +393,10 @@ def expand_base(config: dict, *, root: str | Path, chain: tuple[str, ...] = ()) 
         raise ConfigError(
             f"scale.only names experiments not in {config['base']}: {', '.join(unknown)}"
         )
-    unknown = sorted(set(scale.get("replicated", {})) - set(wanted))
-    if unknown:
+    unknown = sorted(set(scale.get("replicated", {})) - set(base["experiments"]))
+    if unknown:  # one left out by `only` is fine: narrowing a run keeps its replicate counts
         raise ConfigError(
-            f"scale.replicated names experiments this config does not run: {', '.join(unknown)}"
+            f"scale.replicated names experiments not in {config['base']}: {', '.join(unknown)}"
         )
     _check_scale_model_kw(scale.get("model_kw", {}), base["experiments"], base=config["base"])
     expanded = dict(config)

@@ -33,8 +33,8 @@ from safetensors.torch import save
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from udit import argtypes, outputs
-from udit.cli import add_dry_run, dry_run
+from udit import argtypes, distributed, outputs
+from udit.cli import add_device, add_dry_run, dry_run
 from udit.data.shards import (  # the read side: checks of the manifest and of every shard
     FLIPS,
     FORMAT_VERSION,
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--shard-size", type=argtypes.BATCH, default=1024, help="images per shard (x2 flips)"
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device(parser)
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="stored precision")
     parser.add_argument(
         "--num-workers",
@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         vae=args.vae,
         batch_size=args.batch_size,
         shard_size=args.shard_size,
-        device=args.device,
+        device=str(distributed.pick_device(args.device)),
         dtype=args.dtype,
         num_workers=args.num_workers,
     )

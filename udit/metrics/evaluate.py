@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from udit import argtypes, outputs
-from udit.cli import add_dry_run, dry_run
+from udit import argtypes, distributed, outputs
+from udit.cli import add_device, add_dry_run, dry_run
 from udit.errors import BadValueError, command_main
 from udit.io import atomic_savez, atomic_write_json, read_json, sha256_file
 from udit.metrics import inception, intervals, provenance, scores
@@ -53,7 +53,7 @@ def evaluate(
     reference: Path,  # ADM-format reference npz
     weights: Path,  # Inception weights file (resolved)
     device,  # torch.device
-    num_samples: int | None = None,  # first N samples (default: all)
+    first: int | None = None,  # score the first N samples of the file (default: all)
     batch_size: int = 64,
     num_workers: int = 0,
     progress: bool = False,
@@ -62,7 +62,7 @@ def evaluate(
     features_out: Path | None = None,  # where to keep the per-sample features (npz)
 ) -> dict:
     """All metrics plus protocol and provenance, as the JSON `udit evaluate` writes."""
-    sample_images = NpzImages(samples, limit=num_samples)
+    sample_images = NpzImages(samples, limit=first)
     ref = load_reference(reference)
     check_same_resolution(sample_images, ref["images"], samples=samples, reference=reference)
     feats, ref_pool, ref_pool_source, extract_s = _inception_features(
@@ -283,17 +283,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, required=True, help="metrics JSON to write (atomically)"
     )
-    parser.add_argument(
-        "--num-samples",
+    parser.add_argument(  # not --num-samples: `udit sample --num-samples N` makes N
+        "--first",
         type=argtypes.SAMPLES,
         default=None,
-        help="use the first N samples (default: all)",
+        metavar="N",
+        help="score the first N samples of the file (default: all)",
     )
     parser.add_argument("--batch-size", type=argtypes.BATCH, default=64)
     parser.add_argument(
         "--num-workers", type=argtypes.WORKERS, default=0, help="DataLoader workers"
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    add_device(parser)
     parser.add_argument("--progress", action="store_true", help="print extraction progress")
     parser.add_argument(
         "--bootstrap",
@@ -330,7 +331,7 @@ def scored_inputs(
     samples: Path,
     reference: Path,
     weights: Path,
-    num_samples: int | None,
+    first: int | None,
     bootstrap: int = intervals.DEFAULT_RESAMPLES,
     seed: int = intervals.DEFAULT_SEED,
 ) -> dict:
@@ -341,7 +342,7 @@ def scored_inputs(
         "samples": sha256_file(samples),
         "reference": sha256_file(reference),
         "inception_weights": sha256_file(weights),
-        "num_samples": num_samples,
+        "first": first,
         "bootstrap": bootstrap,
         "seed": seed,
     }
@@ -357,7 +358,7 @@ def _recorded_inputs(path: Path) -> dict | None:
         "samples": prov.get("sha256", {}).get("samples"),
         "reference": prov.get("sha256", {}).get("reference"),
         "inception_weights": prov.get("inception_weights", {}).get("sha256"),
-        "num_samples": data.get("num_samples_requested"),
+        "first": data.get("first_requested", data.get("num_samples_requested")),  # older files
         # a file from before the intervals records none: a re-run adds them (other options)
         "bootstrap": data.get("uncertainty_options", {}).get("bootstrap"),
         "seed": data.get("uncertainty_options", {}).get("seed"),
@@ -371,7 +372,7 @@ def _evaluate_to(args, weights: Path) -> int:
         args.out,
         flag="--out",
         options=scored_inputs(
-            args.samples, args.reference, weights, args.num_samples, args.bootstrap, args.seed
+            args.samples, args.reference, weights, args.first, args.bootstrap, args.seed
         ),
         recorded=_recorded_inputs,
         overwrite=args.overwrite,
@@ -384,8 +385,8 @@ def _evaluate_to(args, weights: Path) -> int:
         samples=args.samples,
         reference=args.reference,
         weights=weights,
-        device=inception.pick_device(args.device),
-        num_samples=args.num_samples,
+        device=distributed.pick_device(args.device),
+        first=args.first,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         progress=args.progress,
@@ -393,7 +394,7 @@ def _evaluate_to(args, weights: Path) -> int:
         seed=args.seed,
         features_out=features_out,  # written before the JSON: a JSON implies its features
     )
-    result["num_samples_requested"] = args.num_samples
+    result["first_requested"] = args.first
     atomic_write_json(args.out, result)
     flag = "  [UNCALIBRATED: not the official Inception weights]" if result["uncalibrated"] else ""
     print(

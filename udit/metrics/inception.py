@@ -246,12 +246,6 @@ def weights_from_args(parser, args) -> Path:
         parser.error(str(err))
 
 
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def load_extractor(
     *,
     weights: Path,  # an existing local file (see resolve_weights)

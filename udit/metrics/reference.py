@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from udit import argtypes, outputs
-from udit.cli import add_dry_run, dry_run
+from udit import argtypes, distributed, outputs
+from udit.cli import add_device, add_dry_run, dry_run
 from udit.data.imagenet import center_crop_arr, read_rgb_image  # shared with training data
 from udit.errors import BadValueError, command_main
 from udit.io import atomic_savez
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="DataLoader workers (decode and Inception)",
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    add_device(parser)
     outputs.add_overwrite(parser)
     add_dry_run(parser)
     args = parser.parse_args(argv)
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write_reference(args, *, paths: list[Path], weights: Path, options: dict) -> int:
-    device = inception.pick_device(args.device)
+    device = distributed.pick_device(args.device)
     images = load_cropped(paths, image_size=args.image_size, num_workers=args.num_workers)
     arrays = build_reference(
         images=images,

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from udit import argtypes, outputs
-from udit.cli import add_dry_run, add_options, dry_run, parse_args
+from udit.cli import add_device, add_dry_run, add_options, dry_run, parse_args
 from udit.errors import command_main
 from udit.precision import DEFAULT_PRECISION, PRECISIONS
 from udit.sampling.generate import generate
@@ -132,7 +132,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         help="samples per forward on each process",
     )
     p.add_argument("--grid", help="PNG of the first 64 samples; default: OUT with .png")
-    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    add_device(p)
     p.add_argument("--keep-parts", action="store_true", help="keep OUT.parts/ after assembling OUT")
     p.add_argument(
         "--pause-after-shard", type=argtypes.NONNEG, default=0.0, help=argparse.SUPPRESS

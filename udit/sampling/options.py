@@ -52,7 +52,7 @@ class SampleOptions:
     labels: str = "random"  # random: a uniform draw per sample; uniform: i % num_classes
     batch_size: int = 32  # samples per forward on each process: the samples do not depend on it
     grid: str | None = None  # PNG of the first 64 samples; None: OUT with .png
-    device: str | None = None  # 'cpu' / 'cuda'; None: cuda when available
+    device: str = "auto"  # udit.cli.add_device: auto (cuda when available), cpu, cuda[:N]
     keep_parts: bool = False  # keep OUT.parts/ after assembling OUT
     precision: str = DEFAULT_PRECISION  # tf32 as the official sample_ddp.py; bf16; fp32
     pause_after_shard: float = 0.0  # seconds to sleep after each shard (kill tests)

@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from udit import argtypes, distributed, outputs, paths
-from udit.cli import add_dry_run, add_options, parse_args
+from udit.cli import add_device, add_dry_run, add_options, parse_args
 from udit.errors import BadValueError, UserError, command_main
 from udit.models.spec import parse_model_kw
 from udit.paper import recipe
@@ -97,7 +97,7 @@ class TrainOptions:
     compile: bool = False  # torch.compile the model
     log_every: int = recipe().log_every  # steps between JSONL log lines (DiT: 100)
     num_workers: int = 4  # DataLoader workers per rank
-    device: str | None = None  # 'cpu' / 'cuda'; None: cuda when available
+    device: str = "auto"  # udit.cli.add_device: auto (cuda when available), cpu, cuda[:N]
     pause_after_ckpt: float = 0.0  # seconds to sleep after each checkpoint (kill tests)
     # seconds to sleep after each step (stop-signal tests)
     pause_after_step: float = (
@@ -592,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_flags(p, d)
     p.add_argument("--log-every", type=argtypes.STEPS, default=d.log_every)
     p.add_argument("--num-workers", type=argtypes.WORKERS, default=d.num_workers)
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    add_device(p)
     _add_test_hooks(p)
     add_options(p)  # what a DAG job gets: the fields below as one JSON object
     add_dry_run(p)  # prints the validated TrainOptions (a valid --options document)
