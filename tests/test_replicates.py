@@ -76,7 +76,9 @@ def test_scale_replicates_names_only_experiments_it_runs(tmp_path):
         len(ex.replicate_groups(ex.resolve_experiments(smoke(tmp_path, {"u-dit-t": 3})))["u-dit-t"])
         == 3
     )
-    with pytest.raises(ex.ConfigError, match="scale.replicated names experiments not in .*: u-dit-tt"):
+    with pytest.raises(
+        ex.ConfigError, match="scale.replicated names experiments not in .*: u-dit-tt"
+    ):
         smoke(tmp_path, {"u-dit-tt": 2})
 
 
