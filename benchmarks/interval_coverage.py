@@ -10,7 +10,9 @@ evaluated with its own bootstrap interval (`udit evaluate`). The K point values 
 the metric at N: their mean estimates its expectation. Printed per metric: the K values' sd
 beside the mean bootstrap standard error (a ratio near 1: the bootstrap sees the right spread),
 and the coverage: the fraction of the K intervals that contain the mean of the other K - 1
-values (nominal 95%; the leave-one-out mean keeps an interval from judging its own value).
+values (nominal 95%; the leave-one-out mean keeps an interval from judging its own value), for
+the percentile interval `udit evaluate` writes and for the normal and basic intervals built
+from the same bootstrap standard error and quantiles.
 """
 
 import argparse
@@ -45,23 +47,38 @@ def draw(args, seed: int, work: Path) -> dict:
     return json.loads(out.read_text())
 
 
+def _intervals(value: float, interval: dict) -> dict:
+    """The file's percentile interval, and two built from the same resamples: the normal one
+    (value +- z se) and the basic one (2 value - high, 2 value - low), which reflects the bias
+    resampling adds (duplicated samples raise FID) instead of inheriting it."""
+    z = statistics.NormalDist().inv_cdf((1 + interval.get("level", 0.95)) / 2)
+    se = interval.get("se", float("nan"))
+    return {
+        "percentile": (interval["low"], interval["high"]),
+        "normal": (value - z * se, value + z * se),
+        "basic": (2 * value - interval["high"], 2 * value - interval["low"]),
+    }
+
+
 def coverage(draws: list[dict], metric: str) -> dict:
     values = [d[metric] for d in draws]
-    intervals = [d["intervals"][metric] for d in draws]
-    inside = 0
-    for i, interval in enumerate(intervals):
+    kinds = [_intervals(d[metric], d["intervals"][metric]) for d in draws]
+    inside = dict.fromkeys(kinds[0], 0)
+    for i, by_kind in enumerate(kinds):
         others = statistics.fmean(values[:i] + values[i + 1 :])
-        inside += interval["low"] <= others <= interval["high"]
+        for kind, (low, high) in by_kind.items():
+            inside[kind] += low <= others <= high
     sd = statistics.stdev(values)
-    se = statistics.fmean(iv.get("se", float("nan")) for iv in intervals)
+    se = statistics.fmean(d["intervals"][metric].get("se", float("nan")) for d in draws)
     return {
         "metric": metric,
         "mean": statistics.fmean(values),
         "sd_over_seeds": sd,
         "mean_bootstrap_se": se,
         "se_over_sd": se / sd if sd else float("nan"),
-        "coverage": inside / len(values),
+        **{f"coverage_{kind}": n / len(values) for kind, n in inside.items()},
         "seeds": len(values),
+        "values": values,
     }
 
 
@@ -87,11 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         draws = [draw(args, seed, Path(tmp)) for seed in range(args.seeds)]
     rows = [coverage(draws, m) for m in METRICS]
-    print(f"{'metric':<10} {'mean':>10} {'sd seeds':>10} {'boot se':>10} {'se/sd':>6} {'cover':>6}")
+    head = f"{'metric':<10} {'mean':>10} {'sd seeds':>10} {'boot se':>10} {'se/sd':>6}"
+    print(head + "  coverage: percentile  normal  basic")
     for r in rows:
         print(
             f"{r['metric']:<10} {r['mean']:>10.4g} {r['sd_over_seeds']:>10.4g} "
-            f"{r['mean_bootstrap_se']:>10.4g} {r['se_over_sd']:>6.2f} {r['coverage']:>6.0%}"
+            f"{r['mean_bootstrap_se']:>10.4g} {r['se_over_sd']:>6.2f}  "
+            f"{r['coverage_percentile']:>20.0%} {r['coverage_normal']:>7.0%} "
+            f"{r['coverage_basic']:>6.0%}"
         )
     print(f"{args.seeds} sampling seeds x {args.num_samples} samples; nominal coverage 95%")
     if args.json:

@@ -1,6 +1,7 @@
 """Bootstrap intervals of every metric and FID / IS at N = inf (udit/metrics/intervals.py)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -235,3 +236,27 @@ def test_bootstrap_flag_is_range_checked(capsys):
     with pytest.raises(SystemExit) as exit_info:
         evaluate.main(["--bootstrap", "-1", "--samples", "s", "--reference", "r", "--out", "o"])
     assert exit_info.value.code == 2 and "--bootstrap" in capsys.readouterr().err
+
+
+def test_interval_coverage_counts_each_kind_against_the_others_mean():
+    """benchmarks/interval_coverage.py: seed i's interval is judged against the mean of the
+    other seeds' values; the basic interval mirrors the percentile one around the value."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "interval_coverage.py"
+    spec = importlib.util.spec_from_file_location("interval_coverage", path)
+    ic = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ic)
+    # values 10, 12, 14: the others' means are 13, 12, 11
+    draws = [
+        {"fid": 10.0, "intervals": {"fid": {"low": 11.0, "high": 15.0, "se": 2.0, "level": 0.95}}},
+        {"fid": 12.0, "intervals": {"fid": {"low": 13.0, "high": 14.0, "se": 0.1, "level": 0.95}}},
+        {"fid": 14.0, "intervals": {"fid": {"low": 10.5, "high": 14.5, "se": 1.0, "level": 0.95}}},
+    ]
+    row = ic.coverage(draws, "fid")
+    assert row["coverage_percentile"] == pytest.approx(2 / 3)  # 13 in [11, 15]; 11 in [10.5, ..]
+    # normal: 10 +- 3.92 holds 13; 12 +- 0.196 holds 12; 14 +- 1.96 misses 11
+    assert row["coverage_normal"] == pytest.approx(2 / 3)
+    # basic: [5, 9] misses 13; [10, 11] misses 12; [13.5, 17.5] misses 11
+    assert row["coverage_basic"] == 0
+    assert row["sd_over_seeds"] == pytest.approx(2.0) and row["mean"] == pytest.approx(12.0)
