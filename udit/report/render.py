@@ -186,21 +186,51 @@ def build_report(*, config: Path, results: Path, out: Path) -> Built:
     records, provenance = collected.records, collected.provenance
     table_files = tables.write_tables(records, out_dir=out / "tables", write=atomic_write)
 
-    fig_dir = out / "figures"
-    milestones = {eid: exp.milestones for eid, exp in experiments.items()}
-    made = [
-        figures.fid_vs_gflops(records, fig_dir).name,
-        figures.fid_vs_iterations(records, milestones, fig_dir).name,
-        figures.ablation_ladder(records, fig_dir).name,
-        figures.training_loss(loss_panels(experiments, results), fig_dir),
-    ]
+    made = draw_figures(records, experiments, results=results, fig_dir=out / "figures")
     nodes = tables.config_nodes(
         experiments=experiments, released=released, results=results, datasets=cfg["datasets"]
     )
     grids = copy_grids(nodes, results=results, out_dir=out / "samples")
     invalid = list(collected.invalid)  # broken inputs: metrics files, flops.json, grids
-    strips = samples.strips(experiments, results=results, out_dir=fig_dir, invalid=invalid)
+    strips = samples.strips(experiments, results=results, out_dir=out / "figures", invalid=invalid)
+    t8, t11 = write_model_tables(results, out=out, table_files=table_files)
+    summary = tables.summary(records)
+    uncalibrated = sorted(p["node"] for p in provenance if p["uncalibrated"]) if provenance else []
+    html = render_page(
+        description=cfg.get("description", ""),
+        config=Path(config).as_posix(),
+        summary=summary,
+        claims=claims.claim_lines(records),
+        lottery=lottery.measure(experiments, results),
+        tables=table_entries(records),
+        figures=[figure_entry(name) for name in made],
+        grids=grids,
+        strips=strips,
+        final_grid=final_grid_entry(experiments, grids),
+        t8=t8,
+        t11=t11,
+        provenance=provenance,
+        uncalibrated=uncalibrated,
+        invalid=invalid,
+        table_files=table_files,
+    )
+    atomic_write(out / "index.html", html)
+    return Built(summary=summary, invalid=invalid)
 
+
+def draw_figures(records, experiments: dict, *, results: Path, fig_dir: Path) -> list[str]:
+    """The paper's figures from the records (error bars where intervals exist) and the losses."""
+    milestones = {eid: exp.milestones for eid, exp in experiments.items()}
+    return [
+        figures.fid_vs_gflops(records, fig_dir).name,
+        figures.fid_vs_iterations(records, milestones, fig_dir).name,
+        figures.ablation_ladder(records, fig_dir).name,
+        figures.training_loss(loss_panels(experiments, results), fig_dir),
+    ]
+
+
+def write_model_tables(results: Path, *, out: Path, table_files: list[str]):
+    """Tables 8 (the registry) and 11 (measured speed) as CSV beside the paper tables."""
     t8 = model_tables.configurations_t8()
     t11 = model_tables.speed_t11(model_tables.read_speed(Path(paths.speed(results))))
     for key, frame in [
@@ -209,57 +239,44 @@ def build_report(*, config: Path, results: Path, out: Path) -> Built:
     ]:
         atomic_write(out / "tables" / f"{key}.csv", frame.to_csv(index=False))
         table_files.append(f"{key}.csv")
+    return t8, t11
 
-    summary = tables.summary(records)
-    uncalibrated = sorted(p["node"] for p in provenance if p["uncalibrated"]) if provenance else []
+
+def table_entries(records) -> list[dict]:
+    return [
+        {
+            "key": t.key,
+            "label": t.label,
+            "title": t.title,
+            "lines": cell_lines(records, t.key),
+            "csv": f"tables/{t.key}.csv",
+        }
+        for t in tables.shown_tables(records)
+    ]
+
+
+def figure_entry(name: str) -> dict:
+    stem = Path(name).stem
+    return {"src": f"figures/{name}", "svg": f"figures/{stem}.svg", "caption": FIGURES[stem]}
+
+
+def render_page(**context) -> str:
+    """index.html from the template; a template mistake fails the job (StrictUndefined)."""
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("udit.report", "templates"),
         autoescape=jinja2.select_autoescape(["html", "j2"]),
         undefined=jinja2.StrictUndefined,
-    )  # a template mistake fails the job
-    html = env.get_template(TEMPLATE).render(
-        description=cfg.get("description", ""),
-        config=Path(config).as_posix(),
-        summary=summary,
-        claims=claims.claim_lines(records),
-        lottery=lottery.measure(experiments, results),
+    )
+    return env.get_template(TEMPLATE).render(
+        **context,
         tolerances=tolerances.TOLERANCES,
         labels=tables.METRIC_LABELS,
         metrics=tables.METRICS,
-        tables=[
-            {
-                "key": t.key,
-                "label": t.label,
-                "title": t.title,
-                "lines": cell_lines(records, t.key),
-                "csv": f"tables/{t.key}.csv",
-            }
-            for t in tables.shown_tables(records)
-        ],
-        figures=[
-            {
-                "src": f"figures/{name}",
-                "svg": f"figures/{Path(name).stem}.svg",
-                "caption": FIGURES[Path(name).stem],
-            }
-            for name in made
-        ],
-        grids=grids,
-        strips=strips,
-        final_grid=final_grid_entry(experiments, grids),
-        t8=t8,
-        t11=t11,
         params_tolerance=model_tables.PARAMS_TOLERANCE,
-        provenance=provenance,
-        uncalibrated=uncalibrated,
-        invalid=invalid,
-        table_files=table_files,
         generated=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         report_commit=git_commit(),
         versions=package_versions(),
     )
-    atomic_write(out / "index.html", html)
-    return Built(summary=summary, invalid=invalid)
 
 
 class InvalidResultsFound(UserError):

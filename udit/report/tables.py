@@ -281,16 +281,7 @@ def collect_records(
         path = Path(paths.flops(results))
         file = path.relative_to(results).as_posix()
         invalid.insert(0, {"node": "flops", "path": str(path), "file": file, "why": flops.why})
-    by_ref: dict[tuple[str, str, str | None], list[Node]] = {}
-    for node in nodes:
-        refs = [] if node.evaluation.released or node.replicate else node.evaluation.paper
-        for ref in refs:
-            by_ref.setdefault((ref.table, ref.row, ref.key), []).append(node)
-    # a lead node's replicates (itself first): their metrics are pooled into its records
-    replicas: dict[str, list[Node]] = {}
-    for node in nodes:
-        replicas.setdefault(f"{node.group}/{node.tag}", []).append(node)
-
+    by_ref, replicas = _index_nodes(nodes)
     records, provenance = [], {}
     for table in PAPER_TABLES:
         for row, key in paper_rows(table.key):
@@ -322,24 +313,39 @@ def collect_records(
                 reads=reads,
                 provenance=provenance,
             )
-    # Nodes no paper row references (T7's dense-conv downsampler: its caption gives only
-    # GFLOPs) still get provenance, their scores and their place in the uncalibrated banner.
-    for node in nodes:
-        if node.evaluation.paper:
-            continue  # handled above, with its paper rows
-        path = node.metrics_path(results)
-        metrics = reads[node.name].data
-        if metrics is not None:
-            scores = {m: metrics.get(m) for m in ("fid", "sfid", "is", "precision", "recall")}
-            provenance[node.name] = {
-                **provenance_of(metrics, node, path.relative_to(results)),
-                "scores": scores,
-            }
+    _add_unjudged_provenance(nodes, reads, results=results, provenance=provenance)
     return Collected(
         records=pd.DataFrame.from_records(records),
         provenance=list(provenance.values()),
         invalid=invalid,
     )
+
+
+def _index_nodes(nodes: list[Node]) -> tuple[dict, dict]:
+    """(paper row -> the lead nodes that answer it, '{group}/{tag}' -> a lead node's replicates,
+    itself first): a replicate's metrics are pooled into its lead's records."""
+    by_ref: dict[tuple[str, str, str | None], list[Node]] = {}
+    replicas: dict[str, list[Node]] = {}
+    for node in nodes:
+        refs = [] if node.evaluation.released or node.replicate else node.evaluation.paper
+        for ref in refs:
+            by_ref.setdefault((ref.table, ref.row, ref.key), []).append(node)
+        replicas.setdefault(f"{node.group}/{node.tag}", []).append(node)
+    return by_ref, replicas
+
+
+def _add_unjudged_provenance(nodes: list[Node], reads: dict, *, results: Path, provenance: dict):
+    """Nodes no paper record is judged on (T7's dense-conv downsampler, whose caption gives only
+    GFLOPs; the replicates of a row) still get provenance, their scores and their place in the
+    uncalibrated banner."""
+    for node in nodes:
+        if node.evaluation.paper and not node.replicate:
+            continue  # handled with its paper rows
+        metrics = reads[node.name].data
+        if metrics is not None:
+            scores = {m: metrics.get(m) for m in ("fid", "sfid", "is", "precision", "recall")}
+            path = node.metrics_path(results).relative_to(results)
+            provenance[node.name] = {**provenance_of(metrics, node, path), "scores": scores}
 
 
 def paper_rows(table_key: str) -> list[tuple[str, str | None]]:
@@ -366,7 +372,36 @@ def _row_records(
     provenance: dict,
     replicas: dict | None = None,
 ) -> list[dict]:
+    """The records of one paper row answered by `node` (or by nothing), one per metric."""
+    base, metrics = _node_base(table, row, key, node, results=results, reads=reads,
+                               provenance=provenance)  # fmt: skip
     group = (replicas or {}).get(f"{node.group}/{node.tag}", []) if node else []
+    out = []
+    for metric in METRICS:
+        reproduced, tol, note = None, TOLERANCES[metric], base["note"]
+        invalid, spread = base["invalid"], None
+        if node is not None and metric == "gflops":
+            reproduced, tol, note = _gflops_cell(node, table, flops)
+            invalid = flops.invalid
+        elif metrics is not None:
+            reproduced, spread = _pooled(metrics, metric, replicate_values(group, reads, metric))
+        record = _judged(metric, paper.get(metric), reproduced, spread, base=base, tol=tol,
+                         samples=(metrics or {}).get("protocol", {}).get("N"), node=node,
+                         invalid=invalid)  # fmt: skip
+        out.append(
+            {
+                **record,
+                "note": note,
+                "fid_infinity": (metrics or {}).get("fid_infinity"),
+                # replicate index -> value, for paired claims (udit.report.claims)
+                "replicates": replicate_values(group, reads, metric) if metric != "gflops" else {},
+            }
+        )
+    return out
+
+
+def _node_base(table, row, key, node, *, results: Path, reads: dict, provenance: dict):
+    """(the fields every record of this row and node shares, the node's metrics or None)."""
     base = {
         "table": table.key,
         "row": row + (f" @ {key}" if key else ""),
@@ -378,75 +413,57 @@ def _row_records(
         "invalid": False,  # the file its value comes from exists but is invalid
         "note": "not in this config",
     }
-    metrics = None
-    if node is not None:
-        path = node.metrics_path(results)
-        read = reads[node.name]
-        metrics = read.data
-        base.update(
-            experiment=node.experiment,
-            node=node.name,
-            step=node.step_tag,
-            cfg=node.cfg,
-            invalid=read.invalid,
-            note=f"invalid metrics file: {read.why}" if read.invalid else read.why,
-        )
-        if metrics is not None:
-            prov = provenance_of(metrics, node, path.relative_to(results))
-            provenance.setdefault(node.name, prov)
-            base["uncalibrated"] = prov["uncalibrated"]
-    samples = (metrics or {}).get("protocol", {}).get("N")
-    out = []
-    for metric in METRICS:
-        reproduced, tol, note = None, TOLERANCES[metric], base["note"]
-        invalid, spread = base["invalid"], None
-        if node is not None and metric == "gflops":
-            reproduced, tol, note = _gflops_cell(node, table, flops)
-            invalid = flops.invalid
-        elif metrics is not None:
-            reproduced = float(metrics[metric])  # metrics_json checked it is a finite number
-            spread = metrics_json.interval(metrics, metric)
-            values = replicate_values(group, reads, metric)
-            if len(values) >= 2:  # the training lottery, measured: mean and t interval
-                spread = seeds_interval(list(values.values()))
-                reproduced = sum(values.values()) / len(values)
-        p = paper.get(metric)
-        judged = verdict(
-            metric,
-            p,
-            reproduced,
-            uncalibrated=base["uncalibrated"],
-            tol=tol,
-            interval=spread,
-            samples=samples,
-        )
-        status = "not in config" if node is None else judged.status
-        if status == "pending" and invalid:
-            status = "invalid"  # it ran, but its numbers cannot be believed: not pending
-        diff = None if p is None or reproduced is None else reproduced - p
-        out.append(
-            {
-                **base,
-                "metric": metric,
-                "paper": p,
-                "reproduced": reproduced,
-                "low": None if spread is None else float(spread["low"]),
-                "high": None if spread is None else float(spread["high"]),
-                "level": None if spread is None else float(spread["level"]),
-                "diff": diff,
-                "rel_diff": None if diff is None or not p else diff / abs(p),
-                "status": status,
-                "basis": judged.basis if status == judged.status else "",
-                "invalid": invalid,
-                "note": note,
-                "tolerance": tol.describe(),
-                "fid_infinity": (metrics or {}).get("fid_infinity"),
-                "runs": 1 if spread is None else int(spread.get("runs", 1)),
-                # replicate index -> value, for paired claims (udit.report.claims)
-                "replicates": replicate_values(group, reads, metric) if metric != "gflops" else {},
-            }
-        )
-    return out
+    if node is None:
+        return base, None
+    read = reads[node.name]
+    base.update(
+        experiment=node.experiment,
+        node=node.name,
+        step=node.step_tag,
+        cfg=node.cfg,
+        invalid=read.invalid,
+        note=f"invalid metrics file: {read.why}" if read.invalid else read.why,
+    )
+    if read.data is not None:
+        prov = provenance_of(read.data, node, node.metrics_path(results).relative_to(results))
+        provenance.setdefault(node.name, prov)
+        base["uncalibrated"] = prov["uncalibrated"]
+    return base, read.data
+
+
+def _pooled(metrics: dict, metric: str, values: dict) -> tuple[float, dict | None]:
+    """(value, interval) of a metric: the node's own with its bootstrap interval, or, where
+    K >= 2 replicates have metrics, the training lottery measured: their mean and t interval."""
+    if len(values) >= 2:
+        return sum(values.values()) / len(values), seeds_interval(list(values.values()))
+    # metrics_json checked it is a finite number
+    return float(metrics[metric]), metrics_json.interval(metrics, metric)
+
+
+def _judged(metric, p, reproduced, spread, *, base, tol, samples, node, invalid) -> dict:
+    """The record's number, interval and verdict (and what the verdict rests on)."""
+    judged = verdict(metric, p, reproduced, uncalibrated=base["uncalibrated"], tol=tol,
+                     interval=spread, samples=samples)  # fmt: skip
+    status = "not in config" if node is None else judged.status
+    if status == "pending" and invalid:
+        status = "invalid"  # it ran, but its numbers cannot be believed: not pending
+    diff = None if p is None or reproduced is None else reproduced - p
+    return {
+        **base,
+        "metric": metric,
+        "paper": p,
+        "reproduced": reproduced,
+        "low": None if spread is None else float(spread["low"]),
+        "high": None if spread is None else float(spread["high"]),
+        "level": None if spread is None else float(spread["level"]),
+        "diff": diff,
+        "rel_diff": None if diff is None or not p else diff / abs(p),
+        "status": status,
+        "basis": judged.basis if status == judged.status else "",
+        "invalid": invalid,
+        "tolerance": tol.describe(),
+        "runs": 1 if spread is None else int(spread.get("runs", 1)),
+    }
 
 
 def replicate_values(group: list, reads: dict, metric: str) -> dict[int, float]:
