@@ -25,7 +25,9 @@ from torch import nn
 from udit.models.dit import LN_EPS, Mlp
 from udit.models.patch_model import PatchModel
 from udit.models.spec import ModelSpec
-from udit.paper import paper_numbers
+from udit.paper import paper_numbers, recipe
+
+RECIPE = recipe()  # ImageNet-1k and label dropout 0.1: the defaults below
 
 INIT_STD_BIAS = 0.02  # trunc-normal std of the relative-position bias tables (DiffiT, Swin)
 
@@ -113,8 +115,8 @@ class DiffiT(PatchModel):
         depth: int = 28,
         num_heads: int = 16,
         mlp_ratio: float = 4.0,
-        class_dropout_prob: float = 0.1,  # label dropout for classifier-free guidance
-        num_classes: int = 1000,
+        class_dropout_prob: float = RECIPE.class_dropout,  # label dropout, for guidance
+        num_classes: int = RECIPE.num_classes,  # ImageNet-1k
         learn_sigma: bool = True,  # output 2 x in_channels (eps and variance)
     ):
         super().__init__()

@@ -32,7 +32,9 @@ from udit.models.patch_model import (
     sincos_pos_embed_2d,  # noqa: F401 - DiT's pos_embed table, importable from here as before
 )
 from udit.models.spec import ModelSpec
-from udit.paper import paper_numbers
+from udit.paper import paper_numbers, recipe
+
+RECIPE = recipe()  # ImageNet-1k and label dropout 0.1: the defaults below
 
 LN_EPS = 1e-6  # LayerNorm eps of every DiT norm (official models.py)
 
@@ -133,8 +135,8 @@ class DiT(PatchModel):
         depth: int = 28,  # number of DiT blocks
         num_heads: int = 16,
         mlp_ratio: float = 4.0,
-        class_dropout_prob: float = 0.1,  # label dropout for classifier-free guidance
-        num_classes: int = 1000,
+        class_dropout_prob: float = RECIPE.class_dropout,  # label dropout, for guidance
+        num_classes: int = RECIPE.num_classes,  # ImageNet-1k
         learn_sigma: bool = True,  # output 2 x in_channels (eps and variance)
     ):
         super().__init__()

@@ -26,7 +26,9 @@ from udit.models.dit import LN_EPS, Attention, Mlp
 from udit.models.embed import modulate
 from udit.models.patch_model import INIT_STD_EMBED, PatchModel
 from udit.models.spec import ModelSpec
-from udit.paper import paper_numbers
+from udit.paper import paper_numbers, recipe
+
+RECIPE = recipe()  # ImageNet-1k and label dropout 0.1: the defaults below
 
 MODULATIONS = 6  # shift, scale, gate for attention and for the MLP
 
@@ -78,8 +80,8 @@ class PixArtAlpha(PatchModel):
         depth: int = 28,
         num_heads: int = 16,
         mlp_ratio: float = 4.0,
-        class_dropout_prob: float = 0.1,  # label dropout for classifier-free guidance
-        num_classes: int = 1000,
+        class_dropout_prob: float = RECIPE.class_dropout,  # label dropout, for guidance
+        num_classes: int = RECIPE.num_classes,  # ImageNet-1k
         learn_sigma: bool = True,  # PixArt's pred_sigma: output 2 x in_channels
     ):
         super().__init__()

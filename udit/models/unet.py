@@ -29,7 +29,9 @@ from udit.models.unet_blocks import (
     layer_norm_2d,
     modulate_2d,
 )
-from udit.paper import paper_numbers
+from udit.paper import paper_numbers, recipe
+
+RECIPE = recipe()  # ImageNet-1k and label dropout 0.1: the defaults below
 
 NUM_LEVELS = 3  # encoder levels 1, 2 and the latent level (paper: three stages)
 LEVEL_STRIDE = 4  # input_size must be divisible by 4 (two 2x transitions) x 2 (token groups)
@@ -105,9 +107,9 @@ class UShapedDiT(nn.Module):
         *,
         input_size: int = 32,  # latent side: 32 for 256px images, 64 for 512px
         in_channels: int = 4,  # VAE latent channels
-        num_classes: int = 1000,
+        num_classes: int = RECIPE.num_classes,  # ImageNet-1k
         # label -> null class during training (classifier-free guidance)
-        class_dropout_prob: float = 0.1,
+        class_dropout_prob: float = RECIPE.class_dropout,
         learn_sigma: bool = True,  # output 2*in_channels: eps and the learned-range variance
         hidden_size: int = 96,  # C: widths are C, 2C, 4C, 2C, dec1_mult*C
         num_heads: int = 4,  # same head count at every level (head_dim grows with width)

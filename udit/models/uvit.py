@@ -28,7 +28,9 @@ from udit.models.dit import Attention, Mlp
 from udit.models.embed import LabelEmbedder, timestep_features
 from udit.models.patch_model import PatchEmbed, PatchModel
 from udit.models.spec import ModelSpec
-from udit.paper import paper_numbers
+from udit.paper import paper_numbers, recipe
+
+RECIPE = recipe()  # ImageNet-1k and label dropout 0.1: the defaults below
 
 INIT_STD = 0.02  # trunc-normal std of every linear weight and the position table (U-ViT)
 EXTRA_TOKENS = 2  # the label token and the time token, in front of the patch tokens
@@ -64,8 +66,8 @@ class UViT(PatchModel):
         depth: int = 20,  # depth/2 in-blocks + 1 mid-block + depth/2 out-blocks
         num_heads: int = 16,
         mlp_ratio: float = 4.0,
-        class_dropout_prob: float = 0.1,  # DiT recipe (U-ViT: p_uncond 0.15 in the loader)
-        num_classes: int = 1000,
+        class_dropout_prob: float = RECIPE.class_dropout,  # DiT recipe (U-ViT: p_uncond 0.15)
+        num_classes: int = RECIPE.num_classes,  # ImageNet-1k
         learn_sigma: bool = True,  # output 2 x in_channels (eps and variance)
     ):
         super().__init__()
