@@ -209,8 +209,9 @@ def test_train_job_stops_before_its_time_limit_and_the_retry_resumes(tmp_path):
     assert len(ids) == len(set(ids)) >= 5, out[-3000:]  # 3 data jobs + train twice
     assert sacct_states(ids[-2:]) == {ids[-2]: "FAILED", ids[-1]: "COMPLETED"}
 
-    cmd = _printed_train_command(out)
-    cmd[cmd.index("--run-dir") + 1] = str(tmp_path / "reference")
+    # the same job (its --options document) into another folder: a flag given after
+    # --options overrides that key
+    cmd = [*_printed_train_command(out), "--run-dir", str(tmp_path / "reference")]
     ref = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, check=False)
     assert ref.returncode == 0, ref.stderr[-3000:]
     got = torch.load(target, map_location="cpu", weights_only=True)

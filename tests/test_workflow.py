@@ -64,10 +64,16 @@ def test_schema_accepts_both_configs(name):
 def test_smoke_maps_the_same_experiments_to_toy_sizes():
     paper = ex.resolve_experiments(ex.load_config(ROOT / "config" / "paper.yaml"))
     smoke = ex.resolve_experiments(ex.load_config(ROOT / "config" / "smoke.yaml"))
-    assert list(smoke) == list(paper)
-    for eid, exp in smoke.items():
-        assert exp.model == paper[eid].model
-        assert len(exp.milestones) == len(paper[eid].milestones)  # same node structure
+    leads = [eid for eid, exp in smoke.items() if not exp.replicate]
+    assert leads == list(paper)  # plus the replicates `scale.replicated` asks for
+    assert sorted(set(smoke) - set(leads)) == [
+        f"{eid}-seed{k}"
+        for eid in ("ablation-cosine", "ablation-rope2d", "u-dit-t")
+        for k in (1, 2)
+    ]
+    for exp in smoke.values():
+        assert exp.model == paper[exp.group].model
+        assert len(exp.milestones) == len(paper[exp.group].milestones)  # same node structure
         assert exp.iterations <= 40 and exp.global_batch <= 8 and exp.size == "toy"
         assert all(e.fid_samples <= 16 for e in exp.evaluations)
 
