@@ -59,3 +59,14 @@ def one_thread():
 def tiny_dit():
     """build_tiny_dit, as a fixture so test files share one definition."""
     return build_tiny_dit
+
+
+@pytest.fixture(scope="session")
+def smoke_pair(tmp_path_factory):
+    """(results folder, --config args) after a few smoke experiments ran end to end, once per
+    session for tests/test_workflow.py and tests/test_export_dag.py (defined here: a session
+    fixture imported into two test modules ran twice, 40 s each)."""
+    from test_workflow import run_smoke_pair
+
+    results = tmp_path_factory.mktemp("pair") / "results"
+    return results, run_smoke_pair(results)

@@ -13,7 +13,6 @@ from test_workflow import (
     ROOT,
     job_counts,
     run_snakemake,
-    smoke_pair,  # noqa: F401 (the session fixture both tests share)
 )
 
 from udit import experiments as ex
@@ -69,7 +68,7 @@ def check_folder(folder, metrics):
 
 
 @pytest.mark.slow
-def test_snakemake_export_builds_folders_diffusers_loads_and_samples(smoke_pair, one_thread):  # noqa: F811
+def test_snakemake_export_builds_folders_diffusers_loads_and_samples(smoke_pair, one_thread):
     results, config = smoke_pair
     targets = [f"{results}/{e}/export/{STEP}" for e in (DIT, UDIT)]
     ran = run_snakemake(*targets, "--cores", "2", *config, timeout=900)

@@ -1547,12 +1547,12 @@ def s1_runs(tmp_path_factory) -> tuple[Ran, Ran, Path]:
     root = tmp_path_factory.mktemp("s1")
     results, workdir = root / "smr", root / "wd"
     workdir.mkdir()
-    # before --configfile, which takes every word after; a training node paused 2 s per step
+    # before --configfile, which takes every word after; a training node paused 1 s per step
     # holds the first run (and its lock) long after the second has started: without it the
     # first could finish first, and the second find nothing to do (no lock taken, exit 0)
     targets = [f"{results}/{LATENTS_TARGET}", f"{results}/{S1_TRAIN_TARGET}"]
     cmd = snakemake(workdir, "--cores", "1", *targets, "--configfile", smoke_config(root, results))
-    first = Child(cmd, cwd=root, env={**CHILD_ENV, "UDIT_PAUSE_AFTER_STEP": "2"})
+    first = Child(cmd, cwd=root, env={**CHILD_ENV, "UDIT_PAUSE_AFTER_STEP": "1"})
     locks = workdir / ".snakemake" / "locks"
     first.wait_for(lambda: locks.is_dir() and any(locks.iterdir()), "Snakemake's lock", timeout=120)
     second = Child(cmd, cwd=root).finish(timeout=300)

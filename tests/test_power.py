@@ -3,6 +3,7 @@
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,7 @@ from udit import plan, power
 from udit.report import claims, tolerances
 
 PAPER = "config/paper.yaml"
+ROOT = Path(__file__).resolve().parents[1]
 FID_COV = tolerances.PAPER_NOISE["fid"][0]  # the FID Lottery's 1.3%
 # z_{0.975} + z_{0.8} to 16 digits (tables: 1.959964 + 0.841621), not from statistics.NormalDist
 Z_TOTAL = 1.959963984540054 + 0.8416212335729143
@@ -246,9 +248,17 @@ def test_cli_refuses_a_bad_noise_cov_in_one_line(capsys, argv):
     assert len(errors) == 1 and "--noise-cov" in errors[0] and "Traceback" not in err
 
 
-@pytest.mark.slow
-def test_cli_claims_on_the_smoke_config_says_the_hours_are_toy(capsys):
-    assert plan.main(["--claims", "--configfile", "config/smoke.yaml"]) == 0
+def test_cli_claims_on_the_smoke_config_says_the_hours_are_toy(capsys, tmp_path):
+    """A scaled config (four of the smoke experiments: each toy model is traced for its
+    FLOPs, 24 s for all of them) prices its claims in toy GPU-hours."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    raw["base"] = str(ROOT / "config" / "paper.yaml")
+    raw["scale"]["only"] = ["toy-dit-unet", "u-dit-t", "ablation-cosine", "u-dit-l"]
+    config = tmp_path / "smoke3.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert plan.main(["--claims", "--configfile", str(config)]) == 0
     out = capsys.readouterr().out
     assert "toy scale" in out
     assert all(re.search(rf"^{c.id} ", out, re.MULTILINE) for c in claims.load())

@@ -87,29 +87,6 @@ def submitted_job_ids(output: str) -> list[str]:
     return ids
 
 
-def test_smoke_part_runs_through_sbatch(tmp_path):
-    raw = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
-    raw["results"] = str(tmp_path / "results")
-    raw["scale"]["only"] = ["toy-dit-s-4"]
-    raw["datasets"]["toy32"]["per_class"] = 4
-    config = tmp_path / "smoke-part.yaml"
-    config.write_text(yaml.safe_dump(raw))
-    results = tmp_path / "results"
-    targets = [
-        f"{results}/data/toy32/latents/manifest.json",
-        f"{results}/toy-dit-s-4/train/checkpoints/ckpt-0000008.pt",
-    ]
-    run = slurm_run(config, tmp_path, *targets)
-    out = run.stdout + run.stderr
-    assert run.returncode == 0, out[-6000:]
-    for target in targets:
-        assert Path(target).is_file(), target
-    ids = submitted_job_ids(out)
-    assert len(ids) >= 4, out[-3000:]  # toy data, tiny VAE, latents, train: each its own sbatch
-    states = sacct_states(ids)
-    assert all(state == "COMPLETED" for state in states.values()), states
-
-
 def test_failed_job_is_retried_with_a_fake_gpu(tmp_path):
     (tmp_path / "Snakefile").write_text('''
 rule all:
@@ -191,7 +168,8 @@ def test_train_job_stops_before_its_time_limit_and_the_retry_resumes(tmp_path):
     from squeue), checkpoints the step in flight and fails; Snakemake (the profile's retries)
     submits it again with 4 minutes, which resumes from that checkpoint and ends with the
     weights of an uninterrupted run, bitwise. (The signal comes 30 s into the job: after the
-    ~5-15 s start-up, during the 8 x 8 s of training.)"""
+    ~5-15 s start-up, during the 8 x 8 s of training.) The smoke part's data jobs (toy data,
+    tiny VAE, latents) run through sbatch on the way, each its own job."""
     config = _smoke_part_config(tmp_path, runtime=2, stop_lead_s=90)
     results = tmp_path / "results"
     run_dir = results / "toy-dit-s-4" / "train"
@@ -207,7 +185,10 @@ def test_train_job_stops_before_its_time_limit_and_the_retry_resumes(tmp_path):
     assert f"at step {steps[0]}" in log  # the retry resumed from the stop checkpoint
     ids = submitted_job_ids(out)
     assert len(ids) == len(set(ids)) >= 5, out[-3000:]  # 3 data jobs + train twice
-    assert sacct_states(ids[-2:]) == {ids[-2]: "FAILED", ids[-1]: "COMPLETED"}
+    assert (results / "data" / "toy32" / "latents" / "manifest.json").is_file()
+    states = sacct_states(ids)
+    assert states[ids[-2]] == "FAILED" and states[ids[-1]] == "COMPLETED"
+    assert all(states[i] == "COMPLETED" for i in ids[:-2]), states  # the data jobs
 
     # the same job (its --options document) into another folder: a flag given after
     # --options overrides that key

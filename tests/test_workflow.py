@@ -232,17 +232,15 @@ EXPORTED = ("toy-dit-s-4", "u-dit-s")
 PAIR_STEP = "0000008"
 
 
-@pytest.fixture(scope="session")
-def smoke_pair(tmp_path_factory) -> tuple[Path, list[str]]:
-    """(results folder, the --config args that point the DAG at it) after the experiments of
-    PAIR and EXPORTED ran train -> sample -> evaluate for real."""
-    results = tmp_path_factory.mktemp("pair") / "results"
+def run_smoke_pair(results: Path) -> list[str]:
+    """Run the experiments of PAIR and EXPORTED train -> sample -> evaluate for real into
+    `results`; -> the --config args that point the DAG at it (tests/conftest.py smoke_pair)."""
     config = ["--config", f"results={results}"]
     metrics = [f"{results}/{e}/metrics/{PAIR_STEP}-cfg1.0.json" for e in {*PAIR, *EXPORTED}]
     ran = run_snakemake(*metrics, "--cores", "2", *config, timeout=900)
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert all(Path(m).is_file() for m in metrics)
-    return results, config
+    return config
 
 
 @pytest.mark.slow
