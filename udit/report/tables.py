@@ -380,11 +380,12 @@ def _row_records(
     for metric in METRICS:
         reproduced, tol, note = None, TOLERANCES[metric], base["note"]
         invalid, spread = base["invalid"], None
+        replicates = replicate_values(group, reads, metric) if metric != "gflops" else {}
         if node is not None and metric == "gflops":
             reproduced, tol, note = _gflops_cell(node, table, flops)
             invalid = flops.invalid
         elif metrics is not None:
-            reproduced, spread = _pooled(metrics, metric, replicate_values(group, reads, metric))
+            reproduced, spread = _pooled(metrics, metric, replicates)
         record = _judged(metric, paper.get(metric), reproduced, spread, base=base, tol=tol,
                          samples=(metrics or {}).get("protocol", {}).get("N"), node=node,
                          invalid=invalid)  # fmt: skip
@@ -393,8 +394,7 @@ def _row_records(
                 **record,
                 "note": note,
                 "fid_infinity": (metrics or {}).get("fid_infinity"),
-                # replicate index -> value, for paired claims (udit.report.claims)
-                "replicates": replicate_values(group, reads, metric) if metric != "gflops" else {},
+                "replicates": replicates,  # replicate -> value, for paired claims (claims.py)
             }
         )
     return out
