@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from udit import distributed
+from udit.cli import options_of
 from udit.distributed import DistInfo
 from udit.models import create_model
 from udit.sampling import shards
@@ -425,7 +426,7 @@ def _argv(ckpt: Path, out: Path, *extra: str) -> list[str]:
 def test_options_from_a_training_checkpoint_take_its_model_fields(ckpts, tmp_path):
     """No model flag: the model, its kw, classes, size and space are the checkpoint's "args"."""
     args = build_parser().parse_args(_argv(ckpts / "train.pt", tmp_path / "s.npz"))
-    opts = SampleOptions.from_args(args)
+    opts = options_of(args, SampleOptions)
     assert {k: v for k, v in opts.given_model().items() if v} == {}  # nothing given
     state, run = resolve(opts, torch.device("cpu"))
     assert run.model == {

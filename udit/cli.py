@@ -121,6 +121,13 @@ def parse_args(parser: argparse.ArgumentParser, argv, fields_of: type) -> argpar
     return parser.parse_args(argv)
 
 
+def options_of(args: argparse.Namespace, cls: type):
+    """The options dataclass `cls` from parsed `args`: its fields (other flags, such as
+    --dry-run and --options itself, are left out)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+
 def typed_options(text: str, fields_of: type, *, flags: set[str]) -> dict:
     """The JSON object `text` checked against the fields of dataclass `fields_of`."""
     from udit.errors import BadValueError

@@ -23,7 +23,7 @@ from udit.cli import add_dry_run, dry_run
 from udit.diffusion.schedule import LINEAR_BETA_END, LINEAR_BETA_START
 from udit.errors import BadValueError, command_main
 from udit.io import git_commit, sha256_file
-from udit.models.spec import parse_model_kw
+from udit.models.spec import add_model_kw
 from udit.paper import recipe
 
 WEIGHTS = {"ema": "ema", "raw": "model"}  # --weights -> the checkpoint's sub-dict
@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights", choices=tuple(WEIGHTS), default="ema", help="EMA (default) or raw weights"
     )
     p.add_argument("--model", help="registry name; needed for a raw state dict")
-    p.add_argument("--model-kw", nargs="*", default=[], metavar="K=V", help="constructor overrides")
+    add_model_kw(p, help="constructor overrides")
     p.add_argument("--vae", help="VAE folder or hub id; default: the one the run recorded")
     p.add_argument("--metrics", help="metrics JSON of `udit evaluate` for the model card")
     p.add_argument("--paper-table", help="paper_numbers.yaml table of the row the run reproduces")
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         out=str(args.out),
         weights=args.weights,
         model=args.model,
-        model_kw=parse_model_kw(args.model_kw) or None,
+        model_kw=args.model_kw or None,
         vae=args.vae,
         metrics=args.metrics,
         paper=paper,

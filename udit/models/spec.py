@@ -1,5 +1,6 @@
 """What the registry stores per model: how to build it and what the paper says of it."""
 
+import argparse
 import json
 import re
 from collections.abc import Callable
@@ -53,3 +54,18 @@ def parse_model_kw(items: list[str]) -> dict:
                 f"--model-kw {item!r}: the value is neither JSON nor YAML ({err})"
             ) from None
     return out
+
+
+class ModelKwAction(argparse.Action):
+    """--model-kw KEY=VAL ...: parsed into a dict at parsing (parse_model_kw), the same type a
+    `--options` document gives, so a command never sees the word list."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, parse_model_kw(values))
+
+
+def add_model_kw(parser, help: str = "model constructor overrides") -> None:
+    """The one --model-kw of every command that builds a registry model (train, sample, export)."""
+    parser.add_argument(
+        "--model-kw", nargs="*", default={}, metavar="KEY=VAL", action=ModelKwAction, help=help
+    )

@@ -11,8 +11,9 @@ import argparse
 import sys
 
 from udit import argtypes, outputs
-from udit.cli import add_device, add_dry_run, add_options, dry_run, parse_args
+from udit.cli import add_device, add_dry_run, add_options, dry_run, options_of, parse_args
 from udit.errors import command_main
+from udit.models.spec import add_model_kw
 from udit.precision import DEFAULT_PRECISION, PRECISIONS
 from udit.sampling.generate import generate
 from udit.sampling.options import LABEL_MODES, RANGES, RECIPE, SAMPLERS, WEIGHTS, SampleOptions
@@ -100,13 +101,7 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
 def _add_model_flags(group) -> None:
     """MODEL_FIELDS: a training checkpoint's own; required only by a raw state dict."""
     group.add_argument("--model", help="registry name; required for a raw state dict")
-    group.add_argument(
-        "--model-kw",
-        nargs="*",
-        default=[],
-        metavar="KEY=VAL",
-        help="model constructor overrides, as the weights were trained with",
-    )
+    add_model_kw(group, help="model constructor overrides, as the weights were trained with")
     group.add_argument(
         "--vae", help="VAE hub id or local dir; default: the checkpoint's, else sd-vae-ft-ema"
     )
@@ -145,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     del args.options  # merged into args by parse_args
     if dry_run(args):
         return 0
-    generate(SampleOptions.from_args(args))
+    generate(options_of(args, SampleOptions))
     mark_done()
     return 0
 

@@ -7,13 +7,11 @@ records none; given with a training checkpoint, each must equal what it records
 (udit.sampling.checkpoint.resolve_options).
 """
 
-import argparse
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from udit import argtypes
 from udit.errors import BadValueError
-from udit.models.spec import parse_model_kw
 from udit.paper import recipe
 from udit.precision import DEFAULT_PRECISION, check_precision
 
@@ -69,14 +67,6 @@ class SampleOptions:
         # "3" as the CLI passes it -> 3; any other text but 'all' is refused by validate()
         if isinstance(self.guidance_channels, str) and self.guidance_channels.isdigit():
             object.__setattr__(self, "guidance_channels", int(self.guidance_channels))
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "SampleOptions":
-        names = {f.name for f in fields(cls)}
-        values = {k: v for k, v in vars(args).items() if k in names}
-        if not isinstance(args.model_kw, dict):  # a dict from --options is already typed
-            values["model_kw"] = parse_model_kw(args.model_kw)
-        return cls(**values)
 
     @property
     def grid_path(self) -> Path:

@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +29,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from udit import argtypes, distributed, outputs, paths
-from udit.cli import add_device, add_dry_run, add_options, parse_args
+from udit.cli import add_device, add_dry_run, add_options, options_of, parse_args
 from udit.errors import BadValueError, UserError, command_main
-from udit.models.spec import parse_model_kw
+from udit.models.spec import add_model_kw
 from udit.paper import recipe
 from udit.precision import DEFAULT_PRECISION, PRECISIONS, check_precision, set_precision
 from udit.stop import POLL_EVERY, StopFlag, StoppedEarly, ignore_stop_signals, mark_done
@@ -654,7 +654,7 @@ def _add_recipe_flags(p: argparse.ArgumentParser, d: TrainOptions) -> None:
     p.add_argument("--compile", action="store_true")
     p.add_argument("--num-classes", type=argtypes.CLASSES, default=d.num_classes)
     p.add_argument("--image-size", type=argtypes.IMAGE_SIZE, default=d.image_size)
-    p.add_argument("--model-kw", nargs="*", default=[], metavar="KEY=VAL", help="model overrides")
+    add_model_kw(p, help="model overrides")
 
 
 def _add_test_hooks(p: argparse.ArgumentParser) -> None:
@@ -669,18 +669,10 @@ def _add_test_hooks(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inject-nan-at", type=argtypes.STEPS, default=None, help=argparse.SUPPRESS)
 
 
-def options_from_args(args: argparse.Namespace) -> TrainOptions:
-    names = {f.name for f in fields(TrainOptions)}
-    values = {k: v for k, v in vars(args).items() if k in names}
-    if not isinstance(args.model_kw, dict):  # a dict from --options is already typed
-        values["model_kw"] = parse_model_kw(args.model_kw)
-    return TrainOptions(**values)
-
-
 @command_main("udit train")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(build_parser(), argv, TrainOptions)
-    opts = options_from_args(args)
+    opts = options_of(args, TrainOptions)
     opts.validate()
     if args.dry_run:
         print(json.dumps(asdict(opts), indent=2))
