@@ -56,7 +56,7 @@ wildcard_constraints:
     experiment=r"[a-z0-9][a-z0-9-]*",
     dataset=r"[a-z0-9][a-z0-9-]*",
     step=STEP_WILDCARD,
-    cfg=r"\d+\.\d+",
+    tag=paths.EVAL_TAG,
 
 
 rule all:

@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=argtypes.Range("int", 1, 1000), default=5)
     p.add_argument("--bootstrap", type=argtypes.Range("int", 10, 100_000), default=1000)
     p.add_argument("--json", help="also write the table here")
+    p.add_argument("--work", help="keep each seed's samples, metrics and features here")
     add_dry_run(p)
     return p
 
@@ -102,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     if dry_run(args):
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        draws = [draw(args, seed, Path(tmp)) for seed in range(args.seeds)]
+        work = Path(args.work or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        draws = [draw(args, seed, work) for seed in range(args.seeds)]
     rows = [coverage(draws, m) for m in METRICS]
     head = f"{'metric':<10} {'mean':>10} {'sd seeds':>10} {'boot se':>10} {'se/sd':>6}"
     print(head + "  coverage: percentile  normal  basic")

@@ -45,13 +45,13 @@ def test_train_options_carry_the_experiment_typed(paper):
 
 
 def test_sample_options_send_model_fields_only_for_released_state_dicts(paper):
-    trained = json.loads(paper.sample_options(W(experiment="u-dit-b", step="0400000", cfg="1.5")))
+    trained = json.loads(paper.sample_options(W(experiment="u-dit-b", tag="0400000-cfg1.5")))
     assert trained == {
         "num_samples": 50_000, "cfg_scale": 1.5, "seed": 0, "steps": 250,
         "precision": "tf32", "vae": "stabilityai/sd-vae-ft-ema",
     }  # fmt: skip
     released = json.loads(
-        paper.sample_options(W(experiment="dit-xl-2-256-release", step="released", cfg="1.5"))
+        paper.sample_options(W(experiment="dit-xl-2-256-release", tag="released-cfg1.5"))
     )
     assert released["model"] == "DiT-XL/2" and released["num_classes"] == 1000
 
@@ -59,8 +59,9 @@ def test_sample_options_send_model_fields_only_for_released_state_dicts(paper):
 def test_unknown_nodes_are_named(paper):
     with pytest.raises(ValueError, match="unknown experiment 'u-dit-q'; known: toy-dit-s-4"):
         paper.node(W(experiment="u-dit-q"))
-    with pytest.raises(ValueError, match="no evaluation at step 0400000 with cfg 2.0"):
-        paper.evaluation(W(experiment="u-dit-b", step="0400000", cfg="2.0"))
+    known = "known: 0200000-cfg1.0, 0400000-cfg1.0"
+    with pytest.raises(ValueError, match=f"no evaluation '0400000-cfg2.0'; {known}"):
+        paper.evaluation(W(experiment="u-dit-b", tag="0400000-cfg2.0"))
     with pytest.raises(ValueError, match="trains on pixels|not a trained experiment"):
         paper.export_experiment(W(experiment="dit-xl-2-256-release", step="released"))
 

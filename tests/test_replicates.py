@@ -94,7 +94,7 @@ def test_each_replicate_node_trains_with_its_own_seed(tmp_path):
     assert len({o["run_dir"] for o in options}) == 3
     assert len({json.dumps({**o, "seed": 0, "run_dir": ""}) for o in options}) == 1  # else same
     evaluation = dag.evaluation(
-        SimpleNamespace(experiment="ablation-cosine-seed2", step="0000008", cfg="1.0")
+        SimpleNamespace(experiment="ablation-cosine-seed2", tag="0000008-cfg1.0")
     )
     assert evaluation.paper  # a replicate's samples are judged against the same paper row
 
@@ -184,3 +184,97 @@ def test_the_report_pools_a_rows_replicates(tmp_path):
     assert (rec["low"], rec["high"]) == (pytest.approx(want["low"]), pytest.approx(want["high"]))
     assert rec["replicates"] == {0: 30.0, 1: 31.0, 2: 32.5}
     assert "runs: 3" in rec["basis"] and "t over 3 training seeds" in rec["basis"]
+
+
+# --- the generation lottery: `sample_seeds: M` -----------------------------------------------
+
+
+def test_sampling_seeds_are_evaluation_nodes_with_their_own_seeds(tmp_path):
+    """Each sampling seed of an evaluation is its own sample/evaluate node: its own tag (so its
+    own files) and its own `--options` seed; the first keeps the plain tag."""
+    config = paper_config(sample_seed=4)
+    config["experiments"]["u-dit-s"]["sample_seeds"] = 3
+    exps = ex.resolve_experiments(config)
+    first = [e for e in exps["u-dit-s"].evaluations if e.step == 400000 and e.cfg == 1.0]
+    assert [(e.tag, e.sample_seed, e.draw) for e in first] == [
+        ("0400000-cfg1.0", 4, 0),
+        ("0400000-cfg1.0-seed5", 5, 1),
+        ("0400000-cfg1.0-seed6", 6, 2),
+    ]
+    assert {e.base_tag for e in first} == {"0400000-cfg1.0"}
+    assert len(exps["u-dit-b"].evaluations) == len(config["experiments"]["u-dit-b"]["evaluations"])
+    dag = Dag(config)
+    seeds = [
+        json.loads(dag.sample_options(SimpleNamespace(experiment="u-dit-s", tag=e.tag)))["seed"]
+        for e in first
+    ]
+    assert seeds == [4, 5, 6]
+    assert dag.sample_checkpoint(SimpleNamespace(experiment="u-dit-s", tag=first[2].tag)) == (
+        paths.checkpoint(dag.results, "u-dit-s", 400000)
+    )  # one checkpoint, three draws
+    assert paths.parse_eval_tag(first[2].tag) == ("0400000", 1.0, 6)
+
+
+def test_scale_resampled_sets_the_seeds_of_the_experiments_it_names(tmp_path):
+    raw = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    raw["base"] = str(ROOT / "config" / "paper.yaml")
+    raw["scale"]["resampled"] = {"toy-dit-unet": 2}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    exps = ex.resolve_experiments(ex.load_config(path))
+    tags = [e.tag for e in exps["toy-dit-unet"].evaluations]
+    assert tags == ["0000008-cfg1.0", "0000008-cfg1.0-seed1"]
+    raw["scale"]["resampled"] = {"toy-dit-unet-x": 2}
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ex.ConfigError, match="scale.resampled names experiments not in"):
+        ex.load_config(path)
+
+
+def _write_fids(results: Path, fids: dict) -> None:
+    for (eid, tag), fid in fids.items():
+        data = metrics_json(fid=fid, sfid=6, is_=60, precision=0.6, recall=0.6,
+                            uncalibrated=False, n=50_000)  # fmt: skip
+        write_json(Path(paths.metrics(results, eid, tag)), data)
+
+
+def _fid_record(config, results):
+    from udit.report import tables
+
+    exps = ex.resolve_experiments(config)
+    records = tables.collect_records(experiments=exps, released={}, results=results).records
+    fid = records[(records["table"] == "main_400k_T2") & (records["row"] == "U-DiT-S")
+                  & (records["metric"] == "fid")]  # fmt: skip
+    assert len(fid) == 1  # the draws and replicates answer one row, not one each
+    return fid.iloc[0]
+
+
+def test_the_report_pools_one_runs_sampling_seeds(tmp_path):
+    config = paper_config()
+    config["experiments"]["u-dit-s"]["sample_seeds"] = 3
+    values = [30.0, 30.4, 31.1]
+    tags = ["0400000-cfg1.0", "0400000-cfg1.0-seed1", "0400000-cfg1.0-seed2"]
+    _write_fids(tmp_path, {("u-dit-s", t): v for t, v in zip(tags, values)})
+    rec = _fid_record(config, tmp_path)
+    want = tolerances.seeds_interval(values)
+    assert rec["reproduced"] == pytest.approx(sum(values) / 3) and rec["runs"] == 1
+    assert (rec["low"], rec["high"]) == (pytest.approx(want["low"]), pytest.approx(want["high"]))
+    assert "sampling seeds: 3" in rec["basis"] and "t over 3 sampling seeds" in rec["basis"]
+
+
+def test_replicates_enter_with_the_mean_of_their_sampling_seeds(tmp_path):
+    """Two levels: each run's draws are averaged first, then the t interval is over runs (a
+    draw is not a training seed: 2 runs x 2 draws is K = 2, not 4)."""
+    config = paper_config()
+    config["experiments"]["u-dit-s"].update(replicates=2, sample_seeds=2)
+    fids = {
+        ("u-dit-s", "0400000-cfg1.0"): 30.0,
+        ("u-dit-s", "0400000-cfg1.0-seed1"): 32.0,
+        ("u-dit-s-seed1", "0400000-cfg1.0"): 34.0,
+        ("u-dit-s-seed1", "0400000-cfg1.0-seed1"): 35.0,
+    }
+    _write_fids(tmp_path, fids)
+    rec = _fid_record(config, tmp_path)
+    want = tolerances.seeds_interval([31.0, 34.5])
+    assert rec["reproduced"] == pytest.approx(32.75) and rec["runs"] == 2
+    assert rec["replicates"] == {0: 31.0, 1: 34.5}  # the claims pair these run means
+    assert (rec["low"], rec["high"]) == (pytest.approx(want["low"]), pytest.approx(want["high"]))

@@ -99,6 +99,7 @@ STEPS_OR_ZERO = Range("int", 0, MAX_STEPS)  # a step a run starts from: 0 is fro
 SAMPLES = Range("int", 1, MAX_SAMPLES)
 CLASSES = Range("int", 1, MAX_CLASSES)
 REPLICATES = Range("int", 1, 100)  # training seeds per experiment
+SAMPLE_SEEDS = Range("int", 1, 100)  # sampling seeds per evaluation
 IMAGE_SIZE = Range("int", 1, MAX_IMAGE_SIZE)
 BATCH = Range("int", 1, MAX_BATCH)
 WORKERS = Range("int", 0, MAX_WORKERS)
@@ -127,4 +128,5 @@ CONFIG_KEYS = {
     "image_size": IMAGE_SIZE,
     "checkpoint_minutes": NONNEG,
     "replicates": REPLICATES,
+    "sample_seeds": SAMPLE_SEEDS,
 }

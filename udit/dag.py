@@ -108,13 +108,13 @@ class Dag:
         return entry
 
     def evaluation(self, wildcards):
-        """The Evaluation entry of one (experiment, step, cfg) node."""
-        tag = f"{wildcards.step}-cfg{wildcards.cfg}"
-        found = [e for e in self.node(wildcards).evaluations if e.tag == tag]
+        """The Evaluation entry of one (experiment, evaluation tag) node."""
+        evaluations = self.node(wildcards).evaluations
+        found = [e for e in evaluations if e.tag == wildcards.tag]
         if not found:
+            known = ", ".join(e.tag for e in evaluations)
             raise self.error(
-                f"{wildcards.experiment}: no evaluation at step {wildcards.step} "
-                f"with cfg {wildcards.cfg}"
+                f"{wildcards.experiment}: no evaluation {wildcards.tag!r}; known: {known}"
             )
         return found[0]
 
@@ -300,7 +300,7 @@ class Dag:
             if not Path(entry.path).is_file():
                 raise self.error(self.released_error({entry.id: entry}))
             return entry.path
-        return paths.checkpoint(self.results, entry.id, int(wildcards.step))
+        return paths.checkpoint(self.results, entry.id, self.evaluation(wildcards).step)
 
     def sample_options(self, wildcards) -> str:
         """`udit sample --options`: the node's sampling options as one JSON document. A
@@ -403,7 +403,8 @@ class Dag:
     def card_evaluation(exp, step: int):
         """The unguided (cfg 1.0) evaluation of `step`, the card's metrics; None if there is
         none (the card compares with the paper's unguided rows, never guided metrics)."""
-        return next((e for e in exp.evaluations if e.step == step and e.cfg == 1.0), None)
+        found = (e for e in exp.evaluations if e.step == step and e.cfg == 1.0 and not e.draw)
+        return next(found, None)
 
     def export_inputs(self, wildcards) -> dict:
         exp = self.export_experiment(wildcards)

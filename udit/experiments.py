@@ -238,11 +238,21 @@ class Evaluation:
     sample_seed: int
     paper: tuple[PaperRef, ...] = ()
     released: bool = False  # of an official checkpoint: step tag 'released', no training node
+    # The generation lottery: draw k samples the same checkpoint with sample_seed + k (draw 0:
+    # the config's seed); the report pools a run's draws of one (step, cfg).
+    draw: int = 0
 
     @property
     def tag(self) -> str:
-        """File stem of this node's samples and metrics: '0400000-cfg1.5' (udit.paths)."""
-        return paths.eval_tag(paths.RELEASED_STEP if self.released else self.step, self.cfg)
+        """File stem of this node's samples and metrics (udit.paths): '0400000-cfg1.5' for
+        draw 0, '0400000-cfg1.5-seed{sample_seed}' for the others."""
+        step = paths.RELEASED_STEP if self.released else self.step
+        return paths.eval_tag(step, self.cfg, self.sample_seed if self.draw else None)
+
+    @property
+    def base_tag(self) -> str:
+        """'0400000-cfg1.5': the (step, cfg) every draw of this evaluation shares."""
+        return dataclasses.replace(self, draw=0).tag
 
 
 @dataclass(frozen=True)
@@ -393,11 +403,12 @@ def expand_base(config: dict, *, root: str | Path, chain: tuple[str, ...] = ()) 
         raise ConfigError(
             f"scale.only names experiments not in {config['base']}: {', '.join(unknown)}"
         )
-    unknown = sorted(set(scale.get("replicated", {})) - set(base["experiments"]))
-    if unknown:  # one left out by `only` is fine: narrowing a run keeps its replicate counts
-        raise ConfigError(
-            f"scale.replicated names experiments not in {config['base']}: {', '.join(unknown)}"
-        )
+    for key in ("replicated", "resampled"):
+        unknown = sorted(set(scale.get(key, {})) - set(base["experiments"]))
+        if unknown:  # one left out by `only` is fine: narrowing a run keeps its counts
+            raise ConfigError(
+                f"scale.{key} names experiments not in {config['base']}: {', '.join(unknown)}"
+            )
     _check_scale_model_kw(scale.get("model_kw", {}), base["experiments"], base=config["base"])
     expanded = dict(config)
     expanded["experiments"] = {
@@ -445,6 +456,8 @@ def _scaled(exp: dict, *, base: dict, scale: dict, eid: str) -> dict:
         out["log_every"] = scale["log_every"]
     if eid in scale.get("replicated", {}):
         out["replicates"] = scale["replicated"][eid]
+    if eid in scale.get("resampled", {}):
+        out["sample_seeds"] = scale["resampled"][eid]
     out["size"] = scale.get("size", exp["size"])
     prefixes = [p for p in scale.get("model_kw", {}) if exp["model"].startswith(p)]
     if prefixes:  # longest prefix wins: 'DiT-UNet' before 'DiT-'
@@ -460,18 +473,21 @@ def _evaluations(
         refs = tuple(PaperRef(**ref) for ref in e.get("paper", []))
         for ref in refs:
             ref.values()  # fail now, naming the bad reference, not in the report
-        evals.append(
-            Evaluation(
-                step=0 if released else e["step"],
-                cfg=float(e.get("cfg", recipe().cfg_scale)),
-                fid_samples=owner.get("fid_samples", defaults["fid_samples"]),
-                sampling_steps=owner.get("sampling_steps", defaults["sampling_steps"]),
-                sample_seed=defaults["sample_seed"],
-                paper=refs,
-                released=released,
-            )
+        first = Evaluation(
+            step=0 if released else e["step"],
+            cfg=float(e.get("cfg", recipe().cfg_scale)),
+            fid_samples=owner.get("fid_samples", defaults["fid_samples"]),
+            sampling_steps=owner.get("sampling_steps", defaults["sampling_steps"]),
+            sample_seed=defaults["sample_seed"],
+            paper=refs,
+            released=released,
         )
-    tags = [(e.step, e.cfg) for e in evals]
+        draws = owner.get("sample_seeds", defaults.get("sample_seeds", 1))
+        evals += [
+            dataclasses.replace(first, sample_seed=first.sample_seed + k, draw=k)
+            for k in range(draws)
+        ]
+    tags = [(e.step, e.cfg) for e in evals if not e.draw]
     if len(tags) != len(set(tags)):
         raise ConfigError(f"duplicate (step, cfg) evaluations: {tags}")
     return tuple(evals)

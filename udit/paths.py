@@ -4,16 +4,18 @@
     {results}/speed/speed.json                                    benchmarks/speed.py --json
     {results}/{experiment}/train/checkpoints/ckpt-{step}.pt       udit train (step: 7 digits)
     {results}/{experiment}/train/log.jsonl                        udit train
-    {results}/{experiment}/samples/{step}-cfg{cfg}.npz | .png     udit sample
-    {results}/{experiment}/metrics/{step}-cfg{cfg}.json           udit evaluate
+    {results}/{experiment}/samples/{tag}.npz | .png               udit sample
+    {results}/{experiment}/metrics/{tag}.json                     udit evaluate
     {results}/{experiment}/export/{step}/                         udit export
     {results}/data/{dataset}/images/ | latents/ | reference.npz   toy-data, extract-latents,
                                                                   build-reference
     {results}/data/tiny-vae/, {results}/inception/standin.pth     tiny-vae, standin Inception
 
-`{step}-cfg{cfg}` is an evaluation tag ('0400000-cfg1.5'; 'released-cfg1.5' for an official
-checkpoint). Every function returns a plain string so the Snakefile can pass wildcard
-placeholders through: `samples(R, "{experiment}", "{step}-cfg{cfg}")`.
+`{tag}` is an evaluation tag: `{step}-cfg{cfg}` ('0400000-cfg1.5'; 'released-cfg1.5' for an
+official checkpoint), and `{step}-cfg{cfg}-seed{n}` for the extra sampling seeds of the
+generation lottery (`sample_seeds: K`: the first seed keeps the plain tag). Every function
+returns a plain string so the Snakefile can pass wildcard placeholders through:
+`samples(R, "{experiment}", "{tag}")`.
 """
 
 import re
@@ -35,17 +37,24 @@ def cfg_tag(cfg: float) -> str:
     return str(float(cfg))
 
 
-def eval_tag(step: int | str, cfg: float) -> str:
-    """'0400000-cfg1.5': the file stem of one evaluation node's samples and metrics."""
-    return f"{step_tag(step)}-cfg{cfg_tag(cfg)}"
+# An evaluation tag, for the Snakefile's {tag} wildcard and parse_eval_tag
+EVAL_TAG = rf"(\d{{{STEP_DIGITS}}}|{RELEASED_STEP})-cfg(\d+\.\d+)(?:-seed(\d+))?"
 
 
-def parse_eval_tag(tag: str) -> tuple[str, float]:
-    """'0400000-cfg1.5' -> ('0400000', 1.5)."""
-    match = re.fullmatch(rf"(\d{{{STEP_DIGITS}}}|{RELEASED_STEP})-cfg([0-9.]+)", tag)
+def eval_tag(step: int | str, cfg: float, sample_seed: int | None = None) -> str:
+    """'0400000-cfg1.5': the file stem of one evaluation node's samples and metrics;
+    '0400000-cfg1.5-seed2' for an extra sampling seed of the same checkpoint and scale."""
+    extra = "" if sample_seed is None else f"-seed{int(sample_seed)}"
+    return f"{step_tag(step)}-cfg{cfg_tag(cfg)}{extra}"
+
+
+def parse_eval_tag(tag: str) -> tuple[str, float, int | None]:
+    """'0400000-cfg1.5' -> ('0400000', 1.5, None); '0400000-cfg1.5-seed2' -> (..., 2)."""
+    match = re.fullmatch(EVAL_TAG, tag)
     if not match:
         raise ValueError(f"not an evaluation tag: {tag!r}")
-    return match.group(1), float(match.group(2))
+    seed = match.group(3)
+    return match.group(1), float(match.group(2)), None if seed is None else int(seed)
 
 
 def replicate(experiment: str, seed: int) -> str:

@@ -629,7 +629,7 @@ def row_arms(config: dict) -> dict[tuple[str, str], list[Arm]]:
     arms: dict[tuple[str, str], list[Arm]] = {}
     entries = [*ex.resolve_experiments(config).values(), *ex.resolve_released(config).values()]
     for entry in entries:
-        for e in entry.evaluations:
+        for e in (e for e in entry.evaluations if not e.draw):  # an arm is a run, not a draw
             for ref in e.paper:
                 row = ref.row + (f" @ {ref.key}" if ref.key else "")
                 arm = Arm(entry.id, e.step, e.tag, released=e.released)

@@ -8,6 +8,8 @@ deviation (K - 1), coefficient of variation (sd / mean) and the Student-t interv
 CoV over groups (each group at its last evaluated milestone, cfg 1.0 where it has one) beside
 the 1.3% the verdicts assume for the paper's single run (tolerances.PAPER_NOISE).
 
+A run with several sampling seeds (`sample_seeds`) enters with the mean of its seeds' FIDs.
+
 A stand-in Inception's FID (smoke) is marked uncalibrated: its CoV is still a real measurement of
 this harness's seed noise, but at toy scale, not the paper's.
 """
@@ -85,12 +87,14 @@ def _line(group: str, evaluation: ex.Evaluation, runs: list, results: Path) -> L
     """The group's line at one evaluation, or None with fewer than 2 valid metrics files."""
     seeds, samples, uncalibrated = [], [], False
     for run in runs:
-        read = metrics_json.read(Path(paths.metrics(results, run.id, evaluation.tag)))
-        if read.data is None:
-            continue  # not run yet, or invalid (the tables list it)
-        seeds.append(Seed(run.id, run.seed, float(read.data[METRIC])))
-        samples.append(read.data.get("protocol", {}).get("N"))
-        uncalibrated = uncalibrated or bool(read.data.get("uncalibrated", False))
+        draws = [e for e in run.evaluations if e.base_tag == evaluation.base_tag]
+        reads = [metrics_json.read(Path(paths.metrics(results, run.id, e.tag))) for e in draws]
+        found = [r.data for r in reads if r.data is not None]  # else not run, or invalid
+        if not found:
+            continue
+        seeds.append(Seed(run.id, run.seed, statistics.fmean(d[METRIC] for d in found)))
+        samples += [d.get("protocol", {}).get("N") for d in found]
+        uncalibrated = uncalibrated or any(d.get("uncalibrated", False) for d in found)
     if len(seeds) < 2:
         return None
     known = [n for n in samples if isinstance(n, int)]
@@ -121,7 +125,8 @@ def measure(experiments: dict[str, ex.Experiment], results: Path) -> Lottery:
         found = [
             line
             for evaluation in runs[0].evaluations
-            if (line := _line(group, evaluation, runs, Path(results))) is not None
+            if not evaluation.draw
+            and (line := _line(group, evaluation, runs, Path(results))) is not None
         ]
         if found:
             pick = _median_line(found)

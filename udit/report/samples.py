@@ -66,8 +66,8 @@ def first_labels(samples_npz: Path, count: int) -> list[int] | None:
 
 
 def strip_evaluations(exp) -> list:
-    """The cfg-1.0 evaluations of a run, one per milestone, in step order."""
-    by_step = {e.step: e for e in exp.evaluations if e.cfg == STRIP_CFG}
+    """The cfg-1.0 evaluations of a run (first sampling seed), one per milestone, in order."""
+    by_step = {e.step: e for e in exp.evaluations if e.cfg == STRIP_CFG and not e.draw}
     return [by_step[s] for s in sorted(by_step)]
 
 

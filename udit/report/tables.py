@@ -118,7 +118,17 @@ class Node:
     evaluation: ex.Evaluation
     latent: int = LATENT_256  # fvcore input size of a released checkpoint's GFLOPs
     group: str = ""  # the experiment this node's run replicates (udit.experiments)
-    replicate: int = 0  # 0: the group's lead node, the one its paper rows are judged on
+    replicate: int = 0  # training seed index within the group (0: the config's experiment)
+
+    @property
+    def lead(self) -> bool:
+        """The node a paper row is judged on: replicate 0's first sampling seed; the row's
+        value pools every replicate and sampling seed of its (step, cfg)."""
+        return not self.replicate and not self.evaluation.draw
+
+    @property
+    def pool_key(self) -> str:  # 'u-dit-t/0000008-cfg1.0': the nodes pooled into one value
+        return f"{self.group}/{self.evaluation.base_tag}"
 
     @property
     def cfg(self) -> float:
@@ -322,15 +332,15 @@ def collect_records(
 
 
 def _index_nodes(nodes: list[Node]) -> tuple[dict, dict]:
-    """(paper row -> the lead nodes that answer it, '{group}/{tag}' -> a lead node's replicates,
-    itself first): a replicate's metrics are pooled into its lead's records."""
+    """(paper row -> the lead nodes that answer it, pool key -> a lead node's replicates and
+    sampling seeds, itself first): their metrics are pooled into the lead's records."""
     by_ref: dict[tuple[str, str, str | None], list[Node]] = {}
     replicas: dict[str, list[Node]] = {}
     for node in nodes:
-        refs = [] if node.evaluation.released or node.replicate else node.evaluation.paper
+        refs = node.evaluation.paper if node.lead and not node.evaluation.released else []
         for ref in refs:
             by_ref.setdefault((ref.table, ref.row, ref.key), []).append(node)
-        replicas.setdefault(f"{node.group}/{node.tag}", []).append(node)
+        replicas.setdefault(node.pool_key, []).append(node)
     return by_ref, replicas
 
 
@@ -339,7 +349,7 @@ def _add_unjudged_provenance(nodes: list[Node], reads: dict, *, results: Path, p
     GFLOPs; the replicates of a row) still get provenance, their scores and their place in the
     uncalibrated banner."""
     for node in nodes:
-        if node.evaluation.paper and not node.replicate:
+        if node.evaluation.paper and node.lead:
             continue  # handled with its paper rows
         metrics = reads[node.name].data
         if metrics is not None:
@@ -375,17 +385,18 @@ def _row_records(
     """The records of one paper row answered by `node` (or by nothing), one per metric."""
     base, metrics = _node_base(table, row, key, node, results=results, reads=reads,
                                provenance=provenance)  # fmt: skip
-    group = (replicas or {}).get(f"{node.group}/{node.tag}", []) if node else []
+    group = (replicas or {}).get(node.pool_key, []) if node else []
     out = []
     for metric in METRICS:
         reproduced, tol, note = None, TOLERANCES[metric], base["note"]
         invalid, spread = base["invalid"], None
-        replicates = replicate_values(group, reads, metric) if metric != "gflops" else {}
+        draws = draw_values(group, reads, metric) if metric != "gflops" else {}
+        replicates = {k: sum(v) / len(v) for k, v in draws.items()}
         if node is not None and metric == "gflops":
             reproduced, tol, note = _gflops_cell(node, table, flops)
             invalid = flops.invalid
         elif metrics is not None:
-            reproduced, spread = _pooled(metrics, metric, replicates)
+            reproduced, spread = _pooled(metrics, metric, draws)
         record = _judged(metric, paper.get(metric), reproduced, spread, base=base, tol=tol,
                          samples=(metrics or {}).get("protocol", {}).get("N"), node=node,
                          invalid=invalid)  # fmt: skip
@@ -431,11 +442,20 @@ def _node_base(table, row, key, node, *, results: Path, reads: dict, provenance:
     return base, read.data
 
 
-def _pooled(metrics: dict, metric: str, values: dict) -> tuple[float, dict | None]:
-    """(value, interval) of a metric: the node's own with its bootstrap interval, or, where
-    K >= 2 replicates have metrics, the training lottery measured: their mean and t interval."""
-    if len(values) >= 2:
-        return sum(values.values()) / len(values), seeds_interval(list(values.values()))
+def _pooled(metrics: dict, metric: str, draws: dict) -> tuple[float, dict | None]:
+    """(value, interval) of a metric from replicate -> its sampling seeds' values. K >= 2
+    replicates: the mean of their per-run means (each over its sampling seeds) with the t
+    interval over runs, which holds both lotteries. One run with M >= 2 sampling seeds: their
+    mean and t interval (the generation lottery alone). Else the node's own value and its
+    bootstrap interval."""
+    runs = [sum(v) / len(v) for v in draws.values()]
+    seeds = min((len(v) for v in draws.values()), default=1)
+    if len(runs) >= 2:
+        return sum(runs) / len(runs), seeds_interval(runs) | {"sampling_seeds": seeds}
+    if seeds >= 2:
+        (values,) = draws.values()
+        interval = seeds_interval(values) | {"runs": 1, "sampling_seeds": seeds}
+        return sum(values) / seeds, interval
     # metrics_json checked it is a finite number
     return float(metrics[metric]), metrics_json.interval(metrics, metric)
 
@@ -466,13 +486,14 @@ def _judged(metric, p, reproduced, spread, *, base, tol, samples, node, invalid)
     }
 
 
-def replicate_values(group: list, reads: dict, metric: str) -> dict[int, float]:
-    """Replicate index -> the metric of each replicate node with a valid metrics file."""
-    return {
-        n.replicate: float(reads[n.name].data[metric])
-        for n in group
-        if reads[n.name].data is not None and reads[n.name].data.get(metric) is not None
-    }
+def draw_values(group: list, reads: dict, metric: str) -> dict[int, list[float]]:
+    """Replicate index -> the metric of each of its sampling seeds with a valid metrics file."""
+    values: dict[int, list[float]] = {}
+    for n in group:
+        data = reads[n.name].data
+        if data is not None and data.get(metric) is not None:
+            values.setdefault(n.replicate, []).append(float(data[metric]))
+    return values
 
 
 def _gflops_cell(node: Node, table: PaperTable, flops: FlopsRead):

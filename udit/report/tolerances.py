@@ -203,7 +203,9 @@ def verdict(
         status = "reproduced" if tol.allows(paper, reproduced) else "disagrees"
         return Verdict(status, f"fvcore count (deterministic); {limit_text}")
     seeds = (interval or {}).get("runs", 1)
-    runs = f"runs: {seeds}; samples: {samples if samples is not None else '?'}"
+    draws = (interval or {}).get("sampling_seeds", 1)
+    runs = f"runs: {seeds}; " + (f"sampling seeds: {draws}; " if draws > 1 else "")
+    runs += f"samples: {samples if samples is not None else '?'}"
     if interval is None:
         status = "reproduced" if tol.allows(paper, reproduced) else "disagrees"
         gap = reproduced - paper
@@ -227,11 +229,24 @@ def verdict(
         three_way(low, high, limit),
         f"{runs}; interval [{interval['low']:.4g}, {interval['high']:.4g}] at {level:.0%}"
         + (f" ({resamples} bootstrap resamples)" if resamples else "")
-        + (f" (t over {seeds} training seeds, sd {interval['sd']:.3g})" if seeds > 1 else "")
+        + _pooled_over(interval)
         + f"; {noise}; reproduced - paper in [{low:+.3g}, {high:+.3g}]; {limit_text}",
         low,
         high,
     )
+
+
+def _pooled_over(interval: dict) -> str:
+    """What a pooled interval is over: training seeds (each run's sampling seeds averaged
+    first), or one run's sampling seeds (then the training lottery is not in it)."""
+    if interval.get("runs", 1) > 1:
+        return f" (t over {interval['runs']} training seeds, sd {interval['sd']:.3g})"
+    if interval.get("sampling_seeds", 1) > 1:
+        return (
+            f" (t over {interval['sampling_seeds']} sampling seeds of one run, sd "
+            f"{interval['sd']:.3g}; the training lottery is not in it)"
+        )
+    return ""
 
 
 def judge(metric: str, paper, reproduced, *, uncalibrated: bool, tol: Tolerance, **kw) -> str:

@@ -3,15 +3,15 @@
 
 rule evaluate:
     input:
-        samples=paths.samples(R, "{experiment}", "{step}-cfg{cfg}"),
+        samples=paths.samples(R, "{experiment}", "{tag}"),
         reference=NODES.eval_reference,
         weights=NODES.inception_input,
     output:
-        paths.metrics(R, "{experiment}", "{step}-cfg{cfg}"),
+        paths.metrics(R, "{experiment}", "{tag}"),
     log:
-        f"{R}/logs/evaluate/{{experiment}}-{{step}}-cfg{{cfg}}.log",
+        f"{R}/logs/evaluate/{{experiment}}-{{tag}}.log",
     benchmark:
-        f"{R}/benchmarks/evaluate/{{experiment}}-{{step}}-cfg{{cfg}}.tsv"
+        f"{R}/benchmarks/evaluate/{{experiment}}-{{tag}}.tsv"
     conda:
         "../../environment.yml"
     resources:

@@ -1,5 +1,5 @@
-# Sampling stage: one node per (experiment, milestone, cfg scale); released checkpoints go
-# through the same rule (step 'released').
+# Sampling stage: one node per (experiment, milestone, cfg scale, sampling seed), named by its
+# evaluation tag (udit.paths.eval_tag); released checkpoints go through the same rule.
 
 
 rule sample:
@@ -7,17 +7,17 @@ rule sample:
         checkpoint=NODES.sample_checkpoint,
         vae=NODES.sample_vae_input,
     output:
-        samples=paths.samples(R, "{experiment}", "{step}-cfg{cfg}"),
+        samples=paths.samples(R, "{experiment}", "{tag}"),
         grid=report(
-            paths.grid(R, "{experiment}", "{step}-cfg{cfg}"),
+            paths.grid(R, "{experiment}", "{tag}"),
             caption="../captions/grid.rst",
             category="Samples",
             subcategory="{experiment}",
         ),
     log:
-        f"{R}/logs/sample/{{experiment}}-{{step}}-cfg{{cfg}}.log",
+        f"{R}/logs/sample/{{experiment}}-{{tag}}.log",
     benchmark:
-        f"{R}/benchmarks/sample/{{experiment}}-{{step}}-cfg{{cfg}}.tsv"
+        f"{R}/benchmarks/sample/{{experiment}}-{{tag}}.tsv"
     conda:
         "../../environment.yml"
     resources:
