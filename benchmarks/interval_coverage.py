@@ -12,10 +12,15 @@ beside the mean bootstrap standard error (a ratio near 1: the bootstrap sees the
 and the coverage: the fraction of the K intervals that contain the mean of the other K - 1
 values (nominal 95%; the leave-one-out mean keeps an interval from judging its own value), for
 the percentile interval `udit evaluate` writes and for the normal and basic intervals built
-from the same bootstrap standard error and quantiles.
+from the same bootstrap standard error and quantiles; and, for the report's pooled interval over
+M sampling seeds (`sample_seeds: M`: the Student-t interval of their mean), how often it covers
+the mean of the other K - M values, over every M-subset of the K seeds. `--work DIR` keeps the
+draws; a second run with the same options reuses them (`udit sample` and `udit evaluate` skip a
+finished result), so the table can be recomputed without sampling again.
 """
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -25,6 +30,7 @@ from pathlib import Path
 from udit import argtypes
 from udit.cli import add_dry_run, dry_run
 from udit.metrics import evaluate
+from udit.report.tolerances import seeds_interval
 from udit.sampling import cli as sample
 
 METRICS = ("fid", "sfid", "is", "precision", "recall")
@@ -60,7 +66,21 @@ def _intervals(value: float, interval: dict) -> dict:
     }
 
 
-def coverage(draws: list[dict], metric: str) -> dict:
+def pooled_coverage(values: list[float], m: int) -> float:
+    """Fraction of the M-subsets whose t interval of the mean covers the mean of the rest
+    (nan with no rest)."""
+    if len(values) <= m:
+        return float("nan")
+    inside = total = 0
+    for subset in itertools.combinations(range(len(values)), m):
+        rest = [v for i, v in enumerate(values) if i not in subset]
+        interval = seeds_interval([values[i] for i in subset])
+        inside += interval["low"] <= statistics.fmean(rest) <= interval["high"]
+        total += 1
+    return inside / total
+
+
+def coverage(draws: list[dict], metric: str, pooled: int = 3) -> dict:
     values = [d[metric] for d in draws]
     kinds = [_intervals(d[metric], d["intervals"][metric]) for d in draws]
     inside = dict.fromkeys(kinds[0], 0)
@@ -77,6 +97,7 @@ def coverage(draws: list[dict], metric: str) -> dict:
         "mean_bootstrap_se": se,
         "se_over_sd": se / sd if sd else float("nan"),
         **{f"coverage_{kind}": n / len(values) for kind, n in inside.items()},
+        f"coverage_t_over_{pooled}_seeds": pooled_coverage(values, pooled),
         "seeds": len(values),
         "values": values,
     }
@@ -108,13 +129,13 @@ def main(argv: list[str] | None = None) -> int:
         draws = [draw(args, seed, work) for seed in range(args.seeds)]
     rows = [coverage(draws, m) for m in METRICS]
     head = f"{'metric':<10} {'mean':>10} {'sd seeds':>10} {'boot se':>10} {'se/sd':>6}"
-    print(head + "  coverage: percentile  normal  basic")
+    print(head + "  coverage: percentile  normal  basic  t over 3 seeds")
     for r in rows:
         print(
             f"{r['metric']:<10} {r['mean']:>10.4g} {r['sd_over_seeds']:>10.4g} "
             f"{r['mean_bootstrap_se']:>10.4g} {r['se_over_sd']:>6.2f}  "
             f"{r['coverage_percentile']:>20.0%} {r['coverage_normal']:>7.0%} "
-            f"{r['coverage_basic']:>6.0%}"
+            f"{r['coverage_basic']:>6.0%} {r['coverage_t_over_3_seeds']:>15.0%}"
         )
     print(f"{args.seeds} sampling seeds x {args.num_samples} samples; nominal coverage 95%")
     if args.json:

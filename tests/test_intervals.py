@@ -1,6 +1,7 @@
 """Bootstrap intervals of every metric and FID / IS at N = inf (udit/metrics/intervals.py)."""
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -260,3 +261,7 @@ def test_interval_coverage_counts_each_kind_against_the_others_mean():
     # basic: [5, 9] misses 13; [10, 11] misses 12; [13.5, 17.5] misses 11
     assert row["coverage_basic"] == 0
     assert row["sd_over_seeds"] == pytest.approx(2.0) and row["mean"] == pytest.approx(12.0)
+    # the pooled t interval over 3 sampling seeds: {0, 0, 0} is [0, 0] and misses the rest's 10;
+    # each subset holding the 10 is 3.33 +- 4.303 x 5.77 / sqrt 3 and holds the rest's 0
+    assert ic.pooled_coverage([0.0, 0.0, 0.0, 10.0], 3) == pytest.approx(3 / 4)
+    assert math.isnan(ic.pooled_coverage([1.0, 2.0, 3.0], 3))  # nothing left to cover

@@ -264,3 +264,29 @@ def test_cli_claims_on_the_smoke_config_says_the_hours_are_toy(capsys, tmp_path)
     assert all(re.search(rf"^{c.id} ", out, re.MULTILINE) for c in claims.load())
     assert re.search(r"^all decisive: [0-9.e+-]+ GPU-hours", out, re.MULTILINE)
     assert "not in this config: DiT-XL/2 @ 7M" in out  # released checkpoints stay in the base
+
+
+def test_measured_noise_is_the_lottery_measured_in_the_results(tmp_path, paper):
+    """--measured-noise: FID's CoV from the config's own replicates (the report's median over
+    groups), so a run that measured 2.6% plans with 2.6%, not the assumed 1.3%."""
+    from test_report import metrics_json, write_json
+
+    from udit import paths
+
+    config = dict(paper[0], results=str(tmp_path))
+    with pytest.raises(plan.BadValueError, match="no replicated experiment has two evaluated"):
+        plan.measured_noise(config)
+    config["experiments"] = {**config["experiments"]}
+    config["experiments"]["u-dit-s"] = {**config["experiments"]["u-dit-s"], "replicates": 2}
+    # u-dit-s's last unguided milestone: FIDs 30 and 31.1 (mean 30.55, sd 0.778: CoV 2.55%)
+    last = max(e["step"] for e in config["experiments"]["u-dit-s"]["evaluations"])
+    for eid, fid in (("u-dit-s", 30.0), ("u-dit-s-seed1", 31.1)):
+        data = metrics_json(fid=fid, sfid=6, is_=60, precision=0.6, recall=0.6,
+                            uncalibrated=False, n=50_000)  # fmt: skip
+        write_json(Path(paths.metrics(tmp_path, eid, paths.eval_tag(last, 1.0))), data)
+    cov, why = plan.measured_noise(config)
+    assert cov == pytest.approx(math.sqrt(1.1**2 / 2) / 30.55)
+    assert "measured: median over 1 replicated groups" in why and "; calibrated Inception" in why
+    plans = {p.id: p for p in plan.plan_claims(config, noise_cov=None, measured=(cov, why))}
+    d = plans["O3"].comparisons[1].effect
+    assert plans["O3"].comparisons[1].runs == power.replicates(d, cov) > 111

@@ -637,14 +637,40 @@ def row_arms(config: dict) -> dict[tuple[str, str], list[Arm]]:
     return arms
 
 
-def noise_of(metric: str, given: float | None) -> tuple[float, str]:
-    """(relative noise of one run, where it comes from) for a metric."""
+def measured_noise(config: dict) -> tuple[float, str]:
+    """(FID CoV, where from): the training lottery measured in the config's results (the
+    report's median over replicated groups, udit.report.lottery), for --measured-noise."""
+    from udit.report import lottery
+
+    results = Path(config.get("results", "results"))
+    measured = lottery.measure(ex.resolve_experiments(config), results)
+    if measured.median_cov is None:
+        raise BadValueError(
+            f"--measured-noise: no replicated experiment has two evaluated seeds in {results}; "
+            "set `replicates: K` (K >= 2) and run them, or give --noise-cov"
+        )
+    scale = (
+        "toy scale, stand-in Inception: this harness's seed noise, not the paper's"
+        if measured.uncalibrated
+        else "calibrated Inception"
+    )
+    return measured.median_cov, (
+        f"CoV {measured.median_cov * 100:.3g}% per training run (measured: median over "
+        f"{measured.groups} replicated groups in {results}; {scale})"
+    )
+
+
+def noise_of(metric: str, given: float | None, measured: tuple | None = None) -> tuple[float, str]:
+    """(relative noise of one run, where it comes from) for a metric: given (--noise-cov),
+    measured (FID only, --measured-noise), else the assumed paper noise."""
     from udit.report import tolerances
 
     if metric in power.DETERMINISTIC_METRICS:
         return 0.0, "deterministic (fvcore count), 1 count"
     if given is not None:
         return given, f"CoV {given * 100:.3g}% per training run (given: --noise-cov)"
+    if measured is not None and metric == "fid":
+        return measured
     if metric in tolerances.PAPER_NOISE:
         cov, why = tolerances.PAPER_NOISE[metric]
         return cov, f"CoV {cov * 100:.3g}% per training run (assumed: {why})"
@@ -683,7 +709,9 @@ def plan_comparison(comparison, arms: dict, noise: float) -> ComparisonPlan:
     return out
 
 
-def plan_claims(config: dict, *, noise_cov: float | None) -> list[ClaimPlan]:
+def plan_claims(
+    config: dict, *, noise_cov: float | None, measured: tuple | None = None
+) -> list[ClaimPlan]:
     """One ClaimPlan per claim of claims.yaml (GPU-hours filled in by cost_claims)."""
     from udit.report import claims
 
@@ -695,7 +723,7 @@ def plan_claims(config: dict, *, noise_cov: float | None) -> list[ClaimPlan]:
             plan.note = f"pending: {claim.pending}"
         else:
             plan.comparisons = [
-                plan_comparison(c, arms, noise_of(c.metric, noise_cov)[0])
+                plan_comparison(c, arms, noise_of(c.metric, noise_cov, measured)[0])
                 for c in claim.comparisons
             ]
             plan.runs = power.claim_replicates(c.runs for c in plan.comparisons)
@@ -816,17 +844,26 @@ def add_claims_flags(parser: argparse.ArgumentParser) -> None:
         help="relative noise (coefficient of variation) of one training run's FID, e.g. 0.013 "
         "(default: udit.report.tolerances.PAPER_NOISE, the FID Lottery's 1.3%%)",
     )
+    parser.add_argument(
+        "--measured-noise",
+        action="store_true",
+        help="take FID's noise from the training lottery measured in the config's results (the "
+        "report's median CoV over replicated experiments) instead of the assumed 1.3%%",
+    )
 
 
 def claims_output(config: dict, args, rows, samples) -> str:
     """`udit plan --claims`: the claims table (or its JSON)."""
-    plans = plan_claims(config, noise_cov=args.noise_cov)
+    measured = measured_noise(config) if args.measured_noise else None
+    plans = plan_claims(config, noise_cov=args.noise_cov, measured=measured)
     total = cost_claims(plans, rows, samples)
     from udit.report import claims
     from udit.report.tables import METRIC_LABELS
 
     metrics = sorted({c.metric for claim in claims.load() for c in claim.comparisons})
-    noise = "; ".join(f"{METRIC_LABELS[m]} {noise_of(m, args.noise_cov)[1]}" for m in metrics)
+    noise = "; ".join(
+        f"{METRIC_LABELS[m]} {noise_of(m, args.noise_cov, measured)[1]}" for m in metrics
+    )
     toy = bool(config.get("scale")) or any(
         d.get("source") == "toy" for d in config["datasets"].values()
     )
@@ -858,8 +895,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=("table", "json"), default="table")
     add_claims_flags(parser)
     args = parser.parse_args(argv)
-    if args.noise_cov is not None and not args.claims:
-        parser.error("--noise-cov is used only with --claims")
+    if (args.noise_cov is not None or args.measured_noise) and not args.claims:
+        parser.error("--noise-cov and --measured-noise are used only with --claims")
+    if args.noise_cov is not None and args.measured_noise:
+        parser.error("give --noise-cov or --measured-noise, not both")
     config = ex.load_config(args.configfile)
     ex.resolve_released(config)  # not planned, but checked as `snakemake -n` checks it
     check_partitions(config)
