@@ -11,8 +11,8 @@ the metric at N: their mean estimates its expectation. Printed per metric: the K
 beside the mean bootstrap standard error (a ratio near 1: the bootstrap sees the right spread),
 and the coverage: the fraction of the K intervals that contain the mean of the other K - 1
 values (nominal 95%; the leave-one-out mean keeps an interval from judging its own value), for
-the percentile interval `udit evaluate` writes and for the normal and basic intervals built
-from the same bootstrap standard error and quantiles; and, for the report's pooled interval over
+the normal interval `udit evaluate` writes (value +- z se) and for the percentile and basic
+intervals from the same resamples' quantiles; and, for the report's pooled interval over
 M sampling seeds (`sample_seeds: M`: the Student-t interval of their mean), how often it covers
 the mean of the other K - M values, over every M-subset of the K seeds. `--work DIR` keeps the
 draws; a second run with the same options reuses them (`udit sample` and `udit evaluate` skip a
@@ -54,15 +54,19 @@ def draw(args, seed: int, work: Path) -> dict:
 
 
 def _intervals(value: float, interval: dict) -> dict:
-    """The file's percentile interval, and two built from the same resamples: the normal one
-    (value +- z se) and the basic one (2 value - high, 2 value - low), which reflects the bias
-    resampling adds (duplicated samples raise FID) instead of inheriting it."""
+    """Three intervals from one set of resamples: the percentile one, the normal one (value +-
+    z se: what the metrics file holds since it was chosen by this benchmark; a file from before
+    holds the percentile one as low / high) and the basic one (2 value - high, 2 value - low),
+    which reflects the bias resampling adds (duplicated samples raise FID) instead of
+    inheriting it."""
     z = statistics.NormalDist().inv_cdf((1 + interval.get("level", 0.95)) / 2)
     se = interval.get("se", float("nan"))
+    low = interval.get("percentile_low", interval["low"])
+    high = interval.get("percentile_high", interval["high"])
     return {
-        "percentile": (interval["low"], interval["high"]),
+        "percentile": (low, high),
         "normal": (value - z * se, value + z * se),
-        "basic": (2 * value - interval["high"], 2 * value - interval["low"]),
+        "basic": (2 * value - high, 2 * value - low),
     }
 
 
