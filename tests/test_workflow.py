@@ -280,12 +280,12 @@ def test_released_target_lists_what_to_download():
 def test_speed_target_runs_the_benchmark_as_configured():
     """`snakemake speed` plans benchmarks/speed.py with the config's `speed` options: quick on
     CPU in the smoke config (whose report requires it), full size on CUDA in the paper's."""
-    smoke = run_snakemake("-n", "-p", "speed")
+    smoke = run_snakemake("-n", "-p", "--forceall", "speed")  # whatever results/ holds
     assert smoke.returncode == 0, smoke.stderr[-3000:]
     out = smoke.stdout + smoke.stderr
     assert job_counts(out) == {"measure_speed": 1, "speed": 1}
     assert "benchmarks/speed.py --json results/speed/speed.json --quick --device cpu" in out
-    paper = run_snakemake("-n", "-p", "speed", "--configfile", "config/paper.yaml")
+    paper = run_snakemake("-n", "-p", "--forceall", "speed", "--configfile", "config/paper.yaml")
     assert paper.returncode == 0, paper.stderr[-3000:]
     out = paper.stdout + paper.stderr
     assert "benchmarks/speed.py --json results/speed/speed.json --device cuda" in out
