@@ -289,3 +289,18 @@ def test_interval_coverage_counts_each_kind_against_the_others_mean():
     # each subset holding the 10 is 3.33 +- 4.303 x 5.77 / sqrt 3 and holds the rest's 0
     assert ic.pooled_coverage([0.0, 0.0, 0.0, 10.0], 3) == pytest.approx(3 / 4)
     assert math.isnan(ic.pooled_coverage([1.0, 2.0, 3.0], 3))  # nothing left to cover
+
+
+def test_intervals_stay_inside_what_each_metric_can_take():
+    """A recall near 0 or a precision near 1 (the smoke run's toy values) +- 1.96 se would leave
+    [0, 1]; an IS near 1 would go below exp(0) = 1. The written interval is clipped."""
+    reps = np.array([0.0, 0.02, 0.04, 0.0, 0.06])
+    recall = intervals.summarize(reps, point=0.01, metric="recall")
+    assert recall["low"] == 0.0 and recall["high"] == pytest.approx(
+        0.01 + 1.96 * reps.std(ddof=1), rel=1e-3
+    )
+    precision = intervals.summarize(1 - reps, point=0.99, metric="precision")
+    assert precision["high"] == 1.0 and precision["low"] < 0.99
+    assert intervals.summarize(1 + reps, point=1.01, metric="is")["low"] == 1.0
+    kid = intervals.summarize(reps - 0.03, point=-0.01, metric="kid")  # unbiased: may be < 0
+    assert kid["low"] < -0.01 - 0.05

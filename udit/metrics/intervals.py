@@ -42,7 +42,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from udit.metrics import scores
+from udit.metrics import clip_interval, scores
 
 DEFAULT_RESAMPLES = 1000
 LEVEL = 0.95
@@ -84,10 +84,16 @@ def bootstrap_counts(n: int, resamples: int, *, seed: int) -> np.ndarray:
 
 
 def summarize(
-    replicates: np.ndarray, *, point: float | None = None, level: float = LEVEL, method=METHOD
+    replicates: np.ndarray,
+    *,
+    point: float | None = None,
+    metric: str = "",
+    level: float = LEVEL,
+    method=METHOD,
 ) -> dict:
     """Interval and standard error of the finite replicates (B,): point +- z se where the
-    metric's own value is given (the module docstring says why), else the percentile one."""
+    metric's own value is given (the module docstring says why), clipped to the metric's
+    range (udit.metrics.RANGES), else the percentile one."""
     reps = np.asarray(replicates, np.float64)
     reps = reps[np.isfinite(reps)]
     tail = (1 - level) / 2
@@ -96,7 +102,8 @@ def summarize(
     out = {"low": low, "high": high, "se": se, "level": level, "resamples": len(reps)}
     if point is not None and se is not None:
         half = statistics.NormalDist().inv_cdf(1 - tail) * se
-        out.update(low=point - half, high=point + half, percentile_low=low, percentile_high=high)
+        low_n, high_n = clip_interval(metric, point - half, point + half)
+        out.update(low=low_n, high=high_n, percentile_low=low, percentile_high=high)
     return {**out, "method": method}
 
 
@@ -356,7 +363,7 @@ def metric_intervals(
     for name, (job, method) in jobs.items():
         try:
             point, *reps = job()
-            out[name] = summarize(reps, point=point, level=level, method=method)
+            out[name] = summarize(reps, point=point, metric=name, level=level, method=method)
         except (MemoryError, ValueError) as err:  # too many candidate pairs, N < 2, ...
             out[name] = {"reason": str(err), "method": method}
     return out

@@ -21,6 +21,7 @@ from udit import experiments as ex
 from udit import paths
 from udit.argtypes import IMAGE_SIZE, NONNEG, POSITIVE
 from udit.errors import UserError, message
+from udit.metrics import clip_interval
 from udit.report import metrics_json
 from udit.report.tolerances import (
     STATUSES,
@@ -451,13 +452,19 @@ def _pooled(metrics: dict, metric: str, draws: dict) -> tuple[float, dict | None
     runs = [sum(v) / len(v) for v in draws.values()]
     seeds = min((len(v) for v in draws.values()), default=1)
     if len(runs) >= 2:
-        return sum(runs) / len(runs), seeds_interval(runs) | {"sampling_seeds": seeds}
+        return sum(runs) / len(runs), _clipped(metric, seeds_interval(runs), sampling_seeds=seeds)
     if seeds >= 2:
         (values,) = draws.values()
-        interval = seeds_interval(values) | {"runs": 1, "sampling_seeds": seeds}
+        interval = _clipped(metric, seeds_interval(values), runs=1, sampling_seeds=seeds)
         return sum(values) / seeds, interval
     # metrics_json checked it is a finite number
     return float(metrics[metric]), metrics_json.interval(metrics, metric)
+
+
+def _clipped(metric: str, interval: dict, **extra) -> dict:
+    """A t interval within the metric's range (udit.metrics.RANGES), with `extra` fields."""
+    low, high = clip_interval(metric, interval["low"], interval["high"])
+    return {**interval, "low": low, "high": high, **extra}
 
 
 def _judged(metric, p, reproduced, spread, *, base, tol, samples, node, invalid) -> dict:
