@@ -278,3 +278,14 @@ def test_replicates_enter_with_the_mean_of_their_sampling_seeds(tmp_path):
     assert rec["reproduced"] == pytest.approx(32.75) and rec["runs"] == 2
     assert rec["replicates"] == {0: 31.0, 1: 34.5}  # the claims pair these run means
     assert (rec["low"], rec["high"]) == (pytest.approx(want["low"]), pytest.approx(want["high"]))
+
+
+def test_an_uncalibrated_verdict_still_says_what_its_number_rests_on():
+    interval = tolerances.seeds_interval([10.0, 11.0, 12.0]) | {"runs": 1, "sampling_seeds": 3}
+    tol = tolerances.TOLERANCES["fid"]
+    judged = tolerances.verdict(
+        "fid", 9.0, 11.0, uncalibrated=True, tol=tol, interval=interval, samples=16
+    )
+    assert judged.status == "uncalibrated"
+    assert "runs: 1; sampling seeds: 3; samples: 16; interval [" in judged.basis
+    assert "t over 3 sampling seeds of one run" in judged.basis

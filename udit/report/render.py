@@ -44,9 +44,10 @@ PACKAGES = [
     "matplotlib",
 ]
 BARS = (
-    " Error bars on reproduced points: their 95% interval, a bootstrap over the generated "
-    "samples, or a Student-t interval over K training seeds where K > 1 (hollow markers or "
-    "bars, n=K: the mean of K seeds); points without bars have no interval. Paper points have "
+    " Error bars on reproduced points: their 95% interval, the value +- 1.96 bootstrap standard "
+    "errors over the generated samples, or a Student-t interval over K training seeds where "
+    "K > 1 (hollow markers or bars, n=K: the mean of K seeds) or over one run's sampling seeds; "
+    "points without bars have no interval. Paper points have "
     "none (one run, no interval reported)."
 )
 FIGURES = {  # file stem -> caption (the page and workflow/captions/figure.rst)

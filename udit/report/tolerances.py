@@ -196,16 +196,17 @@ def verdict(
         return Verdict("pending", "its node has not run")
     if uncalibrated and metric in INCEPTION_METRICS:
         # a stand-in Inception number is never compared with the paper
-        return Verdict("uncalibrated", "measured with non-official Inception weights")
+        return Verdict(
+            "uncalibrated",
+            f"measured with non-official Inception weights; {_rests_on(interval, samples)}"
+            + _interval_text(interval),
+        )
     limit = band(tol, paper)
     limit_text = f"band ±{limit:.3g} ({tol.describe()})"
     if metric == "gflops":  # fvcore is deterministic: nothing to bootstrap
         status = "reproduced" if tol.allows(paper, reproduced) else "disagrees"
         return Verdict(status, f"fvcore count (deterministic); {limit_text}")
-    seeds = (interval or {}).get("runs", 1)
-    draws = (interval or {}).get("sampling_seeds", 1)
-    runs = f"runs: {seeds}; " + (f"sampling seeds: {draws}; " if draws > 1 else "")
-    runs += f"samples: {samples if samples is not None else '?'}"
+    runs = _rests_on(interval, samples)
     if interval is None:
         status = "reproduced" if tol.allows(paper, reproduced) else "disagrees"
         gap = reproduced - paper
@@ -224,15 +225,35 @@ def verdict(
         if metric in PAPER_NOISE
         else "paper noise: none known for this metric"
     )
-    resamples = interval.get("resamples")
     return Verdict(
         three_way(low, high, limit),
-        f"{runs}; interval [{interval['low']:.4g}, {interval['high']:.4g}] at {level:.0%}"
-        + (f" ({resamples} bootstrap resamples)" if resamples else "")
-        + _pooled_over(interval)
-        + f"; {noise}; reproduced - paper in [{low:+.3g}, {high:+.3g}]; {limit_text}",
+        f"{runs}{_interval_text(interval)}; {noise}; reproduced - paper in [{low:+.3g}, "
+        f"{high:+.3g}]; {limit_text}",
         low,
         high,
+    )
+
+
+def _rests_on(interval: dict | None, samples: int | None) -> str:
+    """'runs: K; [sampling seeds: M; ]samples: N': what a number is made of."""
+    draws = (interval or {}).get("sampling_seeds", 1)
+    return (
+        f"runs: {(interval or {}).get('runs', 1)}; "
+        + (f"sampling seeds: {draws}; " if draws > 1 else "")
+        + f"samples: {samples if samples is not None else '?'}"
+    )
+
+
+def _interval_text(interval: dict | None) -> str:
+    """'; interval [low, high] at 95% (how it was made)', or '' without an interval."""
+    if interval is None:
+        return ""
+    resamples = interval.get("resamples")
+    return (
+        f"; interval [{interval['low']:.4g}, {interval['high']:.4g}] at "
+        f"{float(interval.get('level', 0.95)):.0%}"
+        + (f" ({resamples} bootstrap resamples)" if resamples else "")
+        + _pooled_over(interval)
     )
 
 
