@@ -75,3 +75,28 @@ def test_pick_device_reads_the_convention():
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="--device cuda:1: CUDA is not available"):
             pick_device("cuda:1")
+
+
+def test_sample_flags_default_to_the_options_dataclass(capsys):
+    """`udit sample` with only its required flags gives SampleOptions' own defaults: the flags
+    state none of their own (a flag's `default=` could drift, e.g. DDIM's eta to 1.0, and only
+    a run with `--sampler ddim` and no `--eta` would see it)."""
+    from udit.cli import options_of, parse_args
+    from udit.sampling.cli import build_parser
+    from udit.sampling.options import SampleOptions
+
+    args = parse_args(build_parser(), ["--checkpoint", "c.pt", "--out", "o.npz"], SampleOptions)
+    assert options_of(args, SampleOptions) == SampleOptions(checkpoint="c.pt", out="o.npz")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    assert "DDIM eta (0: deterministic) (default: 0.0)" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("flag", ["--sampler", "--labels", "--weights", "--precision"])
+def test_sample_refuses_an_unknown_choice_before_loading_anything(flag, capsys):
+    from udit.sampling.cli import main as sample_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        sample_main(["--checkpoint", "missing.pt", "--out", "o.npz", flag, "bogus"])
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: invalid choice: 'bogus'" in capsys.readouterr().err

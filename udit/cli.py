@@ -121,6 +121,19 @@ def parse_args(parser: argparse.ArgumentParser, argv, fields_of: type) -> argpar
     return parser.parse_args(argv)
 
 
+def set_field_defaults(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Every flag whose name is a field of the dataclass `cls` defaults to the field's default:
+    the dataclass states each default once (a flag's own default= drifted from it, unseen)."""
+    dests = _dests(parser)
+    parser.set_defaults(
+        **{
+            f.name: f.default
+            for f in dataclasses.fields(cls)
+            if f.name in dests and f.default is not dataclasses.MISSING
+        }
+    )
+
+
 def options_of(args: argparse.Namespace, cls: type):
     """The options dataclass `cls` from parsed `args`: its fields (other flags, such as
     --dry-run and --options itself, are left out)."""

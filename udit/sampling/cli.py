@@ -11,12 +11,20 @@ import argparse
 import sys
 
 from udit import argtypes, outputs
-from udit.cli import add_device, add_dry_run, add_options, dry_run, options_of, parse_args
+from udit.cli import (
+    add_device,
+    add_dry_run,
+    add_options,
+    dry_run,
+    options_of,
+    parse_args,
+    set_field_defaults,
+)
 from udit.errors import command_main
 from udit.models.spec import add_model_kw
-from udit.precision import DEFAULT_PRECISION, PRECISIONS
+from udit.precision import PRECISIONS
 from udit.sampling.generate import generate
-from udit.sampling.options import LABEL_MODES, RANGES, RECIPE, SAMPLERS, WEIGHTS, SampleOptions
+from udit.sampling.options import LABEL_MODES, RANGES, SAMPLERS, WEIGHTS, SampleOptions
 from udit.stop import mark_done
 
 
@@ -43,57 +51,30 @@ def build_parser() -> argparse.ArgumentParser:
     outputs.add_overwrite(p)
     add_options(p)  # what a DAG job gets (udit.dag): SampleOptions fields as one JSON object
     add_dry_run(p)
+    set_field_defaults(p, SampleOptions)  # the flags' defaults are the dataclass's, stated once
     return p
 
 
 def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     """What the samples depend on (with the checkpoint): SampleOptions.config."""
+    p.add_argument("--num-samples", type=RANGES["num_samples"], help="FID-50K as the paper")
+    p.add_argument("--seed", type=RANGES["seed"], help="sample i depends only on (seed, i)")
     p.add_argument(
-        "--num-samples",
-        type=RANGES["num_samples"],
-        default=RECIPE.fid_samples,
-        help="FID-50K as the paper",
+        "--cfg-scale", type=RANGES["cfg_scale"], help="1.0: no guidance (the paper's T2); T4: 1.5"
     )
-    p.add_argument(
-        "--seed",
-        type=RANGES["seed"],
-        default=RECIPE.sample_seed,
-        help="sample i depends only on (seed, i)",
-    )
-    p.add_argument(
-        "--cfg-scale",
-        type=RANGES["cfg_scale"],
-        default=RECIPE.cfg_scale,
-        help="1.0: no guidance (the paper's T2); T4 uses 1.5",
-    )
-    p.add_argument(
-        "--guidance-channels",
-        default=str(RECIPE.guidance_channels),
-        help="eps channels guided: 3 as DiT/U-DiT, or 'all'",
-    )
-    p.add_argument(
-        "--steps",
-        type=RANGES["steps"],
-        default=RECIPE.sampling_steps,
-        help="respaced sampling steps",
-    )
-    p.add_argument(
-        "--sampler", choices=SAMPLERS, default="ddpm", help="ancestral DDPM as the paper, or DDIM"
-    )
-    p.add_argument("--eta", type=RANGES["eta"], default=0.0, help="DDIM eta (0: deterministic)")
+    p.add_argument("--guidance-channels", help="eps channels guided: 3 as DiT/U-DiT, or 'all'")
+    p.add_argument("--steps", type=RANGES["steps"], help="respaced sampling steps")
+    p.add_argument("--sampler", choices=SAMPLERS, help="ancestral DDPM as the paper, or DDIM")
+    p.add_argument("--eta", type=RANGES["eta"], help="DDIM eta (0: deterministic)")
     p.add_argument(
         "--labels",
         choices=LABEL_MODES,
-        default="random",
         help="random: uniform draw per sample (DiT sample_ddp.py); uniform: i %% num_classes",
     )
-    p.add_argument(
-        "--weights", choices=WEIGHTS, default="ema", help="which weights of a training ckpt"
-    )
+    p.add_argument("--weights", choices=WEIGHTS, help="which weights of a training ckpt")
     p.add_argument(
         "--precision",
         choices=PRECISIONS,
-        default=DEFAULT_PRECISION,
         help="tf32 as the official sample_ddp.py, bf16 autocast (a deviation) or strict fp32",
     )
 
@@ -121,17 +102,12 @@ def _add_model_flags(group) -> None:
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     """How the run goes; the samples do not depend on these."""
     p.add_argument(
-        "--batch-size",
-        type=RANGES["batch_size"],
-        default=32,
-        help="samples per forward on each process",
+        "--batch-size", type=RANGES["batch_size"], help="samples per forward on each process"
     )
     p.add_argument("--grid", help="PNG of the first 64 samples; default: OUT with .png")
     add_device(p)
     p.add_argument("--keep-parts", action="store_true", help="keep OUT.parts/ after assembling OUT")
-    p.add_argument(
-        "--pause-after-shard", type=argtypes.NONNEG, default=0.0, help=argparse.SUPPRESS
-    )  # kill tests
+    p.add_argument("--pause-after-shard", type=argtypes.NONNEG, help=argparse.SUPPRESS)  # kills
 
 
 @command_main("udit sample")
