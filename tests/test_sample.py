@@ -572,3 +572,68 @@ def test_fewer_samples_reuse_the_shards_of_a_longer_run(ckpts, tmp_path):
     assert after == made  # nothing recomputed
     for key in ("arr_0", "arr_1"):
         np.testing.assert_array_equal(shorter[key], longer[key][:4])
+
+
+# --- settings the other tests leave at their defaults (mutation testing found them) ----------
+
+
+def test_bf16_runs_the_network_alone_in_bf16_and_tf32_is_fp32_on_a_cpu(ckpts, tmp_path):
+    """Under bf16 only the network runs in bf16: guided samples stay close to fp32's but are not
+    the same numbers; TF32 is a CUDA matmul mode, so on a CPU it is fp32 exactly. A tf32 run
+    sent through the bf16 wrapper, or a bf16 run that lost its wrapper or the model's class count
+    (the guidance null class), fails here."""
+    runs = {
+        p: _sample(ckpts / "train.pt", tmp_path / f"{p}.npz", precision=p, cfg_scale=1.5)["arr_0"]
+        for p in ("fp32", "tf32", "bf16")
+    }
+    np.testing.assert_array_equal(runs["tf32"], runs["fp32"])
+    diff = np.abs(runs["bf16"].astype(int) - runs["fp32"].astype(int))
+    assert diff.max() > 0  # bf16 really ran
+    assert diff.mean() < 8  # of 255: the same samples, rounded differently
+
+
+def test_a_missing_shard_is_named_with_the_count_and_first_index(tmp_path):
+    parts = tmp_path / "s.npz.parts"
+    _shard(parts, [0, 1, 3])
+    with pytest.raises(RuntimeError, match=r"2 of 5 samples have no shard .*first missing index 2"):
+        shards.assemble(parts=parts, num_samples=5)
+    images, labels = shards.assemble(parts=parts, num_samples=2)
+    assert images.shape == (2, 2, 2, 3) and labels.dtype == np.int64
+
+
+def test_the_summary_records_shape_and_grid_and_the_run_says_what_it_wrote(ckpts, tmp_path, capsys):
+    out = tmp_path / "s.npz"
+    _sample(ckpts / "train.pt", out)
+    summary = json.loads((tmp_path / "s.npz.json").read_text())
+    assert summary["shape"] == [6, IMAGE, IMAGE, 3] and summary["grid"] == "s.png"
+    err = capsys.readouterr().err
+    assert f"wrote {out} arr_0 (6, {IMAGE}, {IMAGE}, 3) uint8, arr_1 (6,) int64" in err
+
+
+def test_free_space_for_the_npz_and_its_shards_is_checked_first(ckpts, tmp_path, monkeypatch):
+    """N samples of S x S x 3 bytes, plus as many again in shards: 2 x 6 x 3 x 8^2 = 2304 bytes.
+    One byte less free: refused before any work; exactly that: it runs."""
+    import shutil
+
+    need = 2 * 6 * 3 * IMAGE**2
+    real = shutil.disk_usage
+
+    def usage(free):
+        return lambda path: real(path)._replace(free=free)
+
+    monkeypatch.setattr(shutil, "disk_usage", usage(need - 1))
+    with pytest.raises(OSError, match=r"not enough free space for 6 samples \(2\.2 KB needed"):
+        _sample(ckpts / "train.pt", tmp_path / "a.npz")
+    assert not (tmp_path / "a.npz.parts").exists()
+    monkeypatch.setattr(shutil, "disk_usage", usage(need))
+    assert _sample(ckpts / "train.pt", tmp_path / "a.npz")["arr_0"].shape[0] == 6
+
+
+def test_a_grid_path_holding_another_file_is_not_replaced(ckpts, tmp_path):
+    """--grid is replaced only when it is a PNG (an earlier run's grid); any other file there
+    is refused, named, and kept."""
+    grid = tmp_path / "notes.png"
+    grid.write_text("my notes, not a grid")
+    with pytest.raises(Exception, match="--grid"):
+        _sample(ckpts / "train.pt", tmp_path / "s.npz", grid=str(grid))
+    assert grid.read_text() == "my notes, not a grid"

@@ -24,8 +24,7 @@ class AutocastForward(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module, autocast):
         super().__init__()
-        self.model, self.autocast = model, autocast
-        self.num_classes = getattr(model, "num_classes", None)  # the guidance null class
+        self.model, self.autocast = model, autocast  # (sample_batch passes the null class)
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
         with self.autocast:
