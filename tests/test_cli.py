@@ -1,5 +1,6 @@
 """`udit` dispatches every registered command to an importable module's main()."""
 
+import dataclasses
 import importlib
 import subprocess
 import sys
@@ -87,6 +88,11 @@ def test_sample_flags_default_to_the_options_dataclass(capsys):
 
     args = parse_args(build_parser(), ["--checkpoint", "c.pt", "--out", "o.npz"], SampleOptions)
     assert options_of(args, SampleOptions) == SampleOptions(checkpoint="c.pt", out="o.npz")
+    # each field's flag is spelled as the field ('--vae' for vae): --options keys and the DAG's
+    # JSON (udit.dag) reach a field only through the flag of its name
+    flags = {o: a.dest for a in build_parser()._actions for o in a.option_strings}
+    for field in dataclasses.fields(SampleOptions):  # every option is a flag
+        assert flags.get(f"--{field.name.replace('_', '-')}") == field.name, field.name
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--help"])
     assert "DDIM eta (0: deterministic) (default: 0.0)" in " ".join(capsys.readouterr().out.split())
@@ -99,4 +105,6 @@ def test_sample_refuses_an_unknown_choice_before_loading_anything(flag, capsys):
     with pytest.raises(SystemExit) as exit_info:
         sample_main(["--checkpoint", "missing.pt", "--out", "o.npz", flag, "bogus"])
     assert exit_info.value.code == 2
-    assert f"argument {flag}: invalid choice: 'bogus'" in capsys.readouterr().err
+    assert (
+        f"udit sample: error: argument {flag}: invalid choice: 'bogus'" in capsys.readouterr().err
+    )
