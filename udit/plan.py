@@ -524,13 +524,13 @@ def format_plan(rows: list[PlanRow], samples: list[SampleRow], *, note: str) -> 
             f"{r.rate_source}"
         )
     head2 = (
-        f"{'experiment':<20} {'evaluation':<16} {'samples':>8} {'steps':>5} {'cfg':>4} "
+        f"{'experiment':<20} {'evaluation':<22} {'samples':>8} {'steps':>5} {'cfg':>4} "
         f"{'PFLOPs':>10} {'sample GPU-h':>12} {'eval GPU-h':>10} {'GPUs':>4} {'job h':>6}"
     )
     lines += ["", "sampling and evaluation nodes", head2, "-" * len(head2)]
     for s in samples:
         lines.append(
-            f"{s.experiment:<20} {s.tag:<16} {s.samples:>8} {s.steps:>5} {s.cfg:>4} "
+            f"{s.experiment:<20} {s.tag:<22} {s.samples:>8} {s.steps:>5} {s.cfg:>4} "
             f"{s.sample_pflops:>10.4g} {s.sample_gpu_hours:>12.4g} {s.eval_gpu_hours:>10.4g} "
             f"{s.gpus:>4} {s.hours:>6.3g}"
         )
