@@ -8,6 +8,7 @@ respaced steps on CPU.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -634,6 +635,9 @@ def test_a_grid_path_holding_another_file_is_not_replaced(ckpts, tmp_path):
     is refused, named, and kept."""
     grid = tmp_path / "notes.png"
     grid.write_text("my notes, not a grid")
-    with pytest.raises(Exception, match="--grid"):
+    refused = rf"^--grid {re.escape(str(grid))} exists and is not a result of this command"
+    with pytest.raises(Exception, match=refused):
         _sample(ckpts / "train.pt", tmp_path / "s.npz", grid=str(grid))
     assert grid.read_text() == "my notes, not a grid"
+    _sample(ckpts / "train.pt", tmp_path / "s.npz", grid=str(grid), overwrite=True)  # as it says
+    assert grid.read_bytes().startswith(b"\x89PNG")
