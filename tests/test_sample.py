@@ -371,12 +371,16 @@ def test_latent_model_is_decoded_by_the_vae(tmp_path):
 def test_damaged_shard_is_redone(ckpts, tmp_path):
     out = tmp_path / "s.npz"
     first = _sample(ckpts / "train.pt", out, num_samples=5, batch_size=2, keep_parts=True)
-    shard = sorted((tmp_path / "s.npz.parts").glob("shard-*.npz"))[1]
-    shard.write_bytes(shard.read_bytes()[:100])  # truncated, e.g. by a full disk after the rename
+    shards_made = sorted((tmp_path / "s.npz.parts").glob("shard-*.npz"))  # 3: [0 1] [2 3] [4]
+    for shard in shards_made[:2]:  # truncated, e.g. by a full disk after the rename
+        shard.write_bytes(shard.read_bytes()[:100])
+    kept = {p: p.stat().st_mtime_ns for p in shards_made[2:]}
     out.unlink()
     again = _sample(ckpts / "train.pt", out, num_samples=5, batch_size=2, keep_parts=True)
     for key in ("arr_0", "arr_1"):
         np.testing.assert_array_equal(first[key], again[key])
+    # only the damaged shards were redone: the readable one after them was not taken as missing
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
 
 
 def test_u_dit_samples_are_batch_invariant(tmp_path):
