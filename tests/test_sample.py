@@ -645,3 +645,13 @@ def test_a_grid_path_holding_another_file_is_not_replaced(ckpts, tmp_path):
     assert grid.read_text() == "my notes, not a grid"
     _sample(ckpts / "train.pt", tmp_path / "s.npz", grid=str(grid), overwrite=True)  # as it says
     assert grid.read_bytes().startswith(b"\x89PNG")
+
+
+def test_overwrite_clears_the_shards_of_other_options(ckpts, tmp_path):
+    """--overwrite over a finished result whose OUT.parts/ (kept) holds shards of other options:
+    those shards go first, and the new result equals a fresh run of the new options."""
+    out = tmp_path / "s.npz"
+    _sample(ckpts / "train.pt", out, keep_parts=True)
+    guided = _sample(ckpts / "train.pt", out, cfg_scale=1.5, overwrite=True, keep_parts=True)
+    fresh = _sample(ckpts / "train.pt", tmp_path / "f.npz", cfg_scale=1.5)
+    np.testing.assert_array_equal(guided["arr_0"], fresh["arr_0"])
