@@ -655,3 +655,21 @@ def test_overwrite_clears_the_shards_of_other_options(ckpts, tmp_path):
     guided = _sample(ckpts / "train.pt", out, cfg_scale=1.5, overwrite=True, keep_parts=True)
     fresh = _sample(ckpts / "train.pt", tmp_path / "f.npz", cfg_scale=1.5)
     np.testing.assert_array_equal(guided["arr_0"], fresh["arr_0"])
+
+
+def test_a_summary_of_another_file_or_a_broken_one_does_not_make_out_ours(ckpts, tmp_path):
+    """OUT.json marks a finished OUT only when it names OUT: a result copied under another name
+    (its summary says s.npz) is not taken as this command's t.npz, nor is OUT with a summary
+    that is not JSON."""
+    import shutil
+
+    from udit.errors import UserError
+
+    _sample(ckpts / "train.pt", tmp_path / "s.npz")
+    for suffix in ("", ".json"):
+        shutil.copy(tmp_path / f"s.npz{suffix}", tmp_path / f"t.npz{suffix}")
+    with pytest.raises(UserError, match="is not a result of this command"):
+        _sample(ckpts / "train.pt", tmp_path / "t.npz")
+    (tmp_path / "s.npz.json").write_text("{not json")  # a broken record: not ours either
+    with pytest.raises(UserError, match="is not a result of this command"):
+        _sample(ckpts / "train.pt", tmp_path / "s.npz")
