@@ -673,3 +673,20 @@ def test_a_summary_of_another_file_or_a_broken_one_does_not_make_out_ours(ckpts,
     (tmp_path / "s.npz.json").write_text("{not json")  # a broken record: not ours either
     with pytest.raises(UserError, match="is not a result of this command"):
         _sample(ckpts / "train.pt", tmp_path / "s.npz")
+
+
+def test_parts_without_or_with_a_broken_options_record_are_refused_by_name(ckpts, tmp_path):
+    """OUT.parts/ whose config.json is gone, or not JSON: its shards' options are unknown, so
+    they are refused (never mixed in), with the folder and the fix named."""
+    from udit.errors import UserError
+
+    out = tmp_path / "s.npz"
+    _sample(ckpts / "train.pt", out, keep_parts=True)
+    out.unlink()
+    record = tmp_path / "s.npz.parts" / shards.CONFIG_NAME
+    record.write_text("{not json")
+    with pytest.raises(UserError, match=r"sample shard options.*delete .*s\.npz\.parts"):
+        _sample(ckpts / "train.pt", out)
+    record.unlink()
+    with pytest.raises(UserError, match=rf"holds shards but no {shards.CONFIG_NAME}.*--out"):
+        _sample(ckpts / "train.pt", out)
