@@ -214,6 +214,11 @@ def test_parts_made_with_other_options_are_refused(ckpts, tmp_path):
     _sample(ckpts / "train.pt", out, num_samples=2, keep_parts=True)
     with pytest.raises(ValueError, match="seed"):
         _sample(ckpts / "train.pt", out, num_samples=2, seed=99)
+    out.unlink()  # the shards alone: they name exactly the option that differs
+    with pytest.raises(ValueError, match=r"holds samples made with other options \(seed differ\)"):
+        _sample(ckpts / "train.pt", out, num_samples=2, seed=99)
+    with pytest.raises(ValueError, match=r"other options \(seed, steps differ\)"):
+        _sample(ckpts / "train.pt", out, num_samples=2, seed=99, steps=STEPS + 1)
 
 
 def test_rerun_of_a_finished_job_is_a_no_op(ckpts, tmp_path):
@@ -368,7 +373,7 @@ def test_latent_model_is_decoded_by_the_vae(tmp_path):
         _sample(tmp_path / "c.pt", tmp_path / "p.npz", pixel=True)
 
 
-def test_damaged_shard_is_redone(ckpts, tmp_path):
+def test_damaged_shard_is_redone(ckpts, tmp_path, capsys):
     out = tmp_path / "s.npz"
     first = _sample(ckpts / "train.pt", out, num_samples=5, batch_size=2, keep_parts=True)
     shards_made = sorted((tmp_path / "s.npz.parts").glob("shard-*.npz"))  # 3: [0 1] [2 3] [4]
@@ -376,7 +381,11 @@ def test_damaged_shard_is_redone(ckpts, tmp_path):
         shard.write_bytes(shard.read_bytes()[:100])
     kept = {p: p.stat().st_mtime_ns for p in shards_made[2:]}
     out.unlink()
-    again = _sample(ckpts / "train.pt", out, num_samples=5, batch_size=2, keep_parts=True)
+    capsys.readouterr()
+    # another batch size: the redone shards get other names, so the damaged ones must go
+    again = _sample(ckpts / "train.pt", out, num_samples=5, batch_size=3, keep_parts=True)
+    err = capsys.readouterr().err
+    assert f"warning: unreadable shard {shards_made[0].name} will be redone: " in err
     for key in ("arr_0", "arr_1"):
         np.testing.assert_array_equal(first[key], again[key])
     # only the damaged shards were redone: the readable one after them was not taken as missing
@@ -668,7 +677,7 @@ def test_a_summary_of_another_file_or_a_broken_one_does_not_make_out_ours(ckpts,
     _sample(ckpts / "train.pt", tmp_path / "s.npz")
     for suffix in ("", ".json"):
         shutil.copy(tmp_path / f"s.npz{suffix}", tmp_path / f"t.npz{suffix}")
-    with pytest.raises(UserError, match="is not a result of this command"):
+    with pytest.raises(UserError, match=r"^--out .*t\.npz exists and is not a result of this"):
         _sample(ckpts / "train.pt", tmp_path / "t.npz")
     (tmp_path / "s.npz.json").write_text("{not json")  # a broken record: not ours either
     with pytest.raises(UserError, match="is not a result of this command"):
