@@ -221,12 +221,14 @@ def test_parts_made_with_other_options_are_refused(ckpts, tmp_path):
         _sample(ckpts / "train.pt", out, num_samples=2, seed=99, steps=STEPS + 1)
 
 
-def test_rerun_of_a_finished_job_is_a_no_op(ckpts, tmp_path):
+def test_rerun_of_a_finished_job_is_a_no_op(ckpts, tmp_path, capsys):
     out = tmp_path / "s.npz"
     _sample(ckpts / "train.pt", out, num_samples=3)
     stamp = out.stat().st_mtime_ns
+    capsys.readouterr()
     _sample(ckpts / "train.pt", out, num_samples=3)
     assert out.stat().st_mtime_ns == stamp
+    assert f"{out} already holds these 3 samples; nothing to do" in capsys.readouterr().err
 
 
 def _cli(ckpt: Path, out: Path, *extra: str) -> list[str]:
