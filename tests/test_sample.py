@@ -225,7 +225,7 @@ def test_rerun_of_a_finished_job_is_a_no_op(ckpts, tmp_path, capsys):
     out = tmp_path / "s.npz"
     _sample(ckpts / "train.pt", out, num_samples=3)
     stamp = out.stat().st_mtime_ns
-    capsys.readouterr()
+    assert "nothing to do" not in capsys.readouterr().err  # the first run had work to do
     _sample(ckpts / "train.pt", out, num_samples=3)
     assert out.stat().st_mtime_ns == stamp
     assert f"{out} already holds these 3 samples; nothing to do" in capsys.readouterr().err
@@ -701,3 +701,15 @@ def test_parts_without_or_with_a_broken_options_record_are_refused_by_name(ckpts
     record.unlink()
     with pytest.raises(UserError, match=rf"holds shards but no {shards.CONFIG_NAME}.*--out"):
         _sample(ckpts / "train.pt", out)
+
+
+def test_a_killed_runs_temp_files_in_the_parts_folder_are_removed(ckpts, tmp_path):
+    """A run killed inside atomic_open leaves `.shard-*.npz.*.tmp` in OUT.parts/; the next run
+    removes it (the training store's own temp names would not match it)."""
+    out = tmp_path / "s.npz"
+    _sample(ckpts / "train.pt", out, keep_parts=True)
+    out.unlink()
+    stale = tmp_path / "s.npz.parts" / ".shard-r0-0000000.npz.abc123.tmp"
+    stale.write_bytes(b"half a shard")
+    _sample(ckpts / "train.pt", out, keep_parts=True)
+    assert not stale.exists()
