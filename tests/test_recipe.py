@@ -375,7 +375,7 @@ def test_recipe_defaults_are_the_official_codes():
         50000,
         0,
         1.0,
-        "3",
+        3,  # SampleOptions' own default (the flag once restated it as the text "3")
     )
 
 
