@@ -55,7 +55,7 @@ onerror:
 wildcard_constraints:
     experiment=r"[a-z0-9][a-z0-9-]*",
     dataset=r"[a-z0-9][a-z0-9-]*",
-    step=STEP_WILDCARD,
+    step=paths.STEP_TAG,
     tag=paths.EVAL_TAG,
 
 

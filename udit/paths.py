@@ -37,8 +37,9 @@ def cfg_tag(cfg: float) -> str:
     return str(float(cfg))
 
 
-# An evaluation tag, for the Snakefile's {tag} wildcard and parse_eval_tag
-EVAL_TAG = rf"(\d{{{STEP_DIGITS}}}|{RELEASED_STEP})-cfg(\d+\.\d+)(?:-seed(\d+))?"
+# A step tag and an evaluation tag, for the Snakefile's {step} / {tag} wildcards and parse_eval_tag
+STEP_TAG = rf"\d{{{STEP_DIGITS}}}|{RELEASED_STEP}"
+EVAL_TAG = rf"({STEP_TAG})-cfg(\d+\.\d+)(?:-seed(\d+))?"
 
 
 def eval_tag(step: int | str, cfg: float, sample_seed: int | None = None) -> str:

@@ -43,7 +43,6 @@ except WorkflowError as err:  # Snakemake's schema check quotes the instance
 R = NODES.results
 # train and sample: torchrun over the job's GPUs / nodes, stopped before the time limit
 LAUNCH = f"bash {shlex.quote(str(Path(workflow.current_basedir).parent / 'scripts' / 'launch.sh'))}"
-STEP_WILDCARD = rf"\d{{{paths.STEP_DIGITS}}}|{paths.RELEASED_STEP}"
 
 
 # One Snakemake run per results folder: Snakemake's own lock is per working directory, and a
