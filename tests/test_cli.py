@@ -108,3 +108,14 @@ def test_sample_refuses_an_unknown_choice_before_loading_anything(flag, capsys):
     assert (
         f"udit sample: error: argument {flag}: invalid choice: 'bogus'" in capsys.readouterr().err
     )
+
+
+def test_train_flags_default_to_the_options_dataclass():
+    """The same for `udit train` (its flags read TrainOptions' defaults as `d.*`)."""
+    from udit.cli import options_of, parse_args
+    from udit.training.loop import TrainOptions, build_parser
+
+    argv = ["--model", "DiT-S/2", "--run-dir", "r", "--total-steps", "5", "--latents", "l"]
+    args = parse_args(build_parser(), argv, TrainOptions)
+    want = TrainOptions(model="DiT-S/2", run_dir="r", total_steps=5, latents="l")
+    assert options_of(args, TrainOptions) == want
