@@ -510,49 +510,66 @@ def sample_rows(config: dict, *, throughput: Throughput) -> list[SampleRow]:
     return rows
 
 
+def _aligned(header: list[str], rows: list[list[str]], *, text: set[str]) -> list[str]:
+    """Header, rule and rows in columns as wide as their widest cell, two spaces apart: the
+    `text` columns left-aligned, the numbers right-aligned."""
+    widths = [max(map(len, column)) for column in zip(header, *rows, strict=True)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            cell.ljust(w) if name in text else cell.rjust(w)
+            for name, cell, w in zip(header, cells, widths, strict=True)
+        ).rstrip()
+
+    head = line(header)
+    return [head, "-" * len(head), *map(line, rows)]
+
+
+PLAN_COLUMNS = ["experiment", "model", "tab", "steps", "GFLOPs", "PFLOPs", "GPU-h", "GPUs"]
+PLAN_COLUMNS += ["job h", "rate"]
+SAMPLE_COLUMNS = ["experiment", "evaluation", "samples", "steps", "cfg", "PFLOPs"]
+SAMPLE_COLUMNS += ["sample GPU-h", "eval GPU-h", "GPUs", "job h"]
+TEXT_COLUMNS = {"experiment", "model", "tab", "rate", "evaluation"}
+
+
 def format_plan(rows: list[PlanRow], samples: list[SampleRow], *, note: str) -> str:
-    head = (
-        f"{'experiment':<20} {'model':<30} {'tab':<4} {'steps':>17} {'GFLOPs':>8} "
-        f"{'PFLOPs':>10} {'GPU-h':>8} {'GPUs':>4} {'job h':>6}  rate"
-    )
-    lines = ["training nodes (* = chunk end added for max_job_hours)", head, "-" * len(head)]
-    for r in rows:
-        steps = f"{r.from_step}->{r.to_step}" + ("" if r.milestone else "*")
-        lines.append(
-            f"{r.experiment:<20} {r.model[:30]:<30} {r.table:<4} {steps:>17} {r.gflops:>8.3f} "
-            f"{r.train_pflops:>10.4g} {r.gpu_hours:>8.4g} {r.gpus:>4} {r.hours:>6.3g}  "
-            f"{r.rate_source}"
-        )
-    head2 = (
-        f"{'experiment':<20} {'evaluation':<22} {'samples':>8} {'steps':>5} {'cfg':>4} "
-        f"{'PFLOPs':>10} {'sample GPU-h':>12} {'eval GPU-h':>10} {'GPUs':>4} {'job h':>6}"
-    )
-    lines += ["", "sampling and evaluation nodes", head2, "-" * len(head2)]
-    for s in samples:
-        lines.append(
-            f"{s.experiment:<20} {s.tag:<22} {s.samples:>8} {s.steps:>5} {s.cfg:>4} "
-            f"{s.sample_pflops:>10.4g} {s.sample_gpu_hours:>12.4g} {s.eval_gpu_hours:>10.4g} "
-            f"{s.gpus:>4} {s.hours:>6.3g}"
-        )
+    train = [
+        [r.experiment, r.model, r.table, f"{r.from_step}->{r.to_step}" + " *"[not r.milestone],
+         f"{r.gflops:.3f}", f"{r.train_pflops:.4g}", f"{r.gpu_hours:.4g}", str(r.gpus),
+         f"{r.hours:.4g}", r.rate_source]
+        for r in rows
+    ]  # fmt: skip
+    sample = [
+        [s.experiment, s.tag, str(s.samples), str(s.steps), f"{s.cfg:g}", f"{s.sample_pflops:.4g}",
+         f"{s.sample_gpu_hours:.4g}", f"{s.eval_gpu_hours:.4g}", str(s.gpus), f"{s.hours:.4g}"]
+        for s in samples
+    ]  # fmt: skip
     train_h = sum(r.gpu_hours for r in rows)
     sample_h = sum(s.sample_gpu_hours for s in samples)
     eval_h = sum(s.eval_gpu_hours for s in samples)
     milestones = sum(r.milestone for r in rows)
-    lines += [
-        "",
-        (
-            f"training: {len(rows)} nodes ({milestones} milestones + {len(rows) - milestones} "
-            f"chunk ends), {sum(r.train_pflops for r in rows):.4g} PFLOPs, {train_h:.4g} GPU-h; "
-            f"longest job {max((r.hours for r in rows), default=0):.3g} h"
-        ),
-        f"sampling: {len(samples)} nodes, {sample_h:.4g} GPU-h; evaluation {eval_h:.4g} GPU-h",
-        f"total: {train_h + sample_h + eval_h:.4g} GPU-h",
-        (
-            f"compute = fvcore forward MACs x {BACKWARD_FACTOR} x images seen (training), x "
-            f"steps x 2 with guidance x samples + VAE decode (sampling); rates: {note}"
-        ),
-    ]
-    return "\n".join(lines)
+    train_pflops = sum(r.train_pflops for r in rows)
+    return "\n".join(
+        [
+            "training nodes (* = chunk end added for max_job_hours)",
+            *_aligned(PLAN_COLUMNS, train, text=TEXT_COLUMNS),
+            "",
+            "sampling and evaluation nodes",
+            *_aligned(SAMPLE_COLUMNS, sample, text=TEXT_COLUMNS),
+            "",
+            (
+                f"training: {len(rows)} nodes ({milestones} milestones + {len(rows) - milestones} "
+                f"chunk ends), {train_pflops:.4g} PFLOPs, {train_h:.4g} GPU-h; "
+                f"longest job {max((r.hours for r in rows), default=0):.4g} h"
+            ),
+            f"sampling: {len(samples)} nodes, {sample_h:.4g} GPU-h; evaluation {eval_h:.4g} GPU-h",
+            f"total: {train_h + sample_h + eval_h:.4g} GPU-h",
+            (
+                f"compute = fvcore forward MACs x {BACKWARD_FACTOR} x images seen (training), x "
+                f"steps x 2 with guidance x samples + VAE decode (sampling); rates: {note}"
+            ),
+        ]
+    )
 
 
 def rates_note(throughput: Throughput) -> str:
