@@ -467,3 +467,26 @@ def test_tiny_vae_latents_record_the_cache_vae(toy, tmp_path):
         out = tmp_path / "s.npz"
         assert sample_main(sample_argv(ckpt_path(run, 1), out)) == 0
     assert json.loads((tmp_path / "s.npz.json").read_text())["config"]["vae"] == vae
+
+
+def test_each_corrupt_copy_of_a_step_is_kept_under_its_own_name(tmp_path):
+    """A step written, found corrupt and moved aside three times (a retried node): three
+    post-mortem copies, .corrupt, .corrupt.1, .corrupt.2, each with its own sidecar, none
+    overwritten; the warning names the file and the copy, at the caller's line."""
+    directory = tmp_path / paths.CKPT_DIR
+    for attempt in range(3):
+        store.save_checkpoint({"w": torch.full((4,), attempt)}, run_dir=tmp_path, step=3,
+                              keep_last=5)  # fmt: skip
+        truncate(ckpt_path(tmp_path, 3))
+        with pytest.warns(UserWarning) as caught:
+            store.rotate(run_dir=tmp_path, keep_last=5)
+        suffix = ".corrupt" + (f".{attempt}" if attempt else "")
+        assert str(caught[0].message).startswith(
+            f"moved corrupt checkpoint {ckpt_path(tmp_path, 3)} aside to ckpt-0000003.pt{suffix}:"
+        )
+        assert caught[0].filename == __file__  # attributed to whoever asked for the rotation
+    names = sorted(p.name for p in directory.iterdir())
+    copies = ["ckpt-0000003.pt.corrupt", "ckpt-0000003.pt.corrupt.1", "ckpt-0000003.pt.corrupt.2"]
+    assert names == sorted(copies + [c + ".sha256" for c in copies])
+    contents = {(directory / c).read_bytes() for c in copies}
+    assert len(contents) == 3  # three different truncated files: none overwritten

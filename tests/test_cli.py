@@ -119,3 +119,19 @@ def test_train_flags_default_to_the_options_dataclass():
     args = parse_args(build_parser(), argv, TrainOptions)
     want = TrainOptions(model="DiT-S/2", run_dir="r", total_steps=5, latents="l")
     assert options_of(args, TrainOptions) == want
+
+
+def test_train_milestones_flag_reads_a_comma_list(capsys):
+    """`udit train --milestones`: steps in any order, blanks and float spellings allowed,
+    sorted to ints; anything else stops at parsing naming what was given."""
+    from udit.cli import parse_args
+    from udit.training.loop import TrainOptions, build_parser
+
+    argv = ["--model", "DiT-S/2", "--run-dir", "r", "--total-steps", "9", "--latents", "l"]
+    args = parse_args(build_parser(), [*argv, "--milestones", " 8, 2,,4e0 "], TrainOptions)
+    assert args.milestones == (2, 4, 8)
+    with pytest.raises(SystemExit) as stop:
+        parse_args(build_parser(), [*argv, "--milestones", "4,x"], TrainOptions)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "--milestones: expected comma-separated steps like 400000,1000000, got '4,x'" in err

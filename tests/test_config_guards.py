@@ -407,3 +407,29 @@ def test_the_paper_config_takes_its_recipe_from_paper_numbers(monkeypatch):
     edited = dataclasses.replace(udit.paper.recipe(), global_batch=512)
     monkeypatch.setattr(ex, "DEFAULTS", {**ex.DEFAULTS, "global_batch": edited.global_batch})
     assert ex.resolve_experiments(config)["u-dit-b"].global_batch == 512
+
+
+@pytest.mark.parametrize(
+    "text, where, what",
+    [
+        # a problem inside a construct: where it broke, and the line the construct began on
+        ("experiments:\n  a: {b: 1\n  c: 2\n", ":3:4: ",
+         "expected ',' or '}', but got ':' (while parsing a flow mapping from line 2)"),
+        ("a: 1\n\tb: 2\n", ":2:1: ", "found character '\\t' that cannot start any token"),
+        ("a: [1, 2\n", ":2:1: ",
+         "expected ',' or ']', but got '<stream end>' (while parsing a flow sequence from line 1)"),
+    ],
+)  # fmt: skip
+def test_broken_yaml_is_named_by_file_line_and_column(tmp_path, text, where, what):
+    """A config YAML cannot parse: one line naming the file, the line and column of the
+    problem, and the line where the broken construct began (1-based, as editors count)."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(text)
+    with pytest.raises(ex.ConfigError) as err:
+        ex.load_config(cfg)
+    assert str(err.value) == f"{cfg}{where}{what}"
+
+
+def test_yaml_error_without_a_position_names_the_file():
+    err = yaml.MarkedYAMLError(problem="not a YAML stream")
+    assert ex._yaml_error_text(err, Path("cfg.yaml")) == "cfg.yaml: not a YAML stream"

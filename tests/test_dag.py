@@ -84,3 +84,16 @@ def test_data_nodes_read_the_users_files_only_once_they_exist(tmp_path, paper):
     params = paper.dataset_params(W(dataset="imagenet256"))
     assert params["images"] == "data/imagenet/train" and params["subset"] == ""
     assert paper.reference_path("imagenet256") == "data/VIRTUAL_imagenet256_labeled.npz"
+
+
+@pytest.mark.parametrize("name", ["checkpoint", "export"])
+def test_a_step_and_its_wildcard_tag_name_the_same_file(name):
+    """A rule's output is written from a '{step}' wildcard, the Dag asks for it by number:
+    both must spell one path (the step zero-padded to paths.STEP_DIGITS)."""
+    place = getattr(paths, name)
+    for step in (1, 8, 400000, 7_000_000):
+        wildcard = place("results", "u-dit-b", "{step}")
+        tag = paths.step_tag(step)
+        assert len(tag) == paths.STEP_DIGITS and int(tag) == step
+        assert place("results", "u-dit-b", step) == wildcard.replace("{step}", tag)
+    assert paths.export("r", "x", 400000) == "r/x/export/0400000"

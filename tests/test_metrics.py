@@ -826,3 +826,18 @@ def test_kid_seed_reaches_the_subsets_and_bad_tags_are_named(capsys):
     assert capsys.readouterr() == ("", "")  # no torch-fidelity progress bar in the job logs
     with pytest.raises(ValueError, match="not an evaluation tag: '400000-cfg1.5'"):
         paths.parse_eval_tag("400000-cfg1.5")  # six digits
+
+
+def test_torch_fidelity_picks_the_layers_udit_extracts():
+    """Through torch_fidelity.calculate_metrics(feature_extractor=EXTRACTOR_NAME) the default
+    layers are the ones `udit evaluate` reads: pool_3 for FID, KID and P/R, logits for IS."""
+    from udit.metrics import inception
+
+    layer = inception.InceptionV3ADM.get_default_feature_layer_for_metric
+    assert {m: layer(m) for m in ("fid", "kid", "prc", "isc")} == {
+        "fid": inception.POOL, "kid": inception.POOL, "prc": inception.POOL,
+        "isc": inception.LOGITS,
+    }  # fmt: skip
+    assert {inception.POOL, inception.LOGITS, inception.SPATIAL} <= set(
+        inception.InceptionV3ADM.get_provided_features_list()
+    )

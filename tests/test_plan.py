@@ -150,6 +150,7 @@ def test_retry_scaling_stops_at_the_partition():
     assert plan.scaled("runtime", 30, 2, None) == 60
     assert plan.runtime_minutes(22.0, limits) == math.ceil(22 * 60 * 1.25) + 15
     assert plan.runtime_minutes(60.0, limits) == 2880
+    assert plan.runtime_minutes(60.0, None) == math.ceil(60 * 60 * 1.25) + 15  # no partition cap
 
 
 def test_macs_index_matches_a_live_count():
@@ -358,6 +359,19 @@ def test_positive_rates_are_read(tmp_path_factory, field, rate):
         assert tp.train(model="U-DiT-L", gmacs=85.0, precision="tf32")[1].startswith("measured")
     else:
         assert tp.images_per_s(field.split(".")[0]) == rate
+
+
+@pytest.mark.parametrize("length", [59, 60, 61, 400])
+def test_a_bad_rate_is_shown_whole_up_to_60_characters(tmp_path, length):
+    """A bad value in a speed JSON is quoted in the error as repr, cut after 60 characters
+    with '...' (a megabyte of junk must not flood the terminal)."""
+    value = "x" * (length - 2)  # its repr has `length` characters
+    path = tmp_path / "speed.json"
+    path.write_text(json.dumps(speed_doc("inception.images_per_s", value)))
+    with pytest.raises(UserError) as err:
+        plan.load_speed_json(path)
+    shown = repr(value) if length <= 60 else repr(value)[:60] + "..."
+    assert f"inception.images_per_s is {shown}, expected" in str(err.value)
 
 
 def test_speed_json_bad_rate_through_udit_plan(tmp_path, capsys):

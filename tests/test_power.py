@@ -274,8 +274,12 @@ def test_measured_noise_is_the_lottery_measured_in_the_results(tmp_path, paper):
     from udit import paths
 
     config = dict(paper[0], results=str(tmp_path))
-    with pytest.raises(plan.BadValueError, match="no replicated experiment has two evaluated"):
+    with pytest.raises(plan.BadValueError) as err:
         plan.measured_noise(config)
+    assert str(err.value) == (
+        f"--measured-noise: no replicated experiment has two evaluated seeds in {tmp_path}; "
+        "set `replicates: K` (K >= 2) and run them, or give --noise-cov"
+    )
     config["experiments"] = {**config["experiments"]}
     config["experiments"]["u-dit-s"] = {**config["experiments"]["u-dit-s"], "replicates": 2}
     # u-dit-s's last unguided milestone: FIDs 30 and 31.1 (mean 30.55, sd 0.778: CoV 2.55%)
@@ -286,7 +290,33 @@ def test_measured_noise_is_the_lottery_measured_in_the_results(tmp_path, paper):
         write_json(Path(paths.metrics(tmp_path, eid, paths.eval_tag(last, 1.0))), data)
     cov, why = plan.measured_noise(config)
     assert cov == pytest.approx(math.sqrt(1.1**2 / 2) / 30.55)
-    assert "measured: median over 1 replicated groups" in why and "; calibrated Inception" in why
+    assert why == (
+        f"CoV {cov * 100:.3g}% per training run (measured: median over 1 replicated groups in "
+        f"{tmp_path}; calibrated Inception)"
+    )
+    assert why.startswith("CoV 2.55% ")
     plans = {p.id: p for p in plan.plan_claims(config, noise_cov=None, measured=(cov, why))}
     d = plans["O3"].comparisons[1].effect
     assert plans["O3"].comparisons[1].runs == power.replicates(d, cov) > 111
+
+
+def test_measured_noise_reads_results_by_default_and_labels_toy_scale(tmp_path, paper, monkeypatch):
+    """A config without `results` is measured in ./results (the Snakefile's default), and a
+    lottery measured with the stand-in Inception says it is not the paper's noise."""
+    from test_report import metrics_json, write_json
+
+    from udit import paths
+
+    config = {k: v for k, v in paper[0].items() if k != "results"}
+    config["experiments"] = {**config["experiments"]}
+    config["experiments"]["u-dit-s"] = {**config["experiments"]["u-dit-s"], "replicates": 2}
+    last = max(e["step"] for e in config["experiments"]["u-dit-s"]["evaluations"])
+    monkeypatch.chdir(tmp_path)
+    for eid, fid in (("u-dit-s", 30.0), ("u-dit-s-seed1", 31.1)):
+        data = metrics_json(fid=fid, sfid=6, is_=60, precision=0.6, recall=0.6, uncalibrated=True)
+        write_json(Path(paths.metrics("results", eid, paths.eval_tag(last, 1.0))), data)
+    cov, why = plan.measured_noise(config)
+    assert cov == pytest.approx(math.sqrt(1.1**2 / 2) / 30.55)
+    assert why.endswith(
+        "in results; toy scale, stand-in Inception: this harness's seed noise, not the paper's)"
+    )

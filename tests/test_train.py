@@ -20,7 +20,7 @@ from udit.data.toy import generate_toy_data
 from udit.models import create_model
 from udit.stop import EXIT_STOPPED
 from udit.training import store
-from udit.training.determinism import DataOrder, LabelDropControl, draw_samples
+from udit.training.determinism import DataOrder, LabelDropControl, StepBatchSampler, draw_samples
 from udit.training.ema import make_ema, update_ema
 from udit.training.loop import NonFiniteLossError, TrainOptions, main, train
 
@@ -421,6 +421,19 @@ def test_stop_signal_on_one_rank_stops_every_rank_after_the_same_step(
     assert _max_diff(got["model"], _weights(reference)["model"]) <= 1e-6
 
 
+@pytest.mark.parametrize("start, stop", [(3, 11), (0, 1), (5, 5), (7, 2)])
+def test_a_loader_over_steps_yields_as_many_batches_as_its_length(start, stop):
+    """A DataLoader over StepBatchSampler(start, stop): one batch per step, its len() the
+    number of batches it yields (0 for an empty or reversed stretch), each the step's indices."""
+    order = DataOrder(num_items=40, global_batch=8, world_size=1, rank=0, seed=3)
+    loader = torch.utils.data.DataLoader(
+        range(40), batch_sampler=StepBatchSampler(order, start, stop), collate_fn=list
+    )
+    batches = list(loader)
+    assert len(loader) == len(batches) == max(stop - start, 0)
+    assert batches == [order.local_indices(step) for step in range(start, stop)]
+
+
 def test_global_batch_split_is_rank_independent():
     one = DataOrder(num_items=40, global_batch=8, world_size=1, rank=0, seed=3)
     halves = [
@@ -570,7 +583,9 @@ def test_a_dag_node_drops_later_checkpoints_once_and_train_ends_it(toy, tmp_path
     left = sorted(p.name for p in ckpts.iterdir())
     assert left == sorted(["notes.txt", *(names[0] + s for s in ("", ".sha256", ".corrupt"))])
     assert node.node_marker(run, 6).exists()
-    assert "past step 2" in capsys.readouterr().err
+    gone = sorted(name + s for name in names[1:] for s in ("", ".sha256", ".corrupt"))
+    said = capsys.readouterr().err.splitlines()  # one line per removed file, naming it
+    assert said == [f"removed {ckpts / g} (past step 2: this node retrains it)" for g in gone]
     (ckpts / names[2]).write_bytes(b"x")  # the interrupted attempt got this far
     assert node.main(["--run-dir", str(run), "--step", "6", "--from", "2"]) == 0  # requeue
     assert (ckpts / names[2]).exists()

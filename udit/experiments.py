@@ -225,9 +225,6 @@ class PaperRef:
         """The paper's numbers of this row as {column: value} (None where not reported)."""
         return paper_row(table=self.table, row=self.row, key=self.key)
 
-    def label(self) -> str:
-        return f"{self.table} / {self.row}" + (f" / {self.key}" if self.key else "")
-
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -283,14 +280,6 @@ class Experiment:
         """Training steps with a kept checkpoint that some evaluation samples; the last is the
         run's end."""
         return sorted({e.step for e in self.evaluations} | {self.iterations})
-
-    def previous_milestone(self, step: int) -> int:
-        """The milestone this training node resumes from (0 = from scratch)."""
-        earlier = [m for m in self.milestones if m < step]
-        return earlier[-1] if earlier else 0
-
-    def images_seen(self, step: int | None = None) -> int:
-        return (self.iterations if step is None else step) * self.global_batch
 
 
 @dataclass(frozen=True)
@@ -603,14 +592,3 @@ def resolve_released(config: dict) -> dict[str, Released]:
             precision=rel.get("precision", defaults["precision"]),
         )
     return released
-
-
-def check_models(experiments: dict[str, Experiment]) -> None:
-    """Every model name must be in the registry (imports torch: call it from tools, not from -n)."""
-    from udit.models import MODEL_NAMES
-
-    unknown = sorted({e.model for e in experiments.values()} - set(MODEL_NAMES))
-    if unknown:
-        raise ConfigError(
-            f"models not in the registry: {', '.join(unknown)}; known: {', '.join(MODEL_NAMES)}"
-        )

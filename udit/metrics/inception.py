@@ -216,10 +216,6 @@ class InceptionV3ADM(FeatureExtractorInceptionV3):
         return (*FeatureExtractorInceptionV3.get_provided_features_list(), SPATIAL)
 
     @staticmethod
-    def get_default_feature_layer_for_metric(metric):
-        return {"isc": LOGITS, "fid": POOL, "kid": POOL, "prc": POOL}[metric]
-
-    @staticmethod
     def can_be_compiled():
         return False  # the forward hook keeps state between modules
 
