@@ -304,3 +304,41 @@ def test_intervals_stay_inside_what_each_metric_can_take():
     assert intervals.summarize(1 + reps, point=1.01, metric="is")["low"] == 1.0
     kid = intervals.summarize(reps - 0.03, point=-0.01, metric="kid")  # unbiased: may be < 0
     assert kid["low"] < -0.01 - 0.05
+
+
+def test_a_rerun_compares_every_recorded_input_old_files_included(tmp_path, monkeypatch, capsys):
+    """`udit evaluate` over an existing metrics file: a no-op for the same --first, refused
+    naming the change for another; a file of an older format (num_samples_requested, no
+    interval options, no hashes) is compared field by field, never a traceback."""
+    monkeypatch.setattr(inception, "load_extractor", lambda **kwargs: "stand-in extractor")
+    monkeypatch.setattr(inception, "extract_features", fake_extract_features)
+    weights = tmp_path / "fake.pth"
+    weights.write_bytes(b"not an inception")
+    images = np.random.default_rng(0).integers(0, 256, (40, 6, 6, 3), dtype=np.uint8)
+    ref_npz = write_npz(
+        tmp_path / "ref.npz",
+        **reference.build_reference(images=images, weights=weights, device="cpu"),
+    )
+    samples_npz = write_npz(tmp_path / "samples.npz", arr_0=images[::-1])
+    out = tmp_path / "metrics.json"
+    argv = ["--samples", str(samples_npz), "--reference", str(ref_npz), "--bootstrap", "20"]
+    argv += ["--inception-weights", str(weights), "--out", str(out), "--device", "cpu"]
+    assert evaluate.main([*argv, "--first", "30"]) == 0
+    assert json.loads(out.read_text())["protocol"]["N"] == 30
+    capsys.readouterr()
+    assert evaluate.main([*argv, "--first", "30"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert evaluate.main([*argv, "--first", "20"]) == 2
+    assert "(first 30 -> 20)" in capsys.readouterr().err
+
+    data = json.loads(out.read_text())
+    data["num_samples_requested"] = data.pop("first_requested")  # the older spelling
+    del data["uncertainty_options"]  # from before the intervals
+    out.write_text(json.dumps(data))
+    assert evaluate.main([*argv, "--first", "30"]) == 2
+    assert "(bootstrap None -> 20, seed None -> 0)" in capsys.readouterr().err
+    del data["provenance"]["sha256"], data["provenance"]["inception_weights"]
+    out.write_text(json.dumps(data))
+    assert evaluate.main([*argv, "--first", "30"]) == 2
+    err = capsys.readouterr().err
+    assert "samples None -> '" in err and "inception_weights None -> '" in err

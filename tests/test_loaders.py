@@ -260,6 +260,14 @@ def test_train_stops_on_a_bad_cache_before_any_step(case, tmp_path, capsys):
     assert not list((tmp_path / "run").rglob("ckpt-*"))  # stopped before any step
 
 
+def test_a_cache_of_more_classes_than_the_model_is_refused_naming_it(tmp_path, capsys):
+    cache = write_cache(tmp_path / "latents", good_shards())
+    argv = train_argv(tmp_path, cache)
+    argv[argv.index("--num-classes") + 1] = str(CLASSES - 1)
+    line = refused(loop.main(argv), capsys, cache)
+    assert f"{cache} has {CLASSES} classes but --num-classes is {CLASSES - 1}" in line
+
+
 def test_manifest_fields_are_checked_where_read(tmp_path, capsys):
     cache = write_cache(tmp_path / "latents", good_shards())
     manifest = json.loads((cache / latents.MANIFEST).read_text())

@@ -79,6 +79,20 @@ def test_missing_and_unexpected_keys_are_listed(tiny_dit):
         assert torch.equal(before[k], v)
 
 
+@pytest.mark.parametrize("dropped", [7, 8, 9, 20])
+def test_a_long_list_of_missing_keys_is_cut_after_eight(tiny_dit, dropped):
+    """The error names the first 8 offending keys in the model's order, then how many more."""
+    state = tiny_dit(seed=1).state_dict()
+    gone = list(state)[:dropped]
+    for key in gone:
+        del state[key]
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(tiny_dit(seed=2), state)
+    more = f" ... and {dropped - 8} more" if dropped > 8 else ""
+    listed = f"{dropped} missing keys: {', '.join(gone[:8])}{more}. The model expects"
+    assert listed in str(err.value)
+
+
 def test_shape_mismatch_fails_even_when_not_strict(tiny_dit):
     state = tiny_dit(seed=0, hidden_size=64).state_dict()
     with pytest.raises(
