@@ -21,6 +21,7 @@ from udit.flops import (
 )
 from udit.models import MODELS
 from udit.models.dit import DiT
+from udit.models.unet import CAPTION_GFLOPS
 
 SLOW_GFLOPS = 10.0  # models above this take several seconds each to trace on 2 CPU cores
 
@@ -149,3 +150,32 @@ def test_cli_rejects_unknown_model(tmp_path, capsys):
 def test_bad_inputs_to_count_are_rejected():
     with pytest.raises(ValueError, match="expected latents"):
         count_flops(build_for_counting("DiT-S/8", input_size=LATENT_256)[0], input_size=16)
+
+
+def _gflops_in(table) -> set[float]:
+    """Every GFLOPs figure a paper table holds: the first column of its rows (or of each
+    milestone's row), or the value itself for a name -> GFLOPs table."""
+    found = set()
+    for row in table.values():
+        rows = row.values() if isinstance(row, dict) else [row]
+        found |= {r[0] if isinstance(r, list) else r for r in rows}
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_the_source_a_model_names_holds_its_paper_gflops(name):
+    """A registry model's `source` is where its paper GFLOPs are printed: 'T<n>' a paper table
+    (its rows or its caption's figure), 'dit-paper (<key>)' a table of the DiT paper."""
+    from udit.paper import paper_numbers
+
+    spec, numbers = MODELS[name], paper_numbers()
+    if spec.source.startswith("dit-paper ("):
+        key = spec.source.removeprefix("dit-paper (").removesuffix(")")
+        assert numbers[key][name] == spec.paper_gflops
+        return
+    tables = [k for k in numbers if k.endswith(f"_{spec.source}")]
+    assert len(tables) == 1, f"{name}: source {spec.source!r} is not a paper table"
+    if name in CAPTION_GFLOPS:  # printed in the table's caption, not in a row
+        assert (spec.paper_gflops, spec.source) == CAPTION_GFLOPS[name]
+    else:
+        assert spec.paper_gflops in _gflops_in(numbers[tables[0]]), name

@@ -445,3 +445,34 @@ def test_plan_table_reads_back_to_the_json(configfile, capsys):
             eval_h, doc["total_gpu_hours"] + sample_h + eval_h]  # fmt: skip
     assert numbers == pytest.approx(want, **close)
     assert totals.splitlines()[-1].endswith(f"rates: {doc['throughput_source']}")
+
+
+def test_macs_tool_rewrites_the_committed_entries(tmp_path, monkeypatch):
+    """`python -m udit.models.macs` (rerun after a registry change) writes the same entries as
+    the committed macs.json: counted live here for two models of two families and Inception
+    (the VAE decoder's count, 10 s, is checked by the slow test below)."""
+    from udit import models
+    from udit.models import macs
+
+    committed = json.loads(macs.MACS_PATH.read_text())
+    some = {name: models.MODELS[name] for name in ("DiT-S/8", "U-DiT-T + cos")}
+    monkeypatch.setattr(models, "MODELS", some)
+    vae = {int(side): value for side, value in committed["vae_decode_gmacs"].items()}
+    monkeypatch.setattr(macs, "vae_decode_gmacs", vae.__getitem__)
+    monkeypatch.setattr(macs, "MACS_PATH", tmp_path / "macs.json")
+    assert macs.main() == 0
+    written = json.loads((tmp_path / "macs.json").read_text())
+    assert written == {
+        "models": {name: committed["models"][name] for name in some},
+        "vae_decode_gmacs": committed["vae_decode_gmacs"],
+        "inception_gmacs": committed["inception_gmacs"],
+    }
+    assert (tmp_path / "macs.json").read_text().endswith("}\n")
+
+
+@pytest.mark.slow
+def test_vae_decode_macs_are_the_committed_ones():
+    from udit.models import macs
+
+    committed = json.loads(macs.MACS_PATH.read_text())["vae_decode_gmacs"]
+    assert round(macs.vae_decode_gmacs(32), 3) == committed["32"]
