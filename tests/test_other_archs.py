@@ -254,3 +254,59 @@ def test_diffit_tmsa_is_time_dependent_attention_with_bias():
     ref = (scores.softmax(-1) @ v).transpose(1, 2).reshape(2, g * g, 32)
     ref = ref @ attn.proj.weight.T + attn.proj.bias
     assert torch.allclose(attn(x, c), ref, atol=1e-12)
+
+
+# --- what a caller sees of a setting the registry never uses ---------------------------------
+
+
+def _std_ok(tensor: torch.Tensor, want: float, what: str) -> None:
+    """Sample std within 5 standard errors (std's relative SE is 1/sqrt(2n)) of `want`."""
+    n = tensor.numel()
+    assert abs(float(tensor.std()) / want - 1) < 5 / math.sqrt(2 * n), (what, float(tensor.std()))
+
+
+def test_initial_weights_follow_each_reference_recipe():
+    """The first training step starts from the reference code's initial distributions (std of
+    each tensor against its recipe, within 5 SE of the sample size): U-ViT trunc-normal 0.02
+    linears with zero biases and position table; PixArt's modulation tables N(0, 1/D) and
+    t_block N(0, 0.02); DiffiT's relative-position biases trunc-normal 0.02."""
+    torch.manual_seed(0)
+    d = 64
+    uvit = _tiny("U-ViT-L", hidden_size=d)
+    _std_ok(uvit.pos_embed, 0.02, "pos_embed")
+    for name, module in uvit.named_modules():
+        if isinstance(module, nn.Linear):
+            _std_ok(module.weight, 0.02, name)
+            assert module.bias is None or not module.bias.any(), name
+    pixart = _tiny("PixArt-alpha-XL/2", hidden_size=d)
+    tables = [b.scale_shift_table for b in pixart.blocks]
+    _std_ok(torch.cat([t.flatten() for t in tables]), d**-0.5, "block tables")
+    _std_ok(pixart.final_layer.scale_shift_table, d**-0.5, "final table")
+    _std_ok(pixart.t_block[1].weight, 0.02, "t_block")
+    diffit = _tiny("DiffiT-XL/2", hidden_size=d)
+    biases = torch.cat([b.attn.relative_position_bias_table.flatten() for b in diffit.blocks])
+    _std_ok(biases, 0.02, "relative position bias")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_patch_size_of_4_unpatchifies_to_the_input_grid(name):
+    """Every registry model uses patch 2 (where p * 2 == p ** 2); patch 4 must still give an
+    (N, 2C, H, W) output whose every pixel depends on its own patch's token."""
+    model = _randomise(_tiny(name, patch_size=4)).eval()
+    x, t, y = _inputs(2)
+    out = model(x, t, y)
+    assert out.shape == (2, 8, SIDE, SIDE) and torch.isfinite(out).all()
+
+
+def test_uvit_depth_must_be_even_and_its_mlp_uses_exact_gelu():
+    """U-ViT pairs in- and out-blocks around one mid-block, so an odd depth is refused naming
+    it; its MLPs use exact GELU (U-ViT's nn.GELU), where DiT's use the tanh form."""
+    for depth in (3, 1, 0):
+        with pytest.raises(ValueError, match=f"U-ViT depth must be even and >= 2 .*, got {depth}; fix"):
+            _tiny("U-ViT-L", depth=depth)
+    gelus = [m for m in _tiny("U-ViT-L").modules() if isinstance(m, nn.GELU)]
+    assert gelus and {m.approximate for m in gelus} == {"none"}
+    dit_gelus = [
+        m for m in create_model("DiT-S/8", input_size=8).modules() if isinstance(m, nn.GELU)
+    ]
+    assert {m.approximate for m in dit_gelus} == {"tanh"}
