@@ -342,3 +342,117 @@ def test_a_rerun_compares_every_recorded_input_old_files_included(tmp_path, monk
     assert evaluate.main([*argv, "--first", "30"]) == 2
     err = capsys.readouterr().err
     assert "samples None -> '" in err and "inception_weights None -> '" in err
+
+
+def _scored(tmp_path, monkeypatch, *, ref_weights: bytes, weights: bytes, calls: list):
+    """Reference built with Inception file `ref_weights`, samples scored with `weights`; the
+    stand-in extractor is named after its weights file and every pass is recorded."""
+    monkeypatch.setattr(inception, "load_extractor", lambda weights, **kw: Path(weights).name)
+
+    def recording(dataset, *, extractor, batch_size=64, num_workers=0, progress=False):
+        calls.append((len(dataset), extractor, batch_size, num_workers))
+        return fake_extract_features(dataset, extractor=extractor)
+
+    monkeypatch.setattr(inception, "extract_features", recording)
+    (tmp_path / "a.pth").write_bytes(ref_weights)
+    (tmp_path / "b.pth").write_bytes(weights)
+    images = np.random.default_rng(0).integers(0, 256, (40, 6, 6, 3), dtype=np.uint8)
+    ref_npz = write_npz(
+        tmp_path / "ref.npz",
+        **reference.build_reference(images=images, weights=tmp_path / "a.pth", device="cpu"),
+    )
+    calls.clear()
+    samples_npz = write_npz(tmp_path / "samples.npz", arr_0=images[:30])
+    argv = ["--samples", str(samples_npz), "--reference", str(ref_npz), "--bootstrap", "20"]
+    argv += ["--inception-weights", str(tmp_path / "b.pth"), "--out", str(tmp_path / "m.json")]
+    return argv + ["--batch-size", "7", "--num-workers", "0", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_reference_features_are_reused_only_from_the_same_inception(tmp_path, monkeypatch, same):
+    """The reference npz's pool_3 rows are features of the weights it was built with: reused
+    when the scoring weights are those, else computed again from its images with the scoring
+    extractor (and the metrics file says which)."""
+    calls = []
+    argv = _scored(tmp_path, monkeypatch, ref_weights=b"A", weights=b"A" if same else b"B",
+                   calls=calls)  # fmt: skip
+    assert evaluate.main(argv) == 0
+    result = json.loads((tmp_path / "m.json").read_text())
+    if same:
+        assert calls == [(30, "b.pth", 7, 0)]  # the samples only
+        assert result["protocol"]["reference_pool_3"] == "read from reference npz (same weights)"
+    else:
+        assert calls == [(30, "b.pth", 7, 0), (40, "b.pth", 7, 0)]
+        assert result["protocol"]["reference_pool_3"] == "computed from reference arr_0"
+
+
+def test_a_reference_whose_features_miss_rows_is_refused(tmp_path, monkeypatch, capsys):
+    argv = _scored(tmp_path, monkeypatch, ref_weights=b"A", weights=b"A", calls=[])
+    ref_npz = tmp_path / "ref.npz"
+    with np.load(ref_npz) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["pool_3"] = arrays["pool_3"][:-1]
+    write_npz(ref_npz, **arrays)
+    assert evaluate.main(argv) == 2
+    assert "reference pool_3 has 39 rows for 40 images" in capsys.readouterr().err
+
+
+def test_the_metrics_name_the_samples_udit_sample_recorded(tmp_path, monkeypatch):
+    """SAMPLES.npz.json (written by `udit sample`) is copied into the metrics file: its N and
+    every config field; a missing or unreadable one gives None, never a failure."""
+    argv = _scored(tmp_path, monkeypatch, ref_weights=b"A", weights=b"A", calls=[])
+    summary = tmp_path / "samples.npz.json"
+    summary.write_text(json.dumps({"num_samples": 30, "config": {"cfg_scale": 1.5, "seed": 3}}))
+    out = tmp_path / "m.json"
+    assert evaluate.main(argv) == 0
+    assert json.loads(out.read_text())["samples"] == {
+        "num_samples": 30,
+        "cfg_scale": 1.5,
+        "seed": 3,
+    }
+    for text in ("{torn", None):
+        summary.unlink(missing_ok=True)
+        if text:
+            summary.write_text(text)
+        out.unlink()  # the same inputs again would be a no-op
+        assert evaluate.main(argv) == 0
+        assert json.loads(out.read_text())["samples"] is None
+
+
+def test_intervals_and_infinity_fits_are_a_function_of_the_seed(tmp_path, monkeypatch):
+    """--seed fixes every resample: the same seed gives the same intervals and N = inf fits,
+    another seed other ones; --bootstrap 1 still records its one-resample interval."""
+    argv = _scored(tmp_path, monkeypatch, ref_weights=b"A", weights=b"A", calls=[])
+    out = tmp_path / "m.json"
+
+    def uncertainty(*extra) -> dict:
+        out.unlink(missing_ok=True)
+        assert evaluate.main([*argv, *extra]) == 0
+        data = json.loads(out.read_text())
+        return {k: data[k] for k in ("intervals", "fid_infinity_fit", "is_infinity_fit")}
+
+    first = uncertainty("--seed", "5")
+    assert uncertainty("--seed", "5") == first
+    other = uncertainty("--seed", "6")
+    for key in first:
+        assert other[key] != first[key], key
+    one = uncertainty("--bootstrap", "1")["intervals"]
+    assert one["fid"]["resamples"] == 1 and one["fid"]["se"] is None
+
+
+def test_the_protocol_record_holds_every_setting_under_its_key(tmp_path, monkeypatch):
+    """The metrics file's `protocol` (read by the report and by anyone comparing runs): every
+    key present, with the numbers of this run."""
+    argv = _scored(tmp_path, monkeypatch, ref_weights=b"A", weights=b"A", calls=[])
+    assert evaluate.main(argv) == 0
+    protocol = json.loads((tmp_path / "m.json").read_text())["protocol"]
+    assert set(protocol) == {
+        "N", "N_reference", "sample_resolution", "k", "splits", "split_size", "shuffle",
+        "seeds", "kid_subsets", "kid_subset_size", "resize", "features",
+        "reference_statistics", "reference_pool_3", "prc_distance_dtype", "batch_size",
+    }  # fmt: skip
+    assert (protocol["N"], protocol["N_reference"], protocol["batch_size"]) == (30, 40, 7)
+    assert protocol["sample_resolution"] == [6, 6] and protocol["k"] == scores.PRC_K
+    assert protocol["splits"] == math.ceil(30 / protocol["split_size"]) and not protocol["shuffle"]
+    assert set(protocol["features"]) == {"fid", "sfid", "is", "precision_recall", "kid"}
+    assert "TF1-compatible" in protocol["resize"]

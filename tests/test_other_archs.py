@@ -302,7 +302,8 @@ def test_uvit_depth_must_be_even_and_its_mlp_uses_exact_gelu():
     """U-ViT pairs in- and out-blocks around one mid-block, so an odd depth is refused naming
     it; its MLPs use exact GELU (U-ViT's nn.GELU), where DiT's use the tanh form."""
     for depth in (3, 1, 0):
-        with pytest.raises(ValueError, match=f"U-ViT depth must be even and >= 2 .*, got {depth}; fix"):
+        refused = f"U-ViT depth must be even and >= 2 .*, got {depth}; fix"
+        with pytest.raises(ValueError, match=refused):
             _tiny("U-ViT-L", depth=depth)
     gelus = [m for m in _tiny("U-ViT-L").modules() if isinstance(m, nn.GELU)]
     assert gelus and {m.approximate for m in gelus} == {"none"}
