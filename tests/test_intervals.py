@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from test_metrics import collapsed_copies, fake_extract_features, run_evaluate, write_npz
 
+from udit import metrics
 from udit.metrics import evaluate, inception, intervals, reference, scores
 from udit.metrics.npz import NpzImages
 
@@ -456,3 +457,53 @@ def test_the_protocol_record_holds_every_setting_under_its_key(tmp_path, monkeyp
     assert protocol["splits"] == math.ceil(30 / protocol["split_size"]) and not protocol["shuffle"]
     assert set(protocol["features"]) == {"fid", "sfid", "is", "precision_recall", "kid"}
     assert "TF1-compatible" in protocol["resize"]
+
+
+def _intervals(n: int, d: int = 8, **kw) -> dict:
+    rng = np.random.default_rng(0)
+    pool, ref = rng.normal(size=(n, d)), rng.normal(size=(60, d)) + 0.5
+    stats, spatial_stats = scores.gaussian_stats(ref), scores.gaussian_stats(ref[::-1] * 2)
+    reference = {"mu": stats["mu"], "sigma": stats["sigma"]}
+    reference |= {"mu_s": spatial_stats["mu"], "sigma_s": spatial_stats["sigma"]}
+    return intervals.metric_intervals(
+        pool=pool, logits=rng.normal(size=(n, 10)) * 3, spatial=rng.normal(size=(n, d)),
+        reference=reference, ref_pool=ref, **kw,
+    )  # fmt: skip
+
+
+def test_metric_intervals_take_the_level_clip_to_the_range_and_say_why_not():
+    """What `udit evaluate` writes per metric: the level asked for (narrower at 80%), each
+    interval inside what its metric can take (N = 3: recall's normal interval passes 1), the
+    KID method named, and a metric that cannot be resampled recorded with its reason."""
+    wide, narrow = _intervals(3, resamples=50), _intervals(3, resamples=50, level=0.8)
+    for name, band in wide.items():
+        low, high = metrics.RANGES[name]
+        assert (band["level"], narrow[name]["level"]) == (0.95, 0.8), name
+        assert narrow[name]["high"] - narrow[name]["low"] <= band["high"] - band["low"], name
+        assert (low is None or band["low"] >= low) and (high is None or band["high"] <= high)
+    assert wide["recall"]["high"] == 1.0  # clipped: value + 1.96 se is above 1
+    assert (
+        wide["kid"]["method"]
+        == intervals.METHOD + "; all-pairs unbiased MMD^2, not the subset mean"
+    )
+    assert {wide[m]["method"] for m in ("fid", "sfid", "is", "precision", "recall")} == {
+        intervals.METHOD
+    }
+
+
+def test_a_metric_too_big_to_resample_is_recorded_with_its_reason(monkeypatch):
+    monkeypatch.setattr(intervals, "PRC_MAX_PAIRS", 10)
+    out = _intervals(40, resamples=20)
+    assert out["recall"] == {
+        "reason": "recall bootstrap needs over 10 candidate pairs",
+        "method": intervals.METHOD,
+    }
+    assert out["fid"]["resamples"] == 20  # the others unaffected
+
+
+def test_n_equal_to_d_takes_every_resample_on_the_exact_path():
+    """N <= D: the Frechet replicates come from N x N Gram matrices (cheap), so all resamples
+    are taken; only N > D on a CPU is capped at DENSE_MAX_RESAMPLES."""
+    cap = intervals.DENSE_MAX_RESAMPLES
+    assert _intervals(8, resamples=cap + 10)["fid"]["resamples"] == cap + 10
+    assert _intervals(9, resamples=cap + 10)["fid"]["resamples"] == cap
