@@ -507,3 +507,26 @@ def test_n_equal_to_d_takes_every_resample_on_the_exact_path():
     cap = intervals.DENSE_MAX_RESAMPLES
     assert _intervals(8, resamples=cap + 10)["fid"]["resamples"] == cap + 10
     assert _intervals(9, resamples=cap + 10)["fid"]["resamples"] == cap
+
+
+@pytest.mark.parametrize("block", [7, intervals.BLOCK])  # many blocks, and the default's one
+def test_recall_and_precision_replicates_hold_across_blocks(monkeypatch, block):
+    """The k-NN searches run in blocks of rows (50K samples do not fit one distance matrix):
+    with blocks of 7 every replicate still equals the metric of its resampled array, and the
+    candidate-pair cap counts the pairs of every block."""
+    monkeypatch.setattr(intervals, "BLOCK", block)
+    rng = np.random.default_rng(5)
+    gen = (rng.normal(size=(12, 4)) + 0.3).astype(np.float32)
+    ref = rng.normal(size=(23, 4)).astype(np.float32)
+    counts = np.vstack([np.ones(12), intervals.bootstrap_counts(12, 6, seed=4)])
+    recall = intervals.RecallResampler(gen, ref, k=3)
+    precision = intervals.precision_replicates(gen, ref, counts, k=3)
+    for b, row in enumerate(counts):
+        pr = scores.precision_recall(resampled(gen, row), ref)
+        assert (precision[b], recall(counts)[b]) == pytest.approx((pr["precision"], pr["recall"]))
+    pairs = len(recall.pair_ref)
+    monkeypatch.setattr(intervals, "PRC_MAX_PAIRS", pairs)
+    intervals.RecallResampler(gen, ref, k=3)  # exactly at the cap: kept
+    monkeypatch.setattr(intervals, "PRC_MAX_PAIRS", pairs - 1)
+    with pytest.raises(MemoryError, match=f"needs over {pairs - 1} candidate pairs"):
+        intervals.RecallResampler(gen, ref, k=3)
