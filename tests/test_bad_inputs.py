@@ -813,6 +813,17 @@ def test_registry_index_matches_the_registry():
     )
 
 
+def test_the_index_tool_rewrites_the_committed_file(tmp_path, monkeypatch, capsys):
+    """`python -m udit.models.index` writes byte for byte the committed registry.json."""
+    from udit.models import index
+
+    committed = index.INDEX_PATH.read_bytes()
+    monkeypatch.setattr(index, "INDEX_PATH", tmp_path / "registry.json")
+    assert index.main() == 0
+    assert (tmp_path / "registry.json").read_bytes() == committed
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'registry.json'}\n"
+
+
 def test_duplicate_keys_under_a_merge_key_are_allowed(tmp_path):
     """`<<:` merges may repeat keys (YAML merge semantics); only literal duplicates are errors."""
     cfg = write(tmp_path / "m.yaml", "a: &x {k: 1, j: 2}\nb:\n  <<: *x\n  k: 3\n")
