@@ -239,6 +239,7 @@ def test_evaluate_writes_intervals_infinity_and_features_and_reruns_as_a_no_op(
         assert saved["pool_3"].dtype == np.float32 and saved["spatial"].dtype == np.float16
         np.testing.assert_array_equal(saved["pool_3"], fresh[inception.POOL])
         np.testing.assert_array_equal(saved["logits"], fresh[inception.LOGITS])
+        np.testing.assert_array_equal(saved["spatial"], fresh[inception.SPATIAL].astype(np.float16))
     assert not list(tmp_path.glob(".metrics.*tmp"))  # atomic writes left no temp file
 
     stamp = (out.stat().st_mtime_ns, feats_file.stat().st_mtime_ns)
@@ -511,8 +512,8 @@ def test_n_equal_to_d_takes_every_resample_on_the_exact_path():
 
 @pytest.mark.parametrize("block", [7, intervals.BLOCK])  # many blocks, and the default's one
 def test_recall_and_precision_replicates_hold_across_blocks(monkeypatch, block):
-    """The k-NN searches run in blocks of rows (50K samples do not fit one distance matrix):
-    with blocks of 7 every replicate still equals the metric of its resampled array, and the
+    """The k-NN and kernel sums run in blocks of rows (50K samples do not fit one matrix): with
+    blocks of 7 every replicate still equals the metric of its resampled array, and the
     candidate-pair cap counts the pairs of every block."""
     monkeypatch.setattr(intervals, "BLOCK", block)
     rng = np.random.default_rng(5)
@@ -524,9 +525,38 @@ def test_recall_and_precision_replicates_hold_across_blocks(monkeypatch, block):
     for b, row in enumerate(counts):
         pr = scores.precision_recall(resampled(gen, row), ref)
         assert (precision[b], recall(counts)[b]) == pytest.approx((pr["precision"], pr["recall"]))
+    kid = intervals.kid_replicates(gen, ref, counts)
+    for b, row in enumerate(counts):  # torch-fidelity's kernel, all-pairs unbiased MMD^2
+        x, y = resampled(gen, row).astype(np.float64), ref.astype(np.float64)
+        kxx, kyy, kxy = ((a @ c.T / 4 + 1) ** 3 for a, c in ((x, x), (y, y), (x, y)))
+        mmd = (kxx.sum() - np.trace(kxx)) / (12 * 11) + (kyy.sum() - np.trace(kyy)) / (23 * 22)
+        assert kid[b] == pytest.approx(mmd - 2 * kxy.mean(), rel=1e-6)
     pairs = len(recall.pair_ref)
     monkeypatch.setattr(intervals, "PRC_MAX_PAIRS", pairs)
     intervals.RecallResampler(gen, ref, k=3)  # exactly at the cap: kept
     monkeypatch.setattr(intervals, "PRC_MAX_PAIRS", pairs - 1)
     with pytest.raises(MemoryError, match=f"needs over {pairs - 1} candidate pairs"):
         intervals.RecallResampler(gen, ref, k=3)
+
+
+def test_the_kid_of_the_samples_is_torch_fidelitys():
+    """Replicate 0 (every sample once) against torch-fidelity's KID where its subsets are the
+    whole sets (equal sizes: every subset a permutation of all), its own polynomial kernel."""
+    rng = np.random.default_rng(8)
+    gen, ref = rng.normal(size=(30, 6)) + 0.4, rng.normal(size=(30, 6))
+    ours = intervals.kid_replicates(gen, ref, np.ones((1, 30)))[0]
+    assert ours == pytest.approx(scores.kid(gen, ref)["mean"], rel=1e-4)
+
+
+def test_recall_of_a_resample_with_k_plus_1_copies_of_a_sample():
+    """A sample drawn k + 1 times has its k nearest neighbours at distance 0 (its copies): its
+    ball holds only points on it, such as a reference image it reproduced exactly. Checked
+    against torch-fidelity's recall on the resampled array."""
+    rng = np.random.default_rng(2)
+    gen = np.vstack([[10.0, 10.0], rng.normal(size=(5, 2))]).astype(np.float32)
+    ref = np.vstack([[10.5, 10.0], [10.0, 10.0], rng.normal(size=(6, 2))]).astype(np.float32)
+    w = np.array([[4, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1], [3, 2, 1, 1, 1, 1]], np.float64)
+    got = intervals.RecallResampler(gen, ref, k=3)(w)
+    for b, row in enumerate(w):
+        want = scores.precision_recall(resampled(gen, row), ref)["recall"]
+        assert got[b] == pytest.approx(want), b
