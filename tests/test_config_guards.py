@@ -8,12 +8,14 @@ Cases G2, G3, G10 of the hostile-inputs note, and their kinds.
 
 import math
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import jsonschema
 import pytest
 import yaml
 from hypothesis import given, settings
@@ -176,6 +178,24 @@ def test_schema_errors_fit_on_a_screen(tmp_path):
     text = str(err.value)
     assert len(text) < SCREEN and text.count("\n") <= ex.MAX_SCHEMA_ERRORS + 2
     assert "at description:" in text and "more]" in text and "... and" in text
+    line = next(x for x in text.splitlines() if "at description:" in x)
+    message = line.split("at description: ", 1)[1]
+    shown, more = re.fullmatch(r"(.*)\.\.\. \[(\d+) more\]", message).groups()
+    full = jsonschema.Draft202012Validator({"type": "string"}).iter_errors(config["description"])
+    whole = next(full).message  # the message before it was cut
+    assert len(shown) == ex.MAX_SCHEMA_LINE and whole.startswith(shown)
+    assert int(more) == len(whole) - ex.MAX_SCHEMA_LINE
+
+
+@pytest.mark.parametrize("length", [ex.MAX_SCHEMA_LINE - 1, ex.MAX_SCHEMA_LINE])
+def test_a_schema_message_up_to_the_limit_is_shown_whole(tmp_path, length):
+    config = yaml.safe_load(PAPER)
+    quoted = "'" + "x" * (length - 25) + "'"  # "'xx..x' is not of type 'array'": `length` long
+    config["experiments"]["u-dit-s"]["evaluations"] = quoted[1:-1]
+    path = write(tmp_path / "c.yaml", yaml.safe_dump(config))
+    with pytest.raises(ex.ConfigError) as err:
+        ex.load_config(path)
+    assert f"{quoted} is not of type 'array'" in str(err.value) and "more]" not in str(err.value)
 
 
 # --- snakemake -n stops within seconds, with a short message -------------------------------

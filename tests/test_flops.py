@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 
 import pytest
 import torch.nn.functional as F
@@ -179,3 +180,16 @@ def test_the_source_a_model_names_holds_its_paper_gflops(name):
         assert (spec.paper_gflops, spec.source) == CAPTION_GFLOPS[name]
     else:
         assert spec.paper_gflops in _gflops_in(numbers[tables[0]]), name
+
+
+def test_every_model_has_a_distinct_file_safe_slug():
+    """`udit flops` and the registry look models up by slug: lower-case words joined by single
+    dashes, one per model, each its name's letters and digits in order."""
+    from udit.models import MODELS_BY_SLUG
+    from udit.models.spec import slugify
+
+    assert len(MODELS_BY_SLUG) == len(MODELS)
+    for slug, spec in MODELS_BY_SLUG.items():
+        assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", slug), slug
+        assert slug.replace("-", "") == re.sub(r"[^a-z0-9]", "", spec.name.lower()), slug
+    assert slugify("U-DiT-T (PS only)") == "u-dit-t-ps-only"

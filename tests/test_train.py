@@ -598,3 +598,26 @@ def test_a_dag_node_drops_later_checkpoints_once_and_train_ends_it(toy, tmp_path
     assert main(_cli_args(fresh, toy, total_steps=2 * N, ckpt_every=100, stop_at=N)) == 0
     assert not node.node_marker(fresh, N).exists()
     assert paths.checkpoint_name(N) in os.listdir(fresh / paths.CKPT_DIR)
+
+
+def test_resuming_with_other_model_options_is_refused_naming_them(toy, tmp_path, capsys):
+    """--resume PATH, a checkpoint of another run, with other model options: refused before any
+    step, naming each option as trained and as asked, even where the weights would load (the
+    label dropout changes no shape); a checkpoint of another model is refused the same way."""
+    assert main(_cli_args(tmp_path / "a", toy, total_steps=2, ckpt_every=2)) == 0
+    ckpt = tmp_path / "a" / paths.CKPT_DIR / paths.checkpoint_name(2)
+    capsys.readouterr()
+    other = _cli_args(tmp_path / "b", toy, total_steps=4, resume=ckpt)
+    other.insert(other.index("--model-kw") + 1, "class_dropout_prob=0.2")
+    assert main(other) == 2
+    err = capsys.readouterr().err.strip()
+    asked = {"class_dropout_prob": 0.2, **TINY_KW}
+    assert err.endswith(
+        f"--resume {ckpt}: trained with other model options (model_kw: {TINY_KW!r} there, "
+        f"{asked!r} here); resume it with those options or use another checkpoint"
+    ), err
+    args = _cli_args(tmp_path / "c", toy, total_steps=4, resume=ckpt)
+    args[args.index("DiT-S/2")] = "DiT-S/4"
+    assert main(args) == 2
+    assert "(model: 'DiT-S/2' there, 'DiT-S/4' here)" in capsys.readouterr().err
+    assert not list((tmp_path / "b").rglob("ckpt-*")) and not list((tmp_path / "c").rglob("ckpt-*"))
