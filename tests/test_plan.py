@@ -476,3 +476,16 @@ def test_vae_decode_macs_are_the_committed_ones():
 
     committed = json.loads(macs.MACS_PATH.read_text())["vae_decode_gmacs"]
     assert round(macs.vae_decode_gmacs(32), 3) == committed["32"]
+
+
+def test_hours_per_step_times_the_steps_is_each_nodes_job_hours():
+    """Two paths to one number: the chunking's hours per step (max_job_hours) and the plan
+    row's job hours (compute / rate / GPUs) agree for every node of the paper config."""
+    config = ex.load_config(PAPER)
+    throughput = plan.Throughput.from_config(config)
+    exps = ex.resolve_experiments(config)
+    rows = plan.plan_rows(config, throughput=throughput)
+    for row in rows:
+        per_step, source = plan.hours_per_step(exps[row.experiment], config, throughput)
+        assert per_step * (row.to_step - row.from_step) == pytest.approx(row.hours, rel=1e-12)
+        assert source == row.rate_source

@@ -621,3 +621,54 @@ def test_resuming_with_other_model_options_is_refused_naming_them(toy, tmp_path,
     assert main(args) == 2
     assert "(model: 'DiT-S/2' there, 'DiT-S/4' here)" in capsys.readouterr().err
     assert not list((tmp_path / "b").rglob("ckpt-*")) and not list((tmp_path / "c").rglob("ckpt-*"))
+
+
+def test_a_checkpoint_of_another_world_size_reseeds_the_global_rngs(capsys):
+    """Resumed on as many ranks as saved, each rank gets its own global RNG state back; on
+    another number of ranks they are left re-seeded and the main rank says so."""
+    from types import SimpleNamespace
+
+    from udit.training import determinism, store
+
+    torch.manual_seed(1)
+    saved = [determinism.capture_rng(), determinism.capture_rng()]
+    want = torch.rand(3)  # rank 0 of 2 draws this after resuming
+    torch.manual_seed(2)
+    saved[1]["torch"] = torch.get_rng_state()
+    store._restore_rank_rngs(saved, SimpleNamespace(world_size=2, rank=0, is_main=True))
+    assert torch.equal(torch.rand(3), want) and capsys.readouterr().err == ""
+    torch.manual_seed(5)
+    other = torch.rand(3)
+    torch.manual_seed(5)
+    store._restore_rank_rngs(saved, SimpleNamespace(world_size=1, rank=0, is_main=True))
+    assert torch.equal(torch.rand(3), other)  # left as it was
+    assert capsys.readouterr().err == (
+        "note: checkpoint from 2 ranks, now 1: global RNGs re-seeded (per-sample noise and data "
+        "order unaffected)\n"
+    )
+    store._restore_rank_rngs(saved, SimpleNamespace(world_size=4, rank=3, is_main=False))
+    assert capsys.readouterr().err == ""  # said once, by the main rank
+
+
+def test_a_checkpoint_without_its_options_that_does_not_fit_names_the_weights(
+    toy, tmp_path, capsys
+):
+    """A checkpoint recording no model options (older or foreign): the options cannot be
+    compared, so the weights that do not fit are named, with the options it does record."""
+    from udit.training import store
+
+    assert main(_cli_args(tmp_path / "a", toy, total_steps=2, ckpt_every=2)) == 0
+    state = store.load_checkpoint_state(tmp_path / "a" / paths.CKPT_DIR / paths.checkpoint_name(2))
+    del state["args"]["model_kw"], state["args"]["model"]
+    ckpt = store.save_checkpoint(state, run_dir=tmp_path / "old", step=2, keep_last=1)
+    capsys.readouterr()
+    args = _cli_args(tmp_path / "b", toy, total_steps=4, resume=ckpt)
+    args[args.index("hidden_size=32")] = "hidden_size=48"
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    trained = {k: v for k, v in state["args"].items() if k in store.RESUME_SHOWN}
+    assert f"--resume {ckpt}: its weights do not fit this run's model (" in err
+    assert err.endswith(
+        f"); it was trained with {trained}; resume it with those options or use another checkpoint"
+    )
+    assert "size mismatch" in err and "Error(s) in loading" not in err  # torch's last line
