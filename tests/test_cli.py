@@ -135,3 +135,74 @@ def test_train_milestones_flag_reads_a_comma_list(capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert "--milestones: expected comma-separated steps like 400000,1000000, got '4,x'" in err
+
+
+# Every TrainOptions field at a value other than its default, as a user would type it
+TRAIN_VALUES = {
+    "model": "DiT-S/2", "run_dir": "r", "total_steps": 9, "latents": None, "images": "i",
+    "pixel": True, "vae": "v", "global_batch": 16, "grad_accum": 2, "lr": 5e-05,
+    "weight_decay": 0.01, "ema_decay": 0.99, "seed": 3, "num_classes": 7, "image_size": 64,
+    "model_kw": {"depth": 2, "ffn": "rep"}, "ckpt_every": 5, "keep_last": 3,
+    "checkpoint_minutes": 7.5, "stop_poll_every": 11, "milestones": (3, 6), "stop_at": 6,
+    "resume": "never", "precision": "bf16", "compile": True, "log_every": 4, "num_workers": 1,
+    "device": "cpu", "pause_after_ckpt": 0.5, "pause_after_step": 0.25, "inject_nan_at": 2,
+}  # fmt: skip
+
+
+def _typed(name: str, value) -> list[str]:
+    flag = "--" + name.replace("_", "-")
+    if value is True:
+        return [flag]
+    if name == "model_kw":
+        return [flag, *(f"{k}={v}" for k, v in value.items())]
+    if name == "milestones":
+        return [flag, ",".join(map(str, value))]
+    return [] if value is None else [flag, str(value)]
+
+
+def test_every_train_flag_carries_its_value_typed_into_the_options():
+    """Each `udit train` flag, given a non-default value, lands in its TrainOptions field with
+    the field's type: a renamed flag, a dropped type= or a value read into another field shows."""
+    from udit.cli import options_of, parse_args
+    from udit.training.loop import TrainOptions, build_parser
+
+    assert set(TRAIN_VALUES) == {f.name for f in dataclasses.fields(TrainOptions)}
+    defaults = TrainOptions(model="", run_dir="", total_steps=1)
+    for name, value in TRAIN_VALUES.items():
+        if name not in ("model", "run_dir", "total_steps", "latents"):
+            assert getattr(defaults, name) != value, name  # a default would prove nothing
+    argv = [word for name, value in TRAIN_VALUES.items() for word in _typed(name, value)]
+    got = options_of(parse_args(build_parser(), argv, TrainOptions), TrainOptions)
+    assert got == TrainOptions(**TRAIN_VALUES)
+    for f in dataclasses.fields(TrainOptions):
+        assert type(getattr(got, f.name)) is type(TRAIN_VALUES[f.name]), f.name
+
+
+@pytest.mark.parametrize("dropped", ["model", "run_dir", "total_steps", "images"])
+def test_train_refuses_a_command_without_a_required_flag(dropped, capsys):
+    from udit.cli import parse_args
+    from udit.training.loop import TrainOptions, build_parser
+
+    values = {k: TRAIN_VALUES[k] for k in ("model", "run_dir", "total_steps", "images")}
+    argv = [w for name, v in values.items() if name != dropped for w in _typed(name, v)]
+    with pytest.raises(SystemExit) as stop:
+        parse_args(build_parser(), argv, TrainOptions)
+    assert stop.value.code == 2
+    flags = ["--latents", "--images"] if dropped == "images" else ["--" + dropped.replace("_", "-")]
+    err = capsys.readouterr().err
+    assert "required" in err and all(flag in err for flag in flags), err
+
+
+def test_model_kw_words_read_as_json_then_yaml():
+    """--model-kw KEY=VALUE words: JSON values as typed, YAML bare words as strings, the first
+    '=' splits, blanks around the key go; a value that is neither is refused naming it."""
+    from udit.models.spec import parse_model_kw
+
+    words = ["a=1", "b=rep", "c=[1, 2]", "d=true", "e=null", "f=x=y", " g = 2.5", "h=2e-4"]
+    assert parse_model_kw(words) == {
+        "a": 1, "b": "rep", "c": [1, 2], "d": True, "e": None, "f": "x=y", "g": 2.5, "h": 2e-4
+    }  # fmt: skip
+    for bad, said in (("k=[1,", "neither JSON nor YAML"), ("=1", "expects key=value")):
+        with pytest.raises(UserError) as err:
+            parse_model_kw([bad])
+        assert repr(bad) in str(err.value) and said in str(err.value)
