@@ -672,3 +672,25 @@ def test_a_checkpoint_without_its_options_that_does_not_fit_names_the_weights(
         f"); it was trained with {trained}; resume it with those options or use another checkpoint"
     )
     assert "size mismatch" in err and "Error(s) in loading" not in err  # torch's last line
+
+
+def test_a_run_folder_refuses_other_options_once_it_holds_a_checkpoint(toy, tmp_path, capsys):
+    """Re-running a command resumes its folder: with a checkpoint there, other trajectory
+    options are refused naming each change; a folder left before its first checkpoint starts
+    afresh with the new options."""
+    run = tmp_path / "run"
+    assert main(_cli_args(run, toy, total_steps=2, ckpt_every=2)) == 0
+    capsys.readouterr()
+    other = _cli_args(run, toy, total_steps=4, seed=7)
+    assert main(other) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(
+            f"{run} holds a run with different options (seed: 0 -> 7); use another --run-dir or "
+            "the original options"
+        )
+    )
+    for path in (run / paths.CKPT_DIR).iterdir():  # as if killed before its first checkpoint
+        path.unlink()
+    assert main(_cli_args(run, toy, total_steps=2, ckpt_every=2, seed=7)) == 0
