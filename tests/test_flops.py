@@ -170,6 +170,7 @@ def test_the_source_a_model_names_holds_its_paper_gflops(name):
     from udit.paper import paper_numbers
 
     spec, numbers = MODELS[name], paper_numbers()
+    assert re.fullmatch(r"T\d+|dit-paper \(\w+\)", spec.source), spec.source
     if spec.source.startswith("dit-paper ("):
         key = spec.source.removeprefix("dit-paper (").removesuffix(")")
         assert numbers[key][name] == spec.paper_gflops

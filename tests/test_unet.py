@@ -410,3 +410,36 @@ def test_fvcore_count_independent_of_attention_kernel(name):
     assert fused / 1e9 == pytest.approx(
         UNET_MODELS[name].paper_gflops, rel=UNET_MODELS[name].extra["gflops_tolerance"]
     )
+
+
+def _changes(before: str, after: str) -> dict:
+    """{switch: (before, after)} of the config switches two registry models differ in."""
+    a, b = (UNET_MODELS[n].extra["config"] for n in (before, after))
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+# (rung, the rung it adds to, what it changes): the paper's ladders, one change per rung
+LADDERS = [
+    ("DiT-UNet (Slim)", "DiT-UNet", {"hidden_size": (40, 30)}),  # T9: narrower, same layout
+    ("DiT-UNet + KV downsampling", "DiT-UNet",
+     {"attention": ("full", "kv"), "downsampler": (None, "dwconv_shortcut")}),  # T1
+    ("U-DiT-T", "DiT-UNet + KV downsampling", {"attention": ("kv", "tokens")}),  # T1
+    ("U-DiT-T + cos", "U-DiT-T", {"cosine": (False, True)}),  # T9
+    ("U-DiT-T + cos + RoPE2D", "U-DiT-T + cos", {"rope": (False, True)}),
+    ("U-DiT-T + cos + RoPE2D + DWconv FFN", "U-DiT-T + cos + RoPE2D", {"ffn": ("mlp", "dwconv")}),
+    ("U-DiT-T + cos + RoPE2D + DWconv FFN + re-param", "U-DiT-T + cos + RoPE2D + DWconv FFN",
+     {"ffn": ("dwconv", "rep")}),
+    ("U-DiT-T (PS only)", "U-DiT-T", {"downsampler": ("dwconv_shortcut", "ps")}),  # T7
+    ("U-DiT-T (DWconv + PS)", "U-DiT-T", {"downsampler": ("dwconv_shortcut", "dwconv")}),
+    ("U-DiT-T (dense conv)", "U-DiT-T", {"downsampler": ("dwconv_shortcut", "dense")}),
+    *[(f"U-DiT-{s}", f"U-DiT-{s} vanilla",  # T10: all modifications on the vanilla U-DiT
+       {"cosine": (False, True), "rope": (False, True), "ffn": ("mlp", "rep")}) for s in "SBL"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("rung, base, change", LADDERS, ids=[r[0] for r in LADDERS])
+def test_each_ablation_rung_changes_only_what_its_row_names(rung, base, change):
+    """An ablation row measures one change: its model is the row above it with exactly the
+    switches the paper names changed (a rung that also changed something else, or lost its
+    change, would make the table compare the wrong models)."""
+    assert _changes(base, rung) == change
