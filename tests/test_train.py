@@ -694,3 +694,58 @@ def test_a_run_folder_refuses_other_options_once_it_holds_a_checkpoint(toy, tmp_
     for path in (run / paths.CKPT_DIR).iterdir():  # as if killed before its first checkpoint
         path.unlink()
     assert main(_cli_args(run, toy, total_steps=2, ckpt_every=2, seed=7)) == 0
+
+
+def _terms(loss: float, mse: float, vb: float) -> dict:
+    """Per-sample loss terms of one step (mean = the given values)."""
+    return {
+        k: torch.tensor([v - 1.0, v + 1.0]) for k, v in (("loss", loss), ("mse", mse), ("vb", vb))
+    }
+
+
+def test_a_log_line_holds_the_means_of_its_window(tmp_path, monkeypatch):
+    """The training curve's numbers: each JSONL line is the mean of each loss term over the
+    steps since the previous line, the window starts over after it, and the throughput is
+    steps x global batch over the window's seconds."""
+    from udit import distributed
+    from udit.training.loop import LossWindow
+
+    clock = iter([100.0, 104.0, 104.0, 110.0, 110.0])  # window 1: 4 s, window 2: 6 s
+    monkeypatch.setattr("udit.training.loop.time.perf_counter", lambda: next(clock))
+    info = distributed.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    window = LossWindow(torch.device("cpu"))
+    for step, (loss, mse, vb) in enumerate([(1.0, 0.5, 0.25), (3.0, 1.5, 0.75)], start=1):
+        window.add(_terms(loss, mse, vb), done=step)
+        window.check_finite(info, last_path=None)
+    kw = {"grad_norm": torch.tensor(0.5), "lr": 1e-4, "global_batch": 8, "run_dir": tmp_path}
+    assert window.log(info, done=2, **kw) == 2.0
+    window.add(_terms(5.0, 2.5, 1.25), done=3)
+    assert window.log(info, done=3, **kw) == 5.0
+    lines = [json.loads(x) for x in (tmp_path / paths.TRAIN_LOG).read_text().splitlines()]
+    assert [{k: v for k, v in line.items() if k != "time"} for line in lines] == [
+        {"step": 2, "loss": 2.0, "mse": 1.0, "vb": 0.5, "grad_norm": 0.5, "lr": 1e-4,
+         "images_per_sec": 2 * 8 / 4.0},
+        {"step": 3, "loss": 5.0, "mse": 2.5, "vb": 1.25, "grad_norm": 0.5, "lr": 1e-4,
+         "images_per_sec": 1 * 8 / 6.0},
+    ]  # fmt: skip
+
+
+def test_the_first_non_finite_step_is_the_one_reported(tmp_path):
+    from udit import distributed
+    from udit.training.loop import LossWindow
+
+    info = distributed.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    window = LossWindow(torch.device("cpu"))
+    window.add(_terms(1.0, 0.5, 0.25), done=1)
+    window.check_finite(info, last_path=None)  # finite: nothing said
+    window.add(_terms(float("nan"), 0.5, 0.25), done=2)
+    window.add(_terms(2.0, float("inf"), 0.25), done=3)  # a later one does not replace it
+    with pytest.raises(NonFiniteLossError) as err:
+        window.check_finite(info, last_path=tmp_path / "ckpt-0000001.pt")
+    assert str(err.value) == (
+        "non-finite loss at step 2 (loss=nan, mse=0.5, vb=0.25); stopped before logging or "
+        f"saving anything after it; the newest checkpoint is {tmp_path / 'ckpt-0000001.pt'} "
+        "(re-running resumes from it)"
+    )
+    with pytest.raises(NonFiniteLossError, match="; no checkpoint was written \\(re-running"):
+        window.check_finite(info, last_path=None)
