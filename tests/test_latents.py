@@ -3,6 +3,7 @@
 import json
 import shutil
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -228,3 +229,30 @@ def test_other_settings_refused_and_build_train_data(setup, capsys):
         both.validate()
     with pytest.raises(FileNotFoundError, match="extract-latents"):
         LatentDataset(str(setup["images"]))
+
+
+def test_online_encoding_hands_the_model_the_cached_latents(setup):
+    """The training sources meet here: `--images` with a VAE flips and encodes online,
+    `--latents` samples the cached moments of the same flip; for the same images, coins and
+    latent noise the model must get the same latents. `--pixel` gets the flipped pixels."""
+    common = {"vae": str(setup["vae"]), "image_size": SIZE, "num_classes": CLASSES}
+    common["device"] = torch.device("cpu")
+    images, kind, shape, encode = build_train_data(
+        latents=None, images=str(setup["images"]), pixel=False, **common
+    )
+    cache, cache_kind, cache_shape, sample = build_train_data(
+        latents=str(setup["cache"]), images=None, pixel=False, **common
+    )
+    assert (kind, cache_kind, shape) == ("vae", "latents", cache_shape)
+    x = torch.stack([images[i][0] for i in range(4)])  # (4, 3, 32, 32)
+    flips = torch.tensor([False, True, True, False])
+    noise = torch.randn(4, *shape, generator=torch.Generator().manual_seed(0))
+    draws = SimpleNamespace(flip=flips, latent_noise=noise)
+    moments = torch.stack([cache[2 * i + int(f)][0] for i, f in enumerate(flips)])  # 2i + flip
+    torch.testing.assert_close(encode(x, draws), sample(moments, draws), atol=1e-5, rtol=1e-5)
+    _, pixel_kind, _, flip = build_train_data(
+        latents=None, images=str(setup["images"]), pixel=True, **common
+    )
+    assert pixel_kind == "pixels"
+    want = torch.stack([xi.flip(-1) if f else xi for xi, f in zip(x, flips, strict=True)])
+    assert torch.equal(flip(x, draws), want)
