@@ -295,9 +295,9 @@ def test_resume_refuses_changed_recipe(toy, tmp_path):
         train(_options(run, toy, total_steps=2, ckpt_every=1, global_batch=4))
 
 
-@pytest.mark.slow
 def test_latent_cache_and_online_vae_modes(toy, tmp_path):
-    """Both latent paths build a 4-channel model at image_size / VAE factor and train."""
+    """Both latent paths build a 4-channel model at image_size / VAE factor and train (3 s: in
+    the fast suite, where mutation testing sees it)."""
     from udit.data import extract_latents, save_tiny_vae
 
     vae = save_tiny_vae(out_dir=str(tmp_path / "vae"), seed=0)  # factor 4: 16 px -> 4x4 latents
