@@ -490,3 +490,19 @@ def test_each_corrupt_copy_of_a_step_is_kept_under_its_own_name(tmp_path):
     assert names == sorted(copies + [c + ".sha256" for c in copies])
     contents = {(directory / c).read_bytes() for c in copies}
     assert len(contents) == 3  # three different truncated files: none overwritten
+
+
+def test_log_truncation_keeps_records_up_to_the_step_whatever_else_is_there(tmp_path, capsys):
+    """A log a killed job left: lines past the resumed step go, blank lines and torn or foreign
+    ones (a multi-byte character cut in half included) are dropped and counted, the records up
+    to the step stay in order."""
+    log = tmp_path / "log.jsonl"
+    records = [json.dumps({"step": s, "loss": 1.0 / s}) for s in (1, 2, 3, 4)]
+    torn = '{"step": 5, "note": "\u00e9'.encode()[:-1]  # cut inside the two bytes of e-acute
+    text = "\n".join([records[0], "", records[1], "[1, 2]", records[2], '{"no": "step"}'])
+    log.write_bytes(text.encode() + b"\n\n" + records[3].encode() + b"\n" + torn)
+    store.truncate_log(log, step=3)
+    assert log.read_text().splitlines() == records[:3]
+    assert capsys.readouterr().err == f"note: dropped 3 unreadable line(s) of {log} (torn write)\n"
+    store.truncate_log(log, step=3)  # clean now: nothing said
+    assert capsys.readouterr().err == "" and log.read_text().splitlines() == records[:3]

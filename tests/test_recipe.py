@@ -28,7 +28,7 @@ from udit.paper import recipe, training_settings
 from udit.training import store
 from udit.training.determinism import LabelDropControl, draw_samples
 from udit.training.ema import make_ema, update_ema
-from udit.training.loop import TrainOptions, train, train_step
+from udit.training.loop import TrainOptions, make_adamw, train, train_step
 
 TINY_KW = {"hidden_size": 32, "depth": 2, "num_heads": 2}  # DiT-S/2 shrunk to ~0.1 M parameters
 C, SIDE, CLASSES = 4, 8, 4  # latent channels, latent side, classes of the unit-test model
@@ -96,7 +96,9 @@ def test_train_step_is_one_adamw_step_on_the_hybrid_loss_then_ema():
     )
 
     ema = make_ema(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, foreach=True)
+    # the trainer's own optimiser, built from the recipe's options
+    opt = make_adamw(model.parameters(), lr=lr, weight_decay=TrainOptions.weight_decay,
+                     device=torch.device("cpu"))  # fmt: skip
     terms, _ = train_step(
         net=model,
         opt=opt,
