@@ -749,3 +749,37 @@ def test_the_first_non_finite_step_is_the_one_reported(tmp_path):
     )
     with pytest.raises(NonFiniteLossError, match="; no checkpoint was written \\(re-running"):
         window.check_finite(info, last_path=None)
+
+
+def test_each_resume_mode_and_what_it_says(toy, tmp_path, capsys):
+    """--resume auto (newest valid checkpoint, said on stderr; none valid: a warning and a fresh
+    start), never (a fresh start whose log replaces the old one), PATH (must exist and verify;
+    its data position must be this run's)."""
+    run = tmp_path / "run"
+    assert main(_cli_args(run, toy, total_steps=2, ckpt_every=2)) == 0
+    ckpt = run / paths.CKPT_DIR / paths.checkpoint_name(2)
+    capsys.readouterr()
+    assert main(_cli_args(run, toy, total_steps=4, ckpt_every=2)) == 0
+    assert f"resumed from {ckpt} at step 2" in capsys.readouterr().err
+    steps = [json.loads(x)["step"] for x in (run / paths.TRAIN_LOG).read_text().splitlines()]
+    assert steps == [2, 4]
+
+    assert main(_cli_args(run, toy, total_steps=2, ckpt_every=2, resume="never")) == 0
+    assert "resumed from" not in capsys.readouterr().err
+    steps = [json.loads(x)["step"] for x in (run / paths.TRAIN_LOG).read_text().splitlines()]
+    assert steps == [2]  # the old lines went with the fresh start
+
+    for path in (run / paths.CKPT_DIR).glob("ckpt-*.pt"):
+        path.write_bytes(b"torn")  # every checkpoint invalid
+    with pytest.warns(UserWarning, match="skipping invalid checkpoint"):
+        assert main(_cli_args(run, toy, total_steps=2, ckpt_every=2)) == 0
+    assert (
+        f"warning: no valid checkpoint in {run}; starting from scratch" in capsys.readouterr().err
+    )
+
+    missing = tmp_path / "nope.pt"
+    assert main(_cli_args(tmp_path / "b", toy, total_steps=4, resume=missing)) == 2
+    assert f"--resume {missing}: not a usable checkpoint (missing)" in capsys.readouterr().err
+    other = _cli_args(tmp_path / "c", toy, total_steps=4, resume=ckpt, global_batch=4)
+    assert main(other) == 2
+    assert "(dataset or batch size changed)" in capsys.readouterr().err
