@@ -756,18 +756,19 @@ def test_each_resume_mode_and_what_it_says(toy, tmp_path, capsys):
     start), never (a fresh start whose log replaces the old one), PATH (must exist and verify;
     its data position must be this run's)."""
     run = tmp_path / "run"
-    assert main(_cli_args(run, toy, total_steps=2, ckpt_every=2)) == 0
+    assert main(_cli_args(run, toy, total_steps=2, ckpt_every=2, log_every=1)) == 0
     ckpt = run / paths.CKPT_DIR / paths.checkpoint_name(2)
     capsys.readouterr()
-    assert main(_cli_args(run, toy, total_steps=4, ckpt_every=2)) == 0
+    assert main(_cli_args(run, toy, total_steps=4, ckpt_every=2, log_every=1)) == 0
     assert f"resumed from {ckpt} at step 2" in capsys.readouterr().err
     steps = [json.loads(x)["step"] for x in (run / paths.TRAIN_LOG).read_text().splitlines()]
-    assert steps == [2, 4]
+    assert steps == [1, 2, 3, 4]
 
-    assert main(_cli_args(run, toy, total_steps=2, ckpt_every=2, resume="never")) == 0
+    never = _cli_args(run, toy, total_steps=2, ckpt_every=2, resume="never", log_every=1)
+    assert main(never) == 0
     assert "resumed from" not in capsys.readouterr().err
     steps = [json.loads(x)["step"] for x in (run / paths.TRAIN_LOG).read_text().splitlines()]
-    assert steps == [2]  # the old lines went with the fresh start
+    assert steps == [1, 2]  # the old lines went with the fresh start
 
     for path in (run / paths.CKPT_DIR).glob("ckpt-*.pt"):
         path.write_bytes(b"torn")  # every checkpoint invalid
