@@ -478,6 +478,7 @@ def test_each_corrupt_copy_of_a_step_is_kept_under_its_own_name(tmp_path):
         store.save_checkpoint({"w": torch.full((4,), attempt)}, run_dir=tmp_path, step=3,
                               keep_last=5)  # fmt: skip
         truncate(ckpt_path(tmp_path, 3))
+        problem = store.verify_checkpoint(ckpt_path(tmp_path, 3))
         with pytest.warns(UserWarning) as caught:
             store.rotate(run_dir=tmp_path, keep_last=5)
         suffix = ".corrupt" + (f".{attempt}" if attempt else "")
@@ -485,6 +486,7 @@ def test_each_corrupt_copy_of_a_step_is_kept_under_its_own_name(tmp_path):
             f"moved corrupt checkpoint {ckpt_path(tmp_path, 3)} aside to ckpt-0000003.pt{suffix}:"
         )
         assert caught[0].filename == __file__  # attributed to whoever asked for the rotation
+        assert problem and str(caught[0].message).endswith(f": {problem}")
     names = sorted(p.name for p in directory.iterdir())
     copies = ["ckpt-0000003.pt.corrupt", "ckpt-0000003.pt.corrupt.1", "ckpt-0000003.pt.corrupt.2"]
     assert names == sorted(copies + [c + ".sha256" for c in copies])
@@ -506,3 +508,19 @@ def test_log_truncation_keeps_records_up_to_the_step_whatever_else_is_there(tmp_
     assert capsys.readouterr().err == f"note: dropped 3 unreadable line(s) of {log} (torn write)\n"
     store.truncate_log(log, step=3)  # clean now: nothing said
     assert capsys.readouterr().err == "" and log.read_text().splitlines() == records[:3]
+
+
+def test_rotation_keeps_exactly_keep_last_counting_the_protected_ones(tmp_path):
+    """keep_last 2 with the file just written and the one resumed from both protected: those
+    two are the two kept, older ordinary ones go (a sidecar already gone is no error), and
+    rotate returns what it deleted; keep_last 0 is refused naming it."""
+    run = tmp_path / "deep" / "run"  # save_checkpoint makes the folders
+    for step in range(1, 6):
+        store.save_checkpoint({"w": torch.zeros(1)}, run_dir=run, step=step, keep_last=10)
+    sidecar = ckpt_path(run, 1).with_name(ckpt_path(run, 1).name + ".sha256")
+    sidecar.unlink()  # an old checkpoint without its sidecar
+    removed = store.rotate(run_dir=run, keep_last=2, protect=(ckpt_path(run, 5), ckpt_path(run, 4)))
+    assert [s for s, _ in store.list_checkpoints(run)] == [4, 5]
+    assert sorted(removed) == [ckpt_path(run, s) for s in (1, 2, 3)]
+    with pytest.raises(ValueError, match="keep_last must be >= 1, got 0"):
+        store.save_checkpoint({"w": torch.zeros(1)}, run_dir=run, step=6, keep_last=0)
