@@ -524,3 +524,28 @@ def test_rotation_keeps_exactly_keep_last_counting_the_protected_ones(tmp_path):
     assert sorted(removed) == [ckpt_path(run, s) for s in (1, 2, 3)]
     with pytest.raises(ValueError, match="keep_last must be >= 1, got 0"):
         store.save_checkpoint({"w": torch.zeros(1)}, run_dir=run, step=6, keep_last=0)
+
+
+class _Tripwire:
+    """Unpickling one creates `path`: proof that a pickle was loaded."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_an_old_reference_holding_a_pickle_is_never_unpickled(tmp_path):
+    """`udit build-reference` reads the options an existing --out was built with: an npz whose
+    record is a pickled object is not ours, and its pickle never runs."""
+    marker = tmp_path / "unpickled"
+    out = tmp_path / "ref.npz"
+    record = np.empty((), dtype=object)
+    record[()] = _Tripwire(marker)
+    np.savez(out, provenance_json=record, inception_sha256=np.array("x"))
+    try:
+        assert reference.recorded_options(out) is None
+    except ValueError as err:  # numpy: "Object arrays cannot be loaded when allow_pickle=False"
+        assert "allow_pickle" in str(err)
+    assert not marker.exists()

@@ -562,10 +562,15 @@ def test_a_model_that_cannot_fit_in_memory_is_refused_with_both_sizes(monkeypatc
             "DiT-S/2", device=cpu, bytes_per_param=20, what="training", **tiny
         )
 
+    assert models.parameter_count("DiT-S/2", **tiny, depth=2) < count  # the options count
     monkeypatch.setattr(models, "memory_bytes", lambda device: 20 * count - 1)
-    with pytest.raises(errors.BadValueError, match="GiB") as err:
+    with pytest.raises(errors.BadValueError) as err:
         check()
-    assert f"{count / 1e6:,.0f}M parameters" in str(err.value)
+    assert str(err.value) == (
+        f"model DiT-S/2 with {{'num_classes': 4}} has {count / 1e6:,.0f}M parameters: training "
+        f"needs at least {20 * count / 2**30:,.1f} GiB, cpu has {(20 * count - 1) / 2**30:,.1f} "
+        "GiB; choose smaller model_kw or a device with more memory"
+    )
     monkeypatch.setattr(models, "memory_bytes", lambda device: 20 * count)
     assert check() == count
 
