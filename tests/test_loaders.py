@@ -738,3 +738,13 @@ def test_import_features_labels_in_range_or_refused_naming_the_file(
         return
     label_file = root / "feat" / "x_labels" / f"{bad[0]}_0.npy"
     refused(code, capsys, label_file, f"label {labels[bad[0]]} is outside [0, {CLASSES})")
+
+
+def test_a_latent_run_folder_still_refuses_other_trajectory_options(tmp_path, capsys):
+    """With --latents the cache fixes the VAE, so --vae is left out of the run's identity, and
+    only it: a re-run with another seed is refused like any run's."""
+    cache = write_cache(tmp_path / "latents", good_shards())
+    assert loop.main(train_argv(tmp_path, cache)) == 0  # one step, checkpointed at the end
+    capsys.readouterr()
+    line = refused(loop.main([*train_argv(tmp_path, cache), "--seed", "5"]), capsys, "seed: 0 -> 5")
+    assert "holds a run with different options" in line

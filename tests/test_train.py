@@ -784,3 +784,12 @@ def test_each_resume_mode_and_what_it_says(toy, tmp_path, capsys):
     other = _cli_args(tmp_path / "c", toy, total_steps=4, resume=ckpt, global_batch=4)
     assert main(other) == 2
     assert "(dataset or batch size changed)" in capsys.readouterr().err
+
+
+def test_a_finished_run_has_nothing_to_do(toy, tmp_path, capsys):
+    run = tmp_path / "run"
+    first = train(_options(run, toy, total_steps=2, ckpt_every=2))
+    capsys.readouterr()
+    again = train(_options(run, toy, total_steps=2, ckpt_every=2))
+    assert again == {"step": 2, "kind": "pixels", "checkpoint": first["checkpoint"]}
+    assert capsys.readouterr().err.strip().endswith("nothing to do: at step 2, stop at 2")
