@@ -470,8 +470,10 @@ def test_global_batch_split_is_rank_independent():
     [
         ("DiT-S/2", TINY_KW),
         ("U-DiT-S", {"hidden_size": 16, "num_heads": 2, "depths": (1, 1, 1, 1, 1)}),
+        ("U-DiT-S", {"hidden_size": 16, "num_heads": 2, "depths": (1, 1, 1, 1, 1),
+                     "shared_label_drop": True}),  # one coin per sample for every embedder
     ],
-)
+)  # fmt: skip
 def test_label_dropout_follows_trainer_mask(name, kw):
     """The trainer's per-sample coins decide which labels every LabelEmbedder drops (DiT passes
     force_drop by keyword-less default, the U-shaped model positionally)."""
@@ -481,6 +483,8 @@ def test_label_dropout_follows_trainer_mask(name, kw):
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     control = LabelDropControl(model)
+    embedders = [m for m in model.modules() if type(m).__name__ == "LabelEmbedder"]
+    assert len(control) == (1 if kw.get("shared_label_drop") else len(embedders))
     x, t, y = torch.randn(4, 3, 8, 8), torch.tensor([1, 200, 500, 900]), torch.tensor([0, 1, 2, 3])
     drop = torch.tensor([True, False, True, False])
     control.masks = drop[:, None].expand(4, len(control))
@@ -793,3 +797,16 @@ def test_a_finished_run_has_nothing_to_do(toy, tmp_path, capsys):
     again = train(_options(run, toy, total_steps=2, ckpt_every=2))
     assert again == {"step": 2, "kind": "pixels", "checkpoint": first["checkpoint"]}
     assert capsys.readouterr().err.strip().endswith("nothing to do: at step 2, stop at 2")
+
+
+def test_each_sample_draw_depends_on_the_seed_the_step_and_the_sample():
+    """Per-sample draws are a function of (seed, step, global sample index): changing any one
+    changes the noise and the timestep (here all four samples' at once)."""
+    kw = {"seed": 0, "step": 7, "offset": 0, "count": 4, "shape": (3, 4, 4), "num_timesteps": 1000,
+          "num_embedders": 0, "drop_prob": 0.1, "latent": False, "flip_prob": 0.5}  # fmt: skip
+    base = draw_samples(**kw)
+    assert base.label_drop.shape == (4, 0) and base.latent_noise is None
+    for change in ({"seed": 1}, {"step": 8}, {"offset": 4}):
+        other = draw_samples(**{**kw, **change})
+        assert not torch.equal(other.noise, base.noise), change
+        assert not torch.equal(other.t, base.t), change
