@@ -560,3 +560,32 @@ def test_recall_of_a_resample_with_k_plus_1_copies_of_a_sample():
     for b, row in enumerate(w):
         want = scores.precision_recall(resampled(gen, row), ref)["recall"]
         assert got[b] == pytest.approx(want), b
+
+
+def test_is_replicates_over_several_adm_splits(monkeypatch):
+    """At 50K samples the ADM IS averages 10 splits of 5000; here splits of 10 over N = 30:
+    each replicate equals the ADM IS of its resampled array split the same way."""
+    monkeypatch.setattr(scores, "IS_SPLIT_SIZE", 10)
+    logits = np.random.default_rng(4).normal(size=(30, 7)) * 2
+    counts = np.vstack([np.ones(30), intervals.bootstrap_counts(30, 5, seed=6)])
+    assert all(row[s : s + 10].sum() == 10 for row in counts for s in (0, 10, 20))
+    got = intervals.inception_score_replicates(logits, counts)
+    for b, row in enumerate(counts):
+        want = scores.inception_score_adm(resampled(logits, row), split_size=10)
+        assert want["splits"] == 3 and got[b] == pytest.approx(want["mean"], rel=1e-9)
+
+
+def test_the_stand_in_is_uncalibrated_and_the_official_weights_are_not(tmp_path, monkeypatch):
+    """`uncalibrated` (every toy table's warning) is true unless the Inception file is the
+    official one (its sha256 prefix)."""
+    from udit.metrics import provenance
+
+    argv = _scored(tmp_path, monkeypatch, ref_weights=b"A", weights=b"A", calls=[])
+    out = tmp_path / "m.json"
+    assert evaluate.main(argv) == 0
+    assert json.loads(out.read_text())["uncalibrated"] is True
+    official = provenance.sha256_file(tmp_path / "b.pth")[:8]
+    monkeypatch.setattr(provenance, "OFFICIAL_WEIGHTS_SHA256_PREFIX", official)
+    out.unlink()
+    assert evaluate.main(argv) == 0
+    assert json.loads(out.read_text())["uncalibrated"] is False
