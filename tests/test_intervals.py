@@ -312,19 +312,8 @@ def test_a_rerun_compares_every_recorded_input_old_files_included(tmp_path, monk
     """`udit evaluate` over an existing metrics file: a no-op for the same --first, refused
     naming the change for another; a file of an older format (num_samples_requested, no
     interval options, no hashes) is compared field by field, never a traceback."""
-    monkeypatch.setattr(inception, "load_extractor", lambda **kwargs: "stand-in extractor")
-    monkeypatch.setattr(inception, "extract_features", fake_extract_features)
-    weights = tmp_path / "fake.pth"
-    weights.write_bytes(b"not an inception")
-    images = np.random.default_rng(0).integers(0, 256, (40, 6, 6, 3), dtype=np.uint8)
-    ref_npz = write_npz(
-        tmp_path / "ref.npz",
-        **reference.build_reference(images=images, weights=weights, device="cpu"),
-    )
-    samples_npz = write_npz(tmp_path / "samples.npz", arr_0=images[::-1])
-    out = tmp_path / "metrics.json"
-    argv = ["--samples", str(samples_npz), "--reference", str(ref_npz), "--bootstrap", "20"]
-    argv += ["--inception-weights", str(weights), "--out", str(out), "--device", "cpu"]
+    argv = _scored(tmp_path, monkeypatch, ref_weights=b"A", weights=b"A", calls=[])
+    out = tmp_path / "m.json"
     assert evaluate.main([*argv, "--first", "30"]) == 0
     assert json.loads(out.read_text())["protocol"]["N"] == 30
     capsys.readouterr()
