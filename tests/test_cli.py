@@ -206,3 +206,24 @@ def test_model_kw_words_read_as_json_then_yaml():
         with pytest.raises(UserError) as err:
             parse_model_kw([bad])
         assert repr(bad) in str(err.value) and said in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "field, value, said",
+    [("lr", -1.0, "--lr "), ("ema_decay", 1.5, "--ema-decay "), ("num_workers", -2, "--num-workers "),
+     ("stop_poll_every", 0, "--stop-poll-every ")],
+)  # fmt: skip
+def test_options_out_of_range_are_refused_by_validate_naming_the_flag(tmp_path, field, value, said):
+    """TrainOptions from `--options` JSON or the Python API skip argparse's ranges:
+    validate() checks them, naming the flag a user would fix; --pixel needs --images."""
+    from udit.training.loop import TrainOptions
+
+    base = {"model": "DiT-S/2", "run_dir": "r", "total_steps": 4, "images": str(tmp_path)}
+    TrainOptions(**base).validate()  # in range: fine
+    with pytest.raises(UserError) as err:
+        TrainOptions(**base, **{field: value}).validate()
+    assert str(err.value).startswith(said), str(err.value)
+    (tmp_path / "manifest.json").write_text("{}")
+    latents = {**base, "images": None, "latents": str(tmp_path), "pixel": True}
+    with pytest.raises(UserError, match="^--pixel trains on images: it needs --images DIR, not"):
+        TrainOptions(**latents).validate()
