@@ -210,8 +210,8 @@ def test_model_kw_words_read_as_json_then_yaml():
 
 @pytest.mark.parametrize(
     "field, value, said",
-    [("lr", -1.0, "--lr "), ("ema_decay", 1.5, "--ema-decay "), ("num_workers", -2, "--num-workers "),
-     ("stop_poll_every", 0, "--stop-poll-every ")],
+    [("lr", -1.0, "--lr "), ("ema_decay", 1.5, "--ema-decay "),
+     ("num_workers", -2, "--num-workers "), ("stop_poll_every", 0, "--stop-poll-every ")],
 )  # fmt: skip
 def test_options_out_of_range_are_refused_by_validate_naming_the_flag(tmp_path, field, value, said):
     """TrainOptions from `--options` JSON or the Python API skip argparse's ranges:
