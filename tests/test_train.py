@@ -17,6 +17,7 @@ import torch
 import udit.stop
 from udit import paths
 from udit.data.toy import generate_toy_data
+from udit.distributed import DistInfo
 from udit.models import create_model
 from udit.stop import EXIT_STOPPED
 from udit.training import store
@@ -707,16 +708,18 @@ def _terms(loss: float, mse: float, vb: float) -> dict:
     }
 
 
+ONE_PROCESS = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+
 def test_a_log_line_holds_the_means_of_its_window(tmp_path, monkeypatch):
     """The training curve's numbers: each JSONL line is the mean of each loss term over the
     steps since the previous line, the window starts over after it, and the throughput is
     steps x global batch over the window's seconds."""
-    from udit import distributed
     from udit.training.loop import LossWindow
 
     clock = iter([100.0, 104.0, 104.0, 110.0, 110.0])  # window 1: 4 s, window 2: 6 s
     monkeypatch.setattr("udit.training.loop.time.perf_counter", lambda: next(clock))
-    info = distributed.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    info = ONE_PROCESS
     window = LossWindow(torch.device("cpu"))
     for step, (loss, mse, vb) in enumerate([(1.0, 0.5, 0.25), (3.0, 1.5, 0.75)], start=1):
         window.add(_terms(loss, mse, vb), done=step)
@@ -735,10 +738,9 @@ def test_a_log_line_holds_the_means_of_its_window(tmp_path, monkeypatch):
 
 
 def test_the_first_non_finite_step_is_the_one_reported(tmp_path):
-    from udit import distributed
     from udit.training.loop import LossWindow
 
-    info = distributed.DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    info = ONE_PROCESS
     window = LossWindow(torch.device("cpu"))
     window.add(_terms(1.0, 0.5, 0.25), done=1)
     window.check_finite(info, last_path=None)  # finite: nothing said

@@ -525,10 +525,13 @@ def _aligned(header: list[str], rows: list[list[str]], *, text: set[str]) -> lis
     return [head, "-" * len(head), *map(line, rows)]
 
 
-PLAN_COLUMNS = ["experiment", "model", "tab", "steps", "GFLOPs", "PFLOPs", "GPU-h", "GPUs"]
-PLAN_COLUMNS += ["job h", "rate"]
-SAMPLE_COLUMNS = ["experiment", "evaluation", "samples", "steps", "cfg", "PFLOPs"]
-SAMPLE_COLUMNS += ["sample GPU-h", "eval GPU-h", "GPUs", "job h"]
+PLAN_COLUMNS = [
+    "experiment", "model", "tab", "steps", "GFLOPs", "PFLOPs", "GPU-h", "GPUs", "job h", "rate",
+]  # fmt: skip
+SAMPLE_COLUMNS = [
+    "experiment", "evaluation", "samples", "steps", "cfg", "PFLOPs", "sample GPU-h", "eval GPU-h",
+    "GPUs", "job h",
+]  # fmt: skip
 TEXT_COLUMNS = {"experiment", "model", "tab", "rate", "evaluation"}
 
 
