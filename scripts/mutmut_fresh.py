@@ -71,12 +71,22 @@ def record(verdicts: dict[str, str]) -> None:
             tmp.replace(meta)
 
 
+def positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("patterns", nargs="*", help="mutant names or fnmatch patterns")
     parser.add_argument("--tests", nargs="*", default=[], help="test files run for every mutant")
-    parser.add_argument("--jobs", type=int, default=1, help="mutants run at once")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per mutant")
+    parser.add_argument("--jobs", type=positive(int), default=1, help="mutants run at once")
+    parser.add_argument("--timeout", type=positive(float), default=600.0, help="seconds per mutant")
     parser.add_argument("--record", action="store_true", help="write verdicts into mutmut's")
     args = parser.parse_args(argv)
     if not (MUTANTS / "mutmut-stats.json").is_file():
