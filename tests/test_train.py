@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -190,10 +191,12 @@ def test_stop_signal_checkpoints_that_step_and_the_rerun_is_bitwise_the_same(
     proc.send_signal(sig)
     assert proc.wait(timeout=KILL_TIMEOUT_S) == EXIT_STOPPED
     err = proc.stderr.read().decode()
-    assert f"{signal.Signals(sig).name}: stopped after step" in err, err[-2000:]
     logged = [json.loads(line)["step"] for line in log.read_text().splitlines()]
     steps = [s for s, _ in store.list_checkpoints(run)]
     assert steps == [logged[-1]] and 1 <= steps[0] < 2 * N, (steps, logged)  # that exact step
+    saved = run / paths.CKPT_DIR / paths.checkpoint_name(steps[0])
+    said = f"{signal.Signals(sig).name}: stopped after step {steps[0]} and saved {saved} (rank 0); "
+    assert said + "run the same command again to resume from it" in err, err[-2000:]
     assert store.verify_checkpoint(store.list_checkpoints(run)[0][1]) is None
 
     again = subprocess.run(cmd, env=_one_thread_env(), capture_output=True, text=True, check=False)
@@ -287,6 +290,27 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(toy, reference, tmp_path,
     assert [s for s, _ in store.list_checkpoints(run)] == [N]
     final = train(_options(run, toy, total_steps=2 * N, ckpt_every=N))
     assert _max_diff(_weights(final["checkpoint"])["model"], _weights(reference)["model"]) <= 1e-6
+
+
+@pytest.mark.parametrize(
+    ("log_every", "ckpt_every"), [(1, 2), (2, 1)], ids=["at-a-log-step", "at-a-checkpoint-step"]
+)
+def test_a_nan_stop_names_the_newest_checkpoint(toy, tmp_path, log_every, ckpt_every):
+    """A NaN at step 3 is caught by whichever check comes first, the log line's (log every
+    step) or the checkpoint's (log every 2nd step, checkpoint every step); both name checkpoint 2,
+    the one a re-run resumes from, in a run folder whose parents did not exist yet."""
+    run = tmp_path / "not" / "made" / "yet"
+    opts = _options(run, toy, total_steps=4, log_every=log_every, ckpt_every=ckpt_every)
+    with pytest.raises(NonFiniteLossError) as err:
+        train(replace(opts, inject_nan_at=3))
+    newest = run / paths.CKPT_DIR / paths.checkpoint_name(2)
+    assert str(err.value).startswith("non-finite loss at step 3 (loss=nan, ")
+    assert str(err.value).endswith(
+        f"; the newest checkpoint is {newest} (re-running resumes from it)"
+    )
+    assert (
+        store.list_checkpoints(run)[-1] == (2, newest) and store.verify_checkpoint(newest) is None
+    )
 
 
 def test_resume_refuses_changed_recipe(toy, tmp_path):
