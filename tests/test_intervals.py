@@ -528,6 +528,45 @@ def test_recall_and_precision_replicates_hold_across_blocks(monkeypatch, block):
         intervals.RecallResampler(gen, ref, k=3)
 
 
+def test_a_non_square_mismatch_names_height_and_width_in_order(tmp_path):
+    """check_same_resolution reads (N, H, W, C) arrays: 32 x 48 samples against a 64 x 80
+    reference name each side where it belongs, and the size to build a reference at."""
+    samples, ref = np.zeros((2, 32, 48, 3), np.uint8), np.zeros((2, 64, 80, 3), np.uint8)
+    with pytest.raises(evaluate.ResolutionMismatchError) as err:
+        evaluate.check_same_resolution(samples, ref, samples=Path("s.npz"), reference=Path("r"))
+    assert str(err.value) == (
+        "samples s.npz are 32x48 px but the reference r is 64x80 px; sample at the reference's "
+        "resolution or build a reference at 32 px (udit build-reference --image-size 32)"
+    )
+
+
+def test_two_replicates_have_a_standard_error_one_has_none():
+    """summarize: the sample sd (ddof 1) of the finite replicates; one replicate gives none."""
+    assert intervals.summarize(np.array([1.0, 3.0, np.nan]))["se"] == pytest.approx(math.sqrt(2))
+    assert intervals.summarize(np.array([2.0, np.inf]))["se"] is None
+
+
+def test_a_sample_exactly_at_a_radius_counts_as_inside(monkeypatch):
+    """Points on an integer grid tie exactly with k-NN radii (sqrt of an integer, rounded the
+    same on every path): a sample at exactly a reference radius is inside the manifold
+    (torch-fidelity's and ADM's <=), for precision and for recall, in every replicate; and
+    with one neighbour kept per sample, a reference point at exactly that neighbour's distance
+    is still a recall candidate."""
+    ref = np.array([(i, j) for i in range(5) for j in range(5)], np.float32)
+    gen = np.array([(i, j) for i in range(3, 9) for j in range(0, 5, 2)], np.float32)
+    counts = np.vstack([np.ones(len(gen)), intervals.bootstrap_counts(len(gen), 40, seed=6)])
+    precision = intervals.precision_replicates(gen, ref, counts, k=1)
+    recall = intervals.RecallResampler(gen, ref, k=1)(counts)
+    assert precision[0] == 9 / 18  # x = 3, 4 inside; x = 5 at distance 1 = radius; x > 5 out
+    for b, row in enumerate(counts):
+        pr = scores.precision_recall(resampled(gen, row), ref, k=1)
+        assert (precision[b], recall[b]) == pytest.approx((pr["precision"], pr["recall"]))
+    monkeypatch.setattr(intervals, "PRC_CANDIDATES", 1)  # the k-th neighbour is the last kept
+    identity = intervals.RecallResampler(gen, ref, k=1)(counts[:1])[0]
+    # inside: every reference point with x >= 3, and x = 2 at even y (distance 1 to x = 3)
+    assert identity == scores.precision_recall(gen, ref, k=1)["recall"] == 13 / 25
+
+
 def test_the_kid_of_the_samples_is_torch_fidelitys():
     """Replicate 0 (every sample once) against torch-fidelity's KID where its subsets are the
     whole sets (equal sizes: every subset a permutation of all), its own polynomial kernel."""

@@ -4,6 +4,7 @@ import json
 import math
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from udit import experiments as ex
 from udit import plan
 from udit.errors import UserError
+from udit.models import macs
 
 PAPER = "config/paper.yaml"
 
@@ -34,6 +36,19 @@ def test_families_of_registry_models():
     assert plan.family_of("U-DiT-L vanilla") == "udit-vanilla"
     assert plan.family_of("U-DiT-T") == "udit-vanilla"
     assert plan.family_of("U-DiT-T + cos") == "udit"
+
+
+@pytest.mark.parametrize(
+    ("cosine", "rope", "ffn", "family"),
+    [(False, False, "mlp", "udit-vanilla"), (True, False, "mlp", "udit"),
+     (False, True, "mlp", "udit"), (False, False, "dwconv", "udit"), (False, False, "rep", "udit")],
+)  # fmt: skip
+def test_any_one_modification_makes_a_u_dit(cosine, rope, ffn, family):
+    """macs.family: each of the paper's modifications on its own moves a U-shaped model to the
+    'udit' speed rows (the registry's ladder adds them in order, so it never shows RoPE alone)."""
+    spec = SimpleNamespace(extra={"config": {"cosine": cosine, "rope": rope, "ffn": ffn}})
+    assert macs.family(spec) == family
+    assert macs.family(SimpleNamespace(extra={})) == "dit"
 
 
 def test_u_dit_l_stretch_is_planned_at_the_papers_speed():
