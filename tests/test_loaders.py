@@ -559,7 +559,10 @@ def test_build_reference_keeps_its_inputs_and_other_results(tmp_path, standin_we
     refused(reference.main(reference_argv(images, images, standin_weights)), capsys, "--images")
     assert standin_weights.read_bytes() == before
     first = reference_argv(images, out, standin_weights, "--num-images", "2", "--seed", "0")
+    capsys.readouterr()
     assert reference.main(first) == 0
+    said = f"wrote {out}: 2 images at {SIZE}px, Inception weights UNCALIBRATED (not the official"
+    assert capsys.readouterr().out.splitlines()[-1] == said + " weights)"
     built = out.read_bytes()
     assert reference.main(first) == 0 and "nothing to do" in capsys.readouterr().out
     other = reference_argv(images, out, standin_weights, "--num-images", "2", "--seed", "1")

@@ -611,7 +611,7 @@ def test_evaluate_accepts_official_reference_format(tmp_path, weights, images_a,
     assert result["precision"] == 1.0 and result["recall"] == 1.0
 
 
-def test_evaluate_wiring_against_own_formulas_fast(tmp_path, monkeypatch):
+def test_evaluate_wiring_against_own_formulas_fast(tmp_path, monkeypatch, capsys):
     """Which feature feeds which metric, in which order: `udit evaluate` on stand-in features
     (a linear map instead of Inception), every JSON value against the test's own formulas."""
     monkeypatch.setattr(inception, "load_extractor", lambda **kwargs: "stand-in extractor")
@@ -624,8 +624,14 @@ def test_evaluate_wiring_against_own_formulas_fast(tmp_path, monkeypatch):
         **reference.build_reference(images=ref_images, weights=weights, device="cpu"),
     )
     samples = collapsed_copies(ref_images, sources=4, copies=10, seed=1)  # N = 40 < N_ref = 60
+    capsys.readouterr()
     result, samples_npz = run_evaluate(
         tmp_path, samples=samples, reference_npz=ref_npz, weights=weights
+    )
+    assert capsys.readouterr().out.splitlines()[-1] == (  # the one line a user reads
+        f"FID {result['fid']:.4f}  sFID {result['sfid']:.4f}  IS {result['is']:.3f}  "
+        f"precision {result['precision']:.4f}  recall {result['recall']:.4f}  "
+        f"KID {result['kid']:.6f}  [UNCALIBRATED: not the official Inception weights]"
     )
 
     protocol = result["protocol"]
