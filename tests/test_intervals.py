@@ -194,6 +194,16 @@ def test_infinity_needs_enough_samples_and_says_why():
     assert fit["value"] is None and "too small" in fit["reason"] and "N = 16" in fit["reason"]
 
 
+def test_infinity_subsets_start_one_above_the_feature_width():
+    """FID's smallest subset is D + 1 (a full-rank covariance), IS's is C + 1 (more samples
+    than classes), when N / 10 is smaller."""
+    rng = np.random.default_rng(2)
+    pool, logits = rng.normal(size=(40, 6)), rng.normal(size=(40, 9))
+    fid = intervals.fid_infinity(pool, {"mu": np.zeros(6), "sigma": np.eye(6)})
+    assert fid["sizes"][0] == 7 and fid["sizes"][-1] == 40
+    assert intervals.is_infinity(logits)["sizes"][0] == 10
+
+
 # ------------------------------------------------------------------------------ (e) end to end
 
 
@@ -538,6 +548,20 @@ def test_a_non_square_mismatch_names_height_and_width_in_order(tmp_path):
         "samples s.npz are 32x48 px but the reference r is 64x80 px; sample at the reference's "
         "resolution or build a reference at 32 px (udit build-reference --image-size 32)"
     )
+
+
+def test_infinity_subset_sizes_run_from_a_tenth_of_n_to_n():
+    """Chong & Forsyth's 15 sizes from N/10 (rounded up, at least min_size) to N, each once; at
+    least 2 x the smallest size and 5 distinct sizes, else a reason naming both bounds."""
+    assert intervals.subset_sizes(291, min_size=3) == [round(s) for s in np.linspace(30, 291, 15)]
+    assert intervals.subset_sizes(100, min_size=50) == [50, 54, 57, 61, 64, 68, 71, 75, 79, 82,
+                                                        86, 89, 93, 96, 100]  # fmt: skip
+    assert intervals.subset_sizes(8, min_size=4) == [4, 5, 6, 7, 8]  # N = 2 x low, 5 sizes: kept
+    assert intervals.subset_sizes(9, min_size=5) == (
+        "N = 9 is too small for the 1/N fit: it needs subsets from 5 to at least "
+        "2 x 5 = 10 samples (5+ sizes)"
+    )
+    assert isinstance(intervals.subset_sizes(10, min_size=3, count=4), str)  # 4 sizes < 5
 
 
 def test_two_replicates_have_a_standard_error_one_has_none():
