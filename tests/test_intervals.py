@@ -39,7 +39,7 @@ def test_fast_fid_equals_torch_fidelity(n, dim):
     rng = np.random.default_rng(n)
     mix = rng.normal(size=(dim, dim)) / np.sqrt(dim)
     ref = scores.gaussian_stats(rng.normal(size=(500, dim)) @ mix)
-    x = rng.normal(size=(n, dim)) @ mix + 0.2
+    x = rng.normal(size=(n, dim)) @ mix + np.linspace(-1, 1, dim)  # a mean per feature
     counts = np.vstack([np.ones(n), intervals.bootstrap_counts(n, 3, seed=1)])
     fast = intervals.frechet_replicates(x, ref, counts)
     for row, value in zip(counts, fast, strict=True):
@@ -331,6 +331,8 @@ def test_a_rerun_compares_every_recorded_input_old_files_included(tmp_path, monk
     assert "nothing to do" in capsys.readouterr().out
     assert evaluate.main([*argv, "--first", "20"]) == 2
     assert "(first 30 -> 20)" in capsys.readouterr().err
+    assert evaluate.main([*argv, "--first", "30", "--seed", "3"]) == 2
+    assert "(seed 0 -> 3)" in capsys.readouterr().err
 
     data = json.loads(out.read_text())
     data["num_samples_requested"] = data.pop("first_requested")  # the older spelling
