@@ -568,6 +568,11 @@ def test_build_reference_keeps_its_inputs_and_other_results(tmp_path, standin_we
     other = reference_argv(images, out, standin_weights, "--num-images", "2", "--seed", "1")
     refused(reference.main(other), capsys, out, "other options", "seed 0 -> 1")
     assert out.read_bytes() == built
+    every = reference_argv(images, tmp_path / "all.npz", standin_weights)
+    assert reference.main(every) == 0
+    last = max(images.rglob("*.png"))  # renamed, same bytes, still listed last
+    last.rename(last.with_name(f"~{last.name}"))
+    refused(reference.main(every), capsys, "all.npz", "other options", "images_sha256")
     np.savez(tmp_path / "adm.npz", arr_0=np.zeros((1, SIZE, SIZE, 3), np.uint8))
     adm = reference_argv(images, tmp_path / "adm.npz", standin_weights)
     refused(reference.main(adm), capsys, "adm.npz", "not a result of this command")
