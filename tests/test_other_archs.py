@@ -311,3 +311,14 @@ def test_uvit_depth_must_be_even_and_its_mlp_uses_exact_gelu():
         m for m in create_model("DiT-S/8", input_size=8).modules() if isinstance(m, nn.GELU)
     ]
     assert {m.approximate for m in dit_gelus} == {"tanh"}
+
+
+@pytest.mark.parametrize("name", ["PixArt-alpha-XL/2", "DiffiT-XL/2"])
+def test_dit_derived_models_keep_dits_norms_and_fixed_positions(name):
+    """PixArt-alpha and DiffiT build on DiT's blocks: every LayerNorm is DiT's (no affine,
+    eps 1e-6, not torch's 1e-5) and the sin-cos position table is a constant, never trained."""
+    model = _tiny(name)
+    norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
+    assert norms and all(m.eps == 1e-6 and not m.elementwise_affine for m in norms)
+    assert not model.pos_embed.requires_grad
+    assert all(p is not model.pos_embed for p in model.parameters() if p.requires_grad)
