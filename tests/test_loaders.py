@@ -26,6 +26,7 @@ from udit import outputs
 from udit.data import features, imagenet, latents, toy, vae
 from udit.data import shards as shards_module
 from udit.data.shards import CorruptCacheError, shard_name
+from udit.errors import UserError
 from udit.io import sha256_file
 from udit.metrics import evaluate, inception, reference, standin
 from udit.training import loop
@@ -494,7 +495,12 @@ def inception_weights(tmp_path: Path, kind: str, tiny_dit) -> Path:
         state = resnet18(weights=None).state_dict()
     else:
         state = standin._UninitialisedInceptionV3().state_dict()
-        state["Mixed_6d.branch1x1.conv.weight"][0, 0, 0, 0] = float("nan")
+        if kind == "one-key-missing":  # nothing unexpected, nothing resized: still refused
+            del state["Mixed_7c.branch_pool.conv.weight"]
+        elif kind == "a-string-value":
+            state["Mixed_7c.branch_pool.conv.weight"] = "not a tensor"
+        else:  # nan-weights: two of them, the message quotes the first
+            state["Mixed_6d.branch1x1.conv.weight"][0, :2, 0, 0] = float("nan")
     path = tmp_path / f"{kind}.pth"
     torch.save(state, path)
     return path
@@ -503,19 +509,36 @@ def inception_weights(tmp_path: Path, kind: str, tiny_dit) -> Path:
 INCEPTION_CASES = {
     "A2-dit": ("keys missing (Conv2d_1a_3x3.conv.weight", "unexpected keys (pos_embed"),
     "A3-resnet18": ("fc.weight is [1000, 512], InceptionV3 has [1008, 2048]", "unexpected keys"),
-    "nan-weight": ("Mixed_6d.branch1x1.conv.weight holds nan",),
+    "nan-weights": ("Mixed_6d.branch1x1.conv.weight holds nan",),
+    "one-key-missing": ("1 of its ", " keys missing (Mixed_7c.branch_pool.conv.weight)"),
+    "a-string-value": ("refused, holds a OrderedDict, not a state dict of tensors",),
 }
 
 
 @pytest.mark.parametrize("kind", INCEPTION_CASES)
 def test_weights_of_another_network_are_one_line_naming_the_file(kind, tmp_path, tiny_dit):
     weights = inception_weights(tmp_path, kind, tiny_dit)
-    with pytest.raises(inception.WrongWeightsError) as err:
+    wrong = (inception.WrongWeightsError, inception.UnsafeWeightsError)
+    with pytest.raises(wrong) as err:
         inception.load_extractor(weights=weights)
     message = str(err.value)
     assert message.startswith(f"Inception weights {weights}: ") and "\n" not in message
     assert all(words in message for words in INCEPTION_CASES[kind]), message
     assert message.count("Mixed_") <= inception.KEYS_SHOWN + 1  # a few names, not hundreds
+
+
+def test_a_reference_subset_takes_any_count_from_one_to_all(tmp_path):
+    """--num-images N picks N distinct images, seeded, for every N from 1 to the folder's
+    count; 0 and one past the count are refused."""
+    images = toy_folder(tmp_path / "images")
+    every = reference.list_images(images, num_images=None, seed=0)
+    for n in (1, len(every)):
+        chosen = reference.list_images(images, num_images=n, seed=3)
+        assert len(set(chosen)) == n and set(chosen) <= set(every)
+        assert chosen == reference.list_images(images, num_images=n, seed=3)
+    for n in (0, len(every) + 1):
+        with pytest.raises(UserError, match=f"--num-images {n}: folder "):
+            reference.list_images(images, num_images=n, seed=3)
 
 
 def write_npz_pair(tmp_path: Path) -> tuple[Path, Path]:

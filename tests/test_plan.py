@@ -336,6 +336,14 @@ def speed_doc(field: str, value) -> dict:
     return doc
 
 
+def test_a_speed_json_without_training_rows_is_read(tmp_path):
+    """The forward-only sections stand alone: a file that measured no training has no
+    `train` list, and reads as an empty one."""
+    path = tmp_path / "speed.json"
+    path.write_text(json.dumps({"schema": 1, "vae_decode": {"images_per_s": 40.0}}))
+    assert plan.load_speed_json(path)["vae_decode"] == {"images_per_s": 40.0}
+
+
 @pytest.mark.parametrize("field", RATE_FIELDS)
 @pytest.mark.parametrize(
     "text,shown",
