@@ -320,3 +320,34 @@ def test_measured_noise_reads_results_by_default_and_labels_toy_scale(tmp_path, 
     assert why.endswith(
         "in results; toy scale, stand-in Inception: this harness's seed noise, not the paper's)"
     )
+
+
+@pytest.mark.parametrize(
+    ("arm", "label"),
+    [
+        (plan.Arm("u-dit-b", 1_000_000, "1000000-cfg1.0"), "u-dit-b@1M"),
+        (plan.Arm("u-dit-b", 400_000, "0400000-cfg1.5"), "u-dit-b@400K/cfg1.5"),
+        (plan.Arm("u-dit-b", 1_500_000, "1500000-cfg1.0"), "u-dit-b@1500K"),
+        (plan.Arm("u-dit-t", 8, "0000008-cfg1.0"), "u-dit-t@8"),
+        (plan.Arm("u-dit-t", 1500, "0001500-cfg1.0"), "u-dit-t@1500"),
+        (plan.Arm("dit-xl-2", 0, "released-cfg1.5", released=True), "dit-xl-2 (released)"),
+    ],
+)
+def test_an_arm_is_labelled_by_its_step_in_whole_millions_or_thousands(arm, label):
+    assert arm.label() == label
+
+
+def test_a_comparison_line_cuts_long_rows_and_names_its_arms():
+    """One line of `udit plan --claims`: the metric, each row cut to 32 characters, the paper's
+    values, the effect, the runs, then the arms and the note."""
+    arms = (plan.Arm("u-dit-s", 400_000, "0400000-cfg1.0"),
+            plan.Arm("dit-s-2", 400_000, "0400000-cfg1.5"))  # fmt: skip
+    c = plan.ComparisonPlan(
+        text="FID U-DiT-S < DiT-S/2 replicated with a row name far too long to show",
+        metric="fid", lower=31.51, higher=68.4, effect=0.7380, runs=3, arms=arms, note="a note",
+    )  # fmt: skip
+    assert plan._comparison_line(c) == (
+        "FID U-DiT-S 31.51 < DiT-S/2 replicated with a row... 68.4: d 73.8%, runs 3; "
+        "u-dit-s@400K vs dit-s-2@400K/cfg1.5; a note"
+    )
+    assert plan._cut("x" * 32, 32) == "x" * 32 and plan._cut("x" * 33, 32) == "x" * 29 + "..."
