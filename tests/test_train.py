@@ -579,6 +579,21 @@ def test_corrupt_checkpoint_is_skipped(tmp_path):
     assert sum("skipping invalid checkpoint" in str(w.message) for w in caught) == 2
 
 
+def test_a_checkpoint_without_its_sidecar_is_trusted_if_it_loads(tmp_path):
+    """A job killed between the checkpoint and its .sha256 sidecar leaves a whole file with no
+    digest: it is used if torch.load reads it, skipped (naming why) if it is torn."""
+    for step in (1, 2):
+        store.save_checkpoint({"step": step}, run_dir=tmp_path, step=step, keep_last=5)
+    ckpts = tmp_path / paths.CKPT_DIR
+    for step in (1, 2):
+        (ckpts / (paths.checkpoint_name(step) + store.SIDECAR_SUFFIX)).unlink()
+    assert store.verify_checkpoint(ckpts / paths.checkpoint_name(2)) is None
+    assert store.find_latest(tmp_path) == (2, ckpts / paths.checkpoint_name(2))
+    torn = ckpts / paths.checkpoint_name(2)
+    torn.write_bytes(torn.read_bytes()[:-10])
+    assert store.verify_checkpoint(torn).startswith("no sidecar and torch.load failed: ")
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
