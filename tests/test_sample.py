@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,8 @@ from udit import distributed
 from udit.cli import options_of
 from udit.distributed import DistInfo
 from udit.models import create_model
+from udit.errors import UserError
+from udit.sampling import options as options_module
 from udit.sampling import shards
 from udit.sampling.batches import Batch, batches, bind_sampler
 from udit.sampling.checkpoint import build_model
@@ -713,3 +716,22 @@ def test_a_killed_runs_temp_files_in_the_parts_folder_are_removed(ckpts, tmp_pat
     stale.write_bytes(b"half a shard")
     _sample(ckpts / "train.pt", out, keep_parts=True)
     assert not stale.exists()
+
+
+@pytest.mark.parametrize("name", sorted(options_module.RANGES))
+def test_sample_options_from_python_refuse_each_value_past_its_range(name, tmp_path):
+    """SampleOptions built in Python (the DAG's job runner, a notebook) get the checks the CLI
+    applies while parsing: one below each range's lower bound is refused naming the flag,
+    and guidance channels must be a positive int or 'all'."""
+    ckpt = tmp_path / "c.pt"
+    ckpt.write_bytes(b"x")
+    allowed = options_module.RANGES[name]
+    below = allowed.low - 1 if allowed.kind == "int" else allowed.low - 0.5
+    opts = options_module.SampleOptions(checkpoint=str(ckpt), out=str(tmp_path / "s.npz"))
+    opts.validate()  # the defaults pass
+    with pytest.raises(UserError, match=f"^--{name.replace('_', '-')} must be "):
+        replace(opts, **{name: below}).validate()
+    for channels in (0, 2.5, "3.5"):
+        with pytest.raises(UserError, match="--guidance-channels must be a positive integer"):
+            replace(opts, guidance_channels=channels).validate()
+    assert replace(opts, guidance_channels="3").guidance_channels == 3  # a config's string
