@@ -24,8 +24,8 @@ import torch
 from udit import distributed
 from udit.cli import options_of
 from udit.distributed import DistInfo
-from udit.models import create_model
 from udit.errors import UserError
+from udit.models import create_model
 from udit.sampling import options as options_module
 from udit.sampling import shards
 from udit.sampling.batches import Batch, batches, bind_sampler
