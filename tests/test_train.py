@@ -19,6 +19,7 @@ import udit.stop
 from udit import paths
 from udit.data.toy import generate_toy_data
 from udit.distributed import DistInfo
+from udit.errors import UserError
 from udit.models import create_model
 from udit.stop import EXIT_STOPPED
 from udit.training import store
@@ -249,6 +250,20 @@ def test_grad_accum_run_matches_the_one_batch_run(toy, reference, tmp_path, monk
     assert _max_diff(got["ema"], want["ema"]) <= 1e-6
     with pytest.raises(ValueError, match="not divisible by --grad-accum 3"):
         _options(tmp_path / "bad", toy, total_steps=1, grad_accum=3).validate()
+
+
+def test_stop_at_and_milestones_take_any_step_from_1_to_total(toy, tmp_path):
+    """--stop-at and --milestones may be 1 or --total-steps itself; 0 and total + 1 are refused,
+    naming the flag (past the total: and the range)."""
+    opts = _options(tmp_path / "run", toy, total_steps=6)
+    for step in (1, 6):
+        replace(opts, stop_at=step, milestones=(step,)).validate()
+    for step in (0, 7):
+        with pytest.raises(UserError, match="^--stop-at ") as err:
+            replace(opts, stop_at=step).validate()
+        assert step == 0 or str(err.value) == "--stop-at 7 must lie in [1, --total-steps 6]"
+        with pytest.raises(UserError, match="^--milestones must be steps in \\[1, --total-steps 6"):
+            replace(opts, milestones=(3, step)).validate()
 
 
 def test_stop_at_then_continue_equals_one_run(toy, reference, tmp_path):
