@@ -195,9 +195,14 @@ def test_corrupt_shard_detected_and_repaired(setup, tmp_path):
     shard.write_bytes(bytes(data[:-100]))
     with pytest.raises(CorruptCacheError, match="shard_00001.*bytes"):
         LatentDataset(str(cache), verify="size")
+    # a run killed while writing shard 2 and the manifest left their temp files (io.atomic_open)
+    stale = [cache / ".shard_00002.safetensors.k9.tmp", cache / ".manifest.json.k9.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a write")
     args = [a if a != str(setup["cache"]) else str(cache) for a in setup["args"]]
     assert latents_module.main(args) == 0  # re-run re-encodes the bad shard
     assert shard.read_bytes() == (setup["cache"] / shard.name).read_bytes()
+    assert not any(path.exists() for path in stale)  # and deletes what the killed run left
     assert len(LatentDataset(str(cache))) == 2 * CLASSES * PER_CLASS
 
 

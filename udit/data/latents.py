@@ -222,9 +222,18 @@ def _cache_settings(
     }
 
 
+# udit.io.atomic_open's temp names for a cache's files: a run killed mid-write leaves one
+STALE_TEMP_GLOBS = {".": (".shard_*.tmp", f".{MANIFEST}.*.tmp")}
+
+
 def previous_shards(manifest_path: str, *, settings: dict, out: str) -> dict[str, dict]:
     """Shard entries of an earlier (maybe interrupted) extraction into `out`, by file name; a
-    cache made with other settings is refused rather than mixed with this one."""
+    cache made with other settings is refused rather than mixed with this one. Both writers
+    (extract-latents, import-features) call it first, under the cache's lock, so it also
+    deletes the temp files a killed run left."""
+    from udit.training.store import remove_stale_temp
+
+    remove_stale_temp(out, globs=STALE_TEMP_GLOBS)
     if not os.path.exists(manifest_path):
         return {}
     previous = read_json(manifest_path, what="latent cache manifest", hint=f"delete {out}")
