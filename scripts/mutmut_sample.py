@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 from mutmut.stats import status_by_exit_code
-from mutmut_fresh import meta_files
+from mutmut_fresh import meta_files, positive
 
 NOT_RUN = "not checked"
 
@@ -84,14 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pick", help="print a seeded random sample of the mutants not yet run")
-    p.add_argument("count", type=int)
+    p.add_argument("count", type=positive(int))
     p.add_argument("--seed", type=int, default=0)
     s = sub.add_parser("score", help="the exact part plus the sample's estimate, with intervals")
     s.add_argument("sample", help="file of mutant names, one per line (the output of pick)")
     args = parser.parse_args(argv)
     if args.command == "pick":
-        if args.count < 1:
-            parser.error("count must be at least 1")
         print("\n".join(pick(args.count, args.seed)))
     else:
         try:

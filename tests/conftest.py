@@ -21,7 +21,7 @@ settings.register_profile("ci", max_examples=10, **_COMMON)
 settings.register_profile("thorough", max_examples=200, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-# Under `pytest -n 2` (pytest-xdist) each worker gets one intra-op thread: two workers with two
+# Under `pytest -n auto` (pytest-xdist) each worker gets one intra-op thread: two workers with two
 # threads each on two cores spend their time waiting on each other.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)

@@ -26,13 +26,12 @@ from udit.cli import options_of
 from udit.distributed import DistInfo
 from udit.errors import UserError
 from udit.models import create_model
-from udit.sampling import options as options_module
 from udit.sampling import shards
 from udit.sampling.batches import Batch, batches, bind_sampler
 from udit.sampling.checkpoint import build_model
 from udit.sampling.cli import build_parser, main
 from udit.sampling.generate import generate, resolve
-from udit.sampling.options import SampleOptions
+from udit.sampling.options import RANGES, SampleOptions
 from udit.stop import EXIT_STOPPED
 
 IMAGE = 8  # pixels
@@ -718,16 +717,16 @@ def test_a_killed_runs_temp_files_in_the_parts_folder_are_removed(ckpts, tmp_pat
     assert not stale.exists()
 
 
-@pytest.mark.parametrize("name", sorted(options_module.RANGES))
+@pytest.mark.parametrize("name", sorted(RANGES))
 def test_sample_options_from_python_refuse_each_value_past_its_range(name, tmp_path):
     """SampleOptions built in Python (the DAG's job runner, a notebook) get the checks the CLI
     applies while parsing: one below each range's lower bound is refused naming the flag,
     and guidance channels must be a positive int or 'all'."""
     ckpt = tmp_path / "c.pt"
     ckpt.write_bytes(b"x")
-    allowed = options_module.RANGES[name]
+    allowed = RANGES[name]
     below = allowed.low - 1 if allowed.kind == "int" else allowed.low - 0.5
-    opts = options_module.SampleOptions(checkpoint=str(ckpt), out=str(tmp_path / "s.npz"))
+    opts = SampleOptions(checkpoint=str(ckpt), out=str(tmp_path / "s.npz"))
     opts.validate()  # the defaults pass
     with pytest.raises(UserError, match=f"^--{name.replace('_', '-')} must be "):
         replace(opts, **{name: below}).validate()
