@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -227,3 +228,48 @@ def test_options_out_of_range_are_refused_by_validate_naming_the_flag(tmp_path, 
     latents = {**base, "images": None, "latents": str(tmp_path), "pixel": True}
     with pytest.raises(UserError, match="^--pixel trains on images: it needs --images DIR, not"):
         TrainOptions(**latents).validate()
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`udit plan | head -1`: the reader closes the pipe before the plan is printed. The command
+    exits 141 (a shell's code for SIGPIPE) and prints nothing on stderr, not a BrokenPipeError
+    traceback, and not one from the interpreter's last flush."""
+    proc = subprocess.Popen(
+        [sys.executable, "-W", "ignore", "-m", "udit.plan", "--configfile", "config/paper.yaml"],
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # before the plan is ready (~2 s): its first write meets a closed pipe
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, stderr
+    assert stderr == ""
+
+
+SHORT_OUTPUT = """
+import sys
+from udit.errors import command_main
+
+@command_main("short")
+def main(argv):
+    print("one line, still in stdout's buffer when main returns")
+    return 0
+
+sys.exit(main([]))
+"""
+
+
+def test_a_closed_pipe_met_at_the_last_flush_is_quiet_too():
+    """Short output sits in stdout's buffer until the flush: the closed pipe shows then, and the
+    interpreter's own flush at exit must not report it either."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a buffer, as usual
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SHORT_OUTPUT],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, stderr
+    assert stderr == ""

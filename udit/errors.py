@@ -22,6 +22,7 @@ import traceback
 DEBUG_ENV = "UDIT_DEBUG"
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C'd command
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for `yes | head`
 MAX_MESSAGE_LINES = 20  # no error fills more than a screen (a YAML bomb's expansion would)
 MAX_MESSAGE_CHARS = 2000
 
@@ -142,7 +143,7 @@ def _close_progress_bars() -> None:
 
 def command_main(prog: str):
     """Decorator for a command's `main(argv) -> int`: expected failures exit 2 with one line,
-    Ctrl-C exits 130 with one line."""
+    Ctrl-C exits 130 with one line, a closed output pipe exits 141 quietly."""
 
     def wrap(main):
         @functools.wraps(main)
@@ -151,7 +152,9 @@ def command_main(prog: str):
             debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
             argv = [a for a in argv if a != "--debug"]
             try:
-                return main(argv)
+                code = main(argv)
+                sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+                return code
             except KeyboardInterrupt:
                 _close_progress_bars()
                 if debug:
@@ -159,6 +162,10 @@ def command_main(prog: str):
                 # every output goes through udit.io.atomic_open: nothing partial is left
                 print(f"{prog}: interrupted (Ctrl-C); no partial output was kept", file=sys.stderr)
                 return EXIT_INTERRUPTED
+            except BrokenPipeError:  # the reader left (`udit plan | head`): nothing to report
+                # what stdout still buffers goes to /dev/null, not to a second error at exit
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return EXIT_BROKEN_PIPE
             except Exception as err:  # sorted into expected / bug just below
                 if not user_error(err):
                     raise

@@ -1,0 +1,114 @@
+"""`udit plan`'s printed plans, line for line, against files a person has read.
+
+The plan is how a researcher budgets a cluster: every number, label and note in it is read by a
+person deciding what to run. The other plan tests check its arithmetic from outside (T11 rates,
+fvcore counts, JSON read back); these hold the whole text, so a wrong label, a dropped note or a
+changed column shows as a diff. After a deliberate change, rewrite the files and read the diff:
+
+    UDIT_REWRITE_PLANS=1 pytest tests/test_plan_printed.py
+"""
+
+import difflib
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from udit import paths, plan
+
+ROOT = Path(__file__).resolve().parents[1]
+PLANS = Path(__file__).resolve().parent / "plans"
+
+# A measured speed file (benchmarks/speed.py --json --quick): one harness row and one
+# non-harness row (not read: the plan reads harness paths only), both forward-only rates.
+SPEED = {
+    "schema": 1,
+    "quick": True,
+    "train": [
+        {
+            "model": "U-DiT-B",
+            "path": "harness-tf32",
+            "precision": "tf32",
+            "images_per_s": 400.0,
+            "gmacs_per_image": 22.2,
+        },
+        {
+            "model": "DiT-XL/2",
+            "path": "official-tf32",
+            "precision": "tf32",
+            "images_per_s": 9999.0,
+            "gmacs_per_image": 118.7,
+        },
+    ],
+    "inception": {"images_per_s": 2000.0},
+    "vae_decode": {"images_per_s": 150.0},
+}
+
+CASES = {
+    "paper": ["--configfile", "config/paper.yaml"],
+    "paper-claims": ["--configfile", "config/paper.yaml", "--claims"],
+    "paper-claims-noise": ["--configfile", "config/paper.yaml", "--claims", "--noise-cov", "0.02"],
+    "paper-speed": ["--configfile", "config/paper.yaml", "--speed-json", "SPEED"],
+    "paper-given-rate": ["--configfile", "config/paper.yaml", "--gpu-macs-per-s", "5e12"],
+    "smoke": ["--configfile", "config/smoke.yaml"],
+    "smoke-claims": ["--configfile", "config/smoke.yaml", "--claims"],
+    "measured-noise": ["--configfile", "MEASURED", "--claims", "--measured-noise"],
+}
+
+
+def measured_config(tmp_path: Path) -> Path:
+    """config/paper.yaml with u-dit-s replicated twice and both seeds evaluated (FID 30, 31.1)
+    in a results folder of its own: the claims plan takes FID's noise from them."""
+    config = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    config["results"] = "results-measured"
+    config["experiments"]["u-dit-s"]["replicates"] = 2
+    last = max(e["step"] for e in config["experiments"]["u-dit-s"]["evaluations"])
+    for eid, fid in (("u-dit-s", 30.0), ("u-dit-s-seed1", 31.1)):
+        out = Path(paths.metrics(tmp_path / "results-measured", eid, paths.eval_tag(last, 1.0)))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(metrics_doc(fid)))
+    path = tmp_path / "measured.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def metrics_doc(fid: float) -> dict:
+    from test_report import metrics_json
+
+    return metrics_json(
+        fid=fid, sfid=6, is_=60, precision=0.6, recall=0.6, uncalibrated=False, n=50_000
+    )
+
+
+def printed(name: str, tmp_path: Path, monkeypatch, capsys) -> str:
+    monkeypatch.chdir(ROOT)
+    args = list(CASES[name])
+    if "SPEED" in args:
+        speed = tmp_path / "speed.json"
+        speed.write_text(json.dumps(SPEED))
+        args[args.index("SPEED")] = str(speed)
+    if "MEASURED" in args:
+        args[args.index("MEASURED")] = str(measured_config(tmp_path))
+        monkeypatch.chdir(tmp_path)  # the config's results folder is relative
+    capsys.readouterr()
+    assert plan.main(args) == 0
+    return capsys.readouterr().out.replace(str(tmp_path), "TMP")
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_printed_plan_is_the_one_read(name, tmp_path, monkeypatch, capsys):
+    text = printed(name, tmp_path, monkeypatch, capsys)
+    path = PLANS / f"{name}.txt"
+    if os.environ.get("UDIT_REWRITE_PLANS"):
+        path.write_text(text)
+    expected = path.read_text()
+    if text != expected:
+        diff = difflib.unified_diff(
+            expected.splitlines(), text.splitlines(), str(path), "udit plan", lineterm=""
+        )
+        pytest.fail(
+            "the printed plan changed (UDIT_REWRITE_PLANS=1 rewrites the file):\n"
+            + "\n".join(list(diff)[:60])
+        )
