@@ -453,3 +453,28 @@ def test_broken_yaml_is_named_by_file_line_and_column(tmp_path, text, where, wha
 def test_yaml_error_without_a_position_names_the_file():
     err = yaml.MarkedYAMLError(problem="not a YAML stream")
     assert ex._yaml_error_text(err, Path("cfg.yaml")) == "cfg.yaml: not a YAML stream"
+
+
+@pytest.mark.parametrize(
+    ("dataset", "message"),
+    [
+        (
+            None,
+            "no dataset: set its `dataset` or `defaults: {dataset: NAME}` to one of imagenet256",
+        ),
+        ("imagenet64", "dataset 'imagenet64' is not declared under datasets (imagenet256"),
+    ],
+)
+def test_an_experiment_without_a_known_dataset_names_the_fix(dataset, message):
+    """An experiment with no dataset (none of its own, no defaults.dataset) or an undeclared one
+    is refused naming the experiment and the datasets it may use."""
+    config = yaml.safe_load(PAPER)
+    del config["defaults"]["dataset"]
+    for exp in config["experiments"].values():
+        exp["dataset"] = "imagenet256"
+    config["experiments"]["u-dit-s"].pop("dataset")
+    if dataset is not None:
+        config["experiments"]["u-dit-s"]["dataset"] = dataset
+    with pytest.raises(ex.ConfigError) as err:
+        ex.resolve_experiments(config)
+    assert str(err.value).startswith(f"experiments/u-dit-s: {message}")

@@ -157,6 +157,22 @@ def test_partition_limits_checked():
         plan.check_partitions(config)
 
 
+@pytest.mark.parametrize(
+    ("hours", "minutes", "ok"),
+    [(48, 2880, True), (48, 2879, False), (47.98, 2879, True), (47.99, 2879, False)],
+)
+def test_max_job_hours_may_equal_the_partitions_max_runtime(hours, minutes, ok):
+    """A job planned to the partition's limit exactly is allowed; a minute more is refused."""
+    config = ex.load_config(PAPER)
+    config["partitions"]["gpu"].update(max_job_hours=hours, max_runtime=minutes)
+    config["resources"] = {}
+    if ok:
+        plan.check_partitions(config)
+    else:
+        with pytest.raises(ex.ConfigError, match=f"max_job_hours {hours} is longer than"):
+            plan.check_partitions(config)
+
+
 def test_retry_scaling_stops_at_the_partition():
     limits = {"max_runtime": 2880, "max_mem_mb": 512_000, "max_job_hours": 24}
     assert plan.scaled("mem_mb", 256_000, 1, limits) == 256_000

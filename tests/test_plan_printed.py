@@ -55,6 +55,42 @@ CASES = {
     "smoke": ["--configfile", "config/smoke.yaml"],
     "smoke-claims": ["--configfile", "config/smoke.yaml", "--claims"],
     "measured-noise": ["--configfile", "MEASURED", "--claims", "--measured-noise"],
+    # no defaults, resources or partitions section: the recipe's defaults, one GPU, no chunks
+    "minimal": ["--configfile", "MINIMAL"],
+    "minimal-claims": ["--configfile", "MINIMAL", "--claims"],
+    # the smoke scale on four experiments, without `replicated`: most claims lack an arm
+    "smoke-four-claims": ["--configfile", "FOUR", "--claims"],
+    "smoke-four": ["--configfile", "FOUR"],
+}
+
+MINIMAL = {
+    "datasets": {
+        "toy32": {"source": "toy", "image_size": 32, "num_classes": 4, "vae": "tiny"},
+    },
+    "inception": {"weights": "standin"},
+    "experiments": {
+        "toy-dit-s-4": {
+            "model": "DiT-S/4",
+            "table": "T1",
+            "size": "toy",
+            "dataset": "toy32",
+            "iterations": 400_000,
+            "evaluations": [{"step": 400_000, "paper": [{"table": "toy_T1", "row": "DiT-S/4"}]}],
+        },
+        "u-dit-t": {
+            "model": "U-DiT-T",
+            "table": "T1",
+            "size": "toy",
+            "dataset": "toy32",
+            "iterations": 400_000,
+            "evaluations": [
+                {
+                    "step": 400_000,
+                    "paper": [{"table": "toy_T1", "row": "DiT-UNet + token downsampling"}],
+                }
+            ],
+        },
+    },
 }
 
 
@@ -89,6 +125,16 @@ def printed(name: str, tmp_path: Path, monkeypatch, capsys) -> str:
         speed = tmp_path / "speed.json"
         speed.write_text(json.dumps(SPEED))
         args[args.index("SPEED")] = str(speed)
+    if "MINIMAL" in args:
+        config = tmp_path / "minimal.yaml"
+        config.write_text(yaml.safe_dump(MINIMAL))
+        args[args.index("MINIMAL")] = str(config)
+    if "FOUR" in args:
+        config = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+        config["scale"]["only"] = ["toy-dit-unet", "u-dit-t", "ablation-cosine", "u-dit-l"]
+        del config["scale"]["replicated"]
+        (tmp_path / "four.yaml").write_text(yaml.safe_dump(config))
+        args[args.index("FOUR")] = str(tmp_path / "four.yaml")
     if "MEASURED" in args:
         args[args.index("MEASURED")] = str(measured_config(tmp_path))
         monkeypatch.chdir(tmp_path)  # the config's results folder is relative

@@ -289,3 +289,38 @@ def test_an_uncalibrated_verdict_still_says_what_its_number_rests_on():
     assert judged.status == "uncalibrated"
     assert "runs: 1; sampling seeds: 3; samples: 16; interval [" in judged.basis
     assert "t over 3 sampling seeds of one run" in judged.basis
+
+
+def test_a_scale_without_replicated_runs_each_experiment_once(tmp_path):
+    """`replicated` is optional in a scale: without it no experiment is replicated."""
+    raw = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    raw["base"] = str(ROOT / "config" / "paper.yaml")
+    del raw["scale"]["replicated"], raw["scale"]["log_every"]
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    experiments = ex.resolve_experiments(ex.load_config(path))
+    assert all(len(runs) == 1 for runs in ex.replicate_groups(experiments).values())
+    # no log_every in the scale: the recipe's, not the smoke's every step
+    assert {e.log_every for e in experiments.values()} == {ex.recipe().log_every} != {1}
+
+
+def test_scale_log_every_reaches_every_experiment(tmp_path):
+    experiments = ex.resolve_experiments(smoke(tmp_path, {}))
+    assert {e.log_every for e in experiments.values()} == {1}
+
+
+@pytest.mark.parametrize(
+    ("divisor", "toy_steps"),
+    [(50_000, 8), (100_000, 4), (400_000, 1), (1_000_000, 1), (10**9, 1)],
+)
+def test_a_scaled_step_count_rounds_and_never_falls_below_one(tmp_path, divisor, toy_steps):
+    """400K iterations / step_divisor, rounded; a divisor above twice the count would round to
+    0 steps: it trains 1 step instead."""
+    raw = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    raw["base"] = str(ROOT / "config" / "paper.yaml")
+    raw["scale"].update(step_divisor=divisor, only=["toy-dit-s-4"], replicated={}, resampled={})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    exp = ex.resolve_experiments(ex.load_config(path))["toy-dit-s-4"]
+    assert exp.iterations == toy_steps
+    assert exp.milestones[-1] == toy_steps

@@ -502,6 +502,11 @@ def resolve_experiments(config: dict) -> dict[str, Experiment]:
     for eid, exp in config["experiments"].items():
         where = f"experiments/{eid}"
         dataset = exp.get("dataset", defaults.get("dataset"))
+        if dataset is None:
+            raise ConfigError(
+                f"{where}: no dataset: set its `dataset` or `defaults: {{dataset: NAME}}` to one "
+                f"of {', '.join(datasets)}"
+            )
         if dataset not in datasets:
             raise ConfigError(
                 f"{where}: dataset {dataset!r} is not declared under datasets "
