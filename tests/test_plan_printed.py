@@ -2,24 +2,20 @@
 
 The plan is how a researcher budgets a cluster: every number, label and note in it is read by a
 person deciding what to run. The other plan tests check its arithmetic from outside (T11 rates,
-fvcore counts, JSON read back); these hold the whole text, so a wrong label, a dropped note or a
-changed column shows as a diff. After a deliberate change, rewrite the files and read the diff:
-
-    UDIT_REWRITE_PLANS=1 pytest tests/test_plan_printed.py
+fvcore counts, JSON read back); these hold the whole text (tests/printed/plans/), so a wrong
+label, a dropped note or a changed column shows as a diff (tests/printed_text.py).
 """
 
-import difflib
 import json
-import os
 from pathlib import Path
 
 import pytest
 import yaml
+from printed_text import check_printed
 
 from udit import paths, plan
 
 ROOT = Path(__file__).resolve().parents[1]
-PLANS = Path(__file__).resolve().parent / "plans"
 
 # A measured speed file (benchmarks/speed.py --json --quick): one harness row and one
 # non-harness row (not read: the plan reads harness paths only), both forward-only rates.
@@ -145,16 +141,4 @@ def printed(name: str, tmp_path: Path, monkeypatch, capsys) -> str:
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_printed_plan_is_the_one_read(name, tmp_path, monkeypatch, capsys):
-    text = printed(name, tmp_path, monkeypatch, capsys)
-    path = PLANS / f"{name}.txt"
-    if os.environ.get("UDIT_REWRITE_PLANS"):
-        path.write_text(text)
-    expected = path.read_text()
-    if text != expected:
-        diff = difflib.unified_diff(
-            expected.splitlines(), text.splitlines(), str(path), "udit plan", lineterm=""
-        )
-        pytest.fail(
-            "the printed plan changed (UDIT_REWRITE_PLANS=1 rewrites the file):\n"
-            + "\n".join(list(diff)[:60])
-        )
+    check_printed(printed(name, tmp_path, monkeypatch, capsys), f"plans/{name}.txt")
