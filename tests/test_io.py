@@ -108,3 +108,39 @@ def test_savez_round_trip(tmp_path):
 def test_git_commit_is_hex_or_none():
     commit = io.git_commit()
     assert commit is None or (len(commit) == 40 and int(commit, 16) >= 0)
+
+
+class Payload:  # a class torch.load(weights_only=True) refuses to build
+    pass
+
+
+def _load_error(path):
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - the error under test
+        return err
+    raise AssertionError(f"{path} loaded")
+
+
+def test_load_failure_says_why_in_a_few_words(tmp_path):
+    """What the three loaders (checkpoints, their sidecar-less check, Inception weights) say
+    when torch.load refuses a file: the global it would run, unreadable pickle data, or the
+    error's type and first sentence, never torch's paragraphs."""
+    from udit.errors import MAX_CAUSE_CHARS, load_failure
+
+    torch.save({"x": Payload()}, tmp_path / "payload.pt")
+    assert load_failure(_load_error(tmp_path / "payload.pt")) == (f"it pickles {__name__}.Payload")
+    (tmp_path / "garbage.pt").write_bytes(b"\x80\x02not a pickle at all" * 4)
+    assert load_failure(_load_error(tmp_path / "garbage.pt")) == "its pickle data is unreadable"
+    torch.save({"x": torch.zeros(1000)}, tmp_path / "cut.pt")
+    data = (tmp_path / "cut.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    err = _load_error(tmp_path / "cut.pt")
+    why = load_failure(err)
+    first = str(err).strip().splitlines()[0].split(". ")[0]
+    assert why == f"{type(err).__name__}: {first[:MAX_CAUSE_CHARS]}"
+    assert why.startswith("RuntimeError: PytorchStreamReader failed") and ". " not in why
+    long = RuntimeError("x" * 500 + ". Second sentence.\nA paragraph more.")
+    assert load_failure(long) == "RuntimeError: " + "x" * MAX_CAUSE_CHARS
+    assert load_failure(ValueError("one line. two")) == "ValueError: one line"
+    assert load_failure(ValueError("\n  first line\nsecond line")) == "ValueError: first line"

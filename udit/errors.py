@@ -16,6 +16,8 @@ shell's 128 + SIGINT); `udit train` / `udit sample` treat it as a stop signal (u
 import errno
 import functools
 import os
+import pickle
+import re
 import sys
 import traceback
 
@@ -118,6 +120,22 @@ def message(err: BaseException) -> str:
     if isinstance(err, OSFaultError):
         return one_screen(err.strerror or (err.args[0] if err.args else str(err)))
     return one_screen(_without_worker_traceback(str(err)))
+
+
+MAX_CAUSE_CHARS = 160  # of the first sentence of a loader's error
+
+
+def load_failure(err: BaseException) -> str:
+    """Why `torch.load(..., weights_only=True)` refused a file, in a few words: the global it
+    would have had to run, unreadable pickle data, or the error's type and first sentence
+    (torch's messages run to paragraphs, a migration guide after the first line)."""
+    blocked = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+    if blocked:
+        return f"it pickles {blocked.group(1)}"
+    if isinstance(err.__cause__ or err, pickle.UnpicklingError):
+        return "its pickle data is unreadable"
+    first = str(err).strip().split("\n")[0].split(". ")[0][:MAX_CAUSE_CHARS]
+    return f"{type(err).__name__}: {first}"
 
 
 WORKER_TRACEBACK = "Original Traceback (most recent call last):"

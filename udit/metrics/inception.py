@@ -23,8 +23,6 @@ None): `resolve_weights` finds a local file or fails naming the file, URL and co
 """
 
 import io
-import pickle
-import re
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +32,7 @@ from torch_fidelity import FeatureExtractorInceptionV3, register_feature_extract
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor
 
-from udit.errors import UserError
+from udit.errors import UserError, load_failure
 
 EXTRACTOR_NAME = "inception-v3-adm"
 POOL = "2048"  # torch-fidelity name of TF pool_3 (FID, P/R, KID)
@@ -99,15 +97,9 @@ def safe_weights(path) -> io.BytesIO:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any load failure means: refuse the file
-        blocked = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if blocked:
-            why = f"it pickles {blocked.group(1)}"
-        elif isinstance(err, pickle.UnpicklingError):
-            why = "its pickle data is unreadable"
-        else:  # torch's messages run to paragraphs: the first sentence says what is wrong
-            why = f"{type(err).__name__}: {str(err).split('. ')[0][:160]}"
         raise UnsafeWeightsError(
-            f"Inception weights {path}: refused, not a plain tensor state dict ({why}; loaded "
+            f"Inception weights {path}: refused, not a plain tensor state dict "
+            f"({load_failure(err)}; loaded "
             f"with weights_only=True, nothing in it was run); {WEIGHTS_HINT}"
         ) from None
     if not (

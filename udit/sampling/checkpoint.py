@@ -6,13 +6,12 @@ Also what `udit export` reads a checkpoint with (udit/export/cli.py).
 
 import argparse
 import pickle
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
-from udit.errors import BadValueError
+from udit.errors import BadValueError, load_failure
 from udit.io import sha256_file
 from udit.paper import recipe
 from udit.sampling.options import MODEL_FIELDS
@@ -51,17 +50,9 @@ def read_sampling_checkpoint(path: Path, *, weights: str):
     except (FileNotFoundError, PermissionError):  # already name the file and the fix
         raise
     except (CheckpointError, pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
-        # torch's own messages run to paragraphs: keep the part that says what is wrong
-        blocked = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if blocked:
-            why = f"it pickles {blocked.group(1)}, which a checkpoint never holds"
-        elif isinstance(err.__cause__ or err, pickle.UnpicklingError):
-            why = "its pickle data is unreadable"
-        else:
-            why = f"{type(err).__name__}: {str(err).split('. ')[0][:160]}"
         raise UnusableCheckpointError(
-            f"checkpoint {path} cannot be loaded ({why}); it is truncated, damaged or not a "
-            f"torch checkpoint (loaded with weights_only=True: nothing in it was run)"
+            f"checkpoint {path} cannot be loaded ({load_failure(err)}); it is truncated, damaged "
+            "or not a torch checkpoint (loaded with weights_only=True: nothing in it was run)"
         ) from None
     for name, tensor in extract_state_dict(state, key=weights).items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():

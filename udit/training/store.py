@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from udit.errors import BadValueError
+from udit.errors import BadValueError, load_failure
 from udit.io import atomic_torch_save, atomic_write_bytes, atomic_write_json, read_json, sha256_file
 from udit.paths import CKPT_DIR, CKPT_PATTERN, TRAIN_LOG, checkpoint_name
 from udit.training.determinism import capture_rng, restore_rng
@@ -81,8 +81,7 @@ def verify_checkpoint(path: Path) -> str | None:
     try:  # no sidecar: the job died between the two writes; trust the file only if it loads
         torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means unusable
-        first = str(err).strip().split("\n")[0].split(". ")[0][:160]  # torch writes paragraphs
-        return f"no sidecar and torch.load failed: {type(err).__name__}: {first}"
+        return f"no sidecar and torch.load failed: {load_failure(err)}"
     return None
 
 
