@@ -19,6 +19,7 @@ import pytest
 import scipy.linalg
 import torch
 from PIL import Image
+from printed_text import check_printed, record_text
 from torch_fidelity import FeatureExtractorInceptionV3
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
@@ -611,6 +612,16 @@ def test_evaluate_accepts_official_reference_format(tmp_path, weights, images_a,
     assert result["precision"] == 1.0 and result["recall"] == 1.0
 
 
+METRICS_VARIES = {  # machine, time, checkout and file-bytes dependent (npz zip headers hold dates)
+    "timing.*",
+    "provenance.versions.*",
+    "provenance.device",
+    "provenance.sha256.*",
+    "provenance.git_commit",
+    "provenance.time_utc",
+}
+
+
 def test_evaluate_wiring_against_own_formulas_fast(tmp_path, monkeypatch, capsys):
     """Which feature feeds which metric, in which order: `udit evaluate` on stand-in features
     (a linear map instead of Inception), every JSON value against the test's own formulas."""
@@ -657,6 +668,9 @@ def test_evaluate_wiring_against_own_formulas_fast(tmp_path, monkeypatch, capsys
         seed=protocol["seeds"]["kid_subsets"],
     )
     assert abs(kid_swapped / own["kid"] - 1) > 1e-2  # reference and samples swapped
+
+    # every key and every fixed text of the record (protocol, provenance), as a person read it
+    check_printed(record_text(result, varies=METRICS_VARIES), "records/metrics-standin.json")
 
 
 @pytest.mark.slow  # Inception on CPU: session fixtures + two passes over 12 images
