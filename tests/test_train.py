@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from printed_text import check_printed, record_text
 
 import udit.stop
 from udit import paths
@@ -111,6 +112,25 @@ def reference(toy, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("reference")
     result = train(_options(run, toy, total_steps=2 * N, ckpt_every=N))
     return Path(result["checkpoint"])
+
+
+def test_a_checkpoint_records_its_run_as_read(reference):
+    """What a checkpoint says of its run besides the tensors, held key by key
+    (tests/printed/records/): the options that made it, the data order's position and identity,
+    AdamW's hyper-parameters, how per-sample noise is seeded. A person or a tool resuming,
+    sampling or auditing the run reads these."""
+    ckpt = torch.load(reference, map_location="cpu", weights_only=True)
+    assert set(ckpt) == {"model", "ema", "opt", "step", "args", "rng", "data"}
+    (group,) = ckpt["opt"]["param_groups"]
+    record = {
+        "step": ckpt["step"],
+        "args": ckpt["args"],
+        "data": ckpt["data"],
+        "adamw": {k: group[k] for k in ("lr", "betas", "eps", "weight_decay")},
+        "rng": {"ranks": len(ckpt["rng"]["ranks"]), "per_sample": ckpt["rng"]["per_sample"]},
+    }
+    varies = {"args.run_dir", "args.images"}  # pytest's temporary folders
+    check_printed(record_text(record, varies=varies), "records/checkpoint.json")
 
 
 # ----------------------------------------------------------------------------- resume
