@@ -2,7 +2,7 @@
 
 After a deliberate change, rewrite the files and read the diff before committing:
 
-    UDIT_REWRITE_PRINTED=1 pytest tests/test_plan_printed.py tests/test_help_printed.py
+    UDIT_REWRITE_PRINTED=1 pytest -m "not slow" -n auto && git diff tests/printed
 """
 
 import difflib
