@@ -550,6 +550,21 @@ def test_model_sizes_out_of_range_are_refused_before_anything_is_built(key, valu
         check_model_options("DiT-S/2", {key: value})
 
 
+@FEW
+@given(stage=st.integers(0, 4), value=st.sampled_from([-1, -32, 1025, 10**9]))
+def test_a_per_stage_list_is_checked_item_by_item(stage, value):
+    """`depths` is a list (one count per U-Net stage): each item has the bounds of a count, so
+    one bad stage among good ones is refused naming the whole list."""
+    from udit.models import check_model_options
+
+    depths = [2, 5, 8, 5, 2]
+    check_model_options("U-DiT-B", {"depths": depths})
+    depths[stage] = value
+    with pytest.raises(errors.BadValueError) as err:
+        check_model_options("U-DiT-B", {"depths": depths})
+    assert str(err.value).startswith(f"--model-kw depths={depths!r}: ")
+
+
 def test_a_model_that_cannot_fit_in_memory_is_refused_with_both_sizes(monkeypatch, tmp_path):
     from udit import models
 

@@ -643,3 +643,19 @@ def test_the_stand_in_is_uncalibrated_and_the_official_weights_are_not(tmp_path,
     out.unlink()
     assert evaluate.main(argv) == 0
     assert json.loads(out.read_text())["uncalibrated"] is False
+
+
+def test_single_split_inception_score_is_the_exp_mean_kl_to_the_class_marginal():
+    """IS = exp(mean_i KL(p(y|x_i) || p(y))), p(y) the mean over samples of each class's
+    probability, written out with numpy on a small case; and two textbook values: identical
+    predictions give 1, one-hot predictions spread evenly over C classes give C."""
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(50, 7)) * 2
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    marginal = p.mean(0)
+    want = math.exp(np.mean([np.sum(row * (np.log(row) - np.log(marginal))) for row in p]))
+    assert intervals.inception_score_single(z) == pytest.approx(want, rel=1e-9)
+    assert intervals.inception_score_single(np.tile(z[:1], (20, 1))) == pytest.approx(1.0)
+    one_hot = np.where(np.eye(5, dtype=bool), 60.0, -60.0)  # 5 classes, one confident each
+    assert intervals.inception_score_single(np.tile(one_hot, (3, 1))) == pytest.approx(5.0)

@@ -556,6 +556,53 @@ def test_label_dropout_follows_trainer_mask(name, kw):
     assert not torch.allclose(want, model(x, t, y))  # the labels do change the output
 
 
+TINY_UDIT_KW = {"hidden_size": 16, "num_heads": 2, "depths": (1, 1, 1, 1, 1)}
+
+
+def _force_drops_seen(model, control) -> list[torch.Tensor]:
+    """The force_drop each of the model's LabelEmbedders receives in one training forward."""
+    seen = []
+
+    def capture(module, args, kwargs):
+        seen.append(args[1] if len(args) >= 2 else kwargs.get("force_drop"))
+
+    for k in control.embedders:  # after the control's hooks: sees what they passed on
+        k.register_forward_pre_hook(capture, with_kwargs=True)
+    x, t, y = torch.randn(4, 3, 8, 8), torch.tensor([1, 200, 500, 900]), torch.tensor([0, 1, 2, 3])
+    model.train()
+    model(x, t, y)
+    return seen
+
+
+def test_each_label_embedder_drops_by_its_own_column_of_coins():
+    """The official U-shaped model drops labels independently at each width: embedder k takes
+    column k of the trainer's coins (shared_label_drop: column 0 for all)."""
+    model = create_model("U-DiT-S", input_size=8, in_channels=3, num_classes=4, **TINY_UDIT_KW)
+    control = LabelDropControl(model)
+    assert len(control) == len(control.embedders) == 3 and control.drop_prob == 0.1
+    control.masks = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]], dtype=torch.bool)
+    seen = _force_drops_seen(model, control)
+    assert [m.tolist() for m in seen] == [control.masks[:, k].tolist() for k in range(3)]
+
+
+def test_a_model_without_label_dropout_has_no_coins():
+    """class_dropout_prob 0 (no guidance training): no embedder to control, probability 0, and
+    training forwards leave the labels alone."""
+    model = create_model(
+        "DiT-S/2", input_size=8, in_channels=3, num_classes=4, class_dropout_prob=0.0, **TINY_KW
+    )
+    control = LabelDropControl(model)
+    assert (len(control), control.drop_prob, control.embedders) == (0, 0.0, [])
+
+
+def test_label_embedders_that_disagree_on_the_probability_are_refused():
+    model = create_model("U-DiT-S", input_size=8, in_channels=3, num_classes=4, **TINY_UDIT_KW)
+    model.y_embedder_2.dropout = 0.2
+    with pytest.raises(ValueError) as err:
+        LabelDropControl(model)
+    assert str(err.value) == "label embedders disagree on dropout probability: [0.1, 0.2]"
+
+
 # ----------------------------------------------------------------------------- EMA
 
 
