@@ -75,6 +75,7 @@ def test_full_size_param_counts_match_official():
 
 def test_no_learned_sigma_halves_output_channels(tiny_dit):
     model = tiny_dit(learn_sigma=False)
+    assert (model.learn_sigma, model.out_channels, tiny_dit().learn_sigma) == (False, 4, True)
     assert model(
         torch.randn(1, 4, 8, 8), torch.zeros(1), torch.zeros(1, dtype=torch.long)
     ).shape == (1, 4, 8, 8)
@@ -162,3 +163,30 @@ def test_bad_input_is_named(tiny_dit):
         tiny_dit(input_size=9)
     with pytest.raises(ValueError, match="not divisible by 3 heads"):
         tiny_dit(num_heads=3)
+
+
+def test_dit_defaults_are_the_official_class_defaults_dit_xl_2():
+    """The official DiT class defaults to DiT-XL/2 (32x32x4 latents, 1000 classes): ours too,
+    so a DiT built without arguments is the paper's largest baseline, layer for layer."""
+    from udit.models.dit import DiT
+
+    with torch.device("meta"):
+        default, xl2 = DiT(), DIT_MODELS["DiT-XL/2"].build()
+    assert {k: v.shape for k, v in default.state_dict().items()} == {
+        k: v.shape for k, v in xl2.state_dict().items()
+    }
+    assert (default.num_classes, default.input_size, default.blocks[0].attn.num_heads) == (
+        1000,
+        32,
+        16,
+    )
+
+
+@pytest.mark.parametrize("shape", [(2, 15, 32), (2, 16, 31), (2, 17, 32)])
+def test_unpatchify_refuses_tokens_of_no_square_grid_or_another_patch(shape):
+    from udit.models.patch_model import unpatchify
+
+    assert unpatchify(torch.zeros(2, 16, 32), patch_size=2, channels=8).shape == (2, 8, 8, 8)
+    with pytest.raises(ValueError) as err:
+        unpatchify(torch.zeros(shape), patch_size=2, channels=8)
+    assert str(err.value) == f"expected (N, h*w, 32) tokens of a square grid, got {shape}"

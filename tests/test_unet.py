@@ -14,6 +14,7 @@ from udit.models.unet import UNET_MODELS, UShapedDiT
 from udit.models.unet_blocks import (
     LOGIT_SCALE_MAX,
     DownsampledAttention,
+    DownSampler,
     RepFFN,
     apply_rope,
     from_groups,
@@ -443,3 +444,54 @@ def test_each_ablation_rung_changes_only_what_its_row_names(rung, base, change):
     switches the paper names changed (a rung that also changed something else, or lost its
     change, would make the table compare the wrong models)."""
     assert _changes(base, rung) == change
+
+
+def test_wrong_input_shapes_are_refused_naming_the_expected_one():
+    """Each way an input can be wrong alone (channels, size, rank) is refused with the shape
+    the model was built for and the input_size that would fit."""
+    model = UShapedDiT(**TINY).eval()
+    _, t, y = _inputs(2, 32)
+    side = TINY["input_size"]
+    for shape, hint in [
+        ((2, 3, side, side), f"input_size={side}"),  # channels only
+        ((2, 4, 2 * side, 2 * side), f"input_size={2 * side}"),  # size only
+        ((2, 4, side, side, 1), "input_size=1"),  # rank only
+    ]:
+        with pytest.raises(ValueError) as err:
+            model(torch.zeros(shape), t, y)
+        assert str(err.value) == (
+            f"expected x of shape (N, 4, {side}, {side}), got {shape}; "
+            f"build the model with {hint} for that size"
+        )
+
+
+def test_shared_label_drop_gives_every_width_the_models_one_coin():
+    """shared_label_drop: in a training forward without the trainer's control, the model draws
+    one coin per sample and every width's embedder drops by that same mask."""
+    model = UShapedDiT(**{**TINY, "shared_label_drop": True}).train()
+    seen = []
+    for i in (1, 2, 3):
+        getattr(model, f"y_embedder_{i}").register_forward_pre_hook(
+            lambda m, args, kwargs: seen.append(args[1] if len(args) >= 2 else None),
+            with_kwargs=True,
+        )
+    torch.manual_seed(0)
+    model(*_inputs(64, TINY["input_size"]))
+    assert len(seen) == 3 and seen[0] is not None and 0 < int(seen[0].sum()) < 64
+    assert all(torch.equal(s, seen[0]) for s in seen)
+
+
+@pytest.mark.parametrize("kind", ["dwconv_shortcut", "dwconv", "dense", "ps"])
+def test_downsampler_kinds_add_the_shortcut_only_where_named(kind):
+    """T7's rows: the shortcut (x + conv(x)) belongs to the paper's dwconv_shortcut and to the
+    dense-conv caption variant; 'dwconv' is the conv alone, 'ps' no conv at all."""
+    torch.manual_seed(0)
+    down = DownSampler(8, kind=kind, kernel=5)
+    x = torch.randn(2, 8, 6, 6)
+    if kind == "ps":
+        assert down.layer is None and torch.equal(down(x), x)
+        return
+    conv = down.layer(x)
+    want = conv + x if kind in ("dwconv_shortcut", "dense") else conv
+    torch.testing.assert_close(down(x), want, rtol=0, atol=0)
+    assert down.layer.groups == (1 if kind == "dense" else 8)
