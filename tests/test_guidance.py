@@ -212,3 +212,68 @@ def test_default_guidance_channels_are_3_in_generate_and_the_cli(latent_ckpt, tm
         np.testing.assert_array_equal(data["arr_0"], three)
     config = json.loads(cli_out.with_name("cli.npz.json").read_text())["config"]
     assert config["guidance_channels"] == 3
+
+
+class NaNAt(nn.Module):
+    """Predicts zeros, except NaN for the samples whose label is `bad_label`."""
+
+    def __init__(self, bad_label: int):
+        super().__init__()
+        self.bad_label = bad_label
+
+    def forward(self, x, t, y):
+        out = torch.zeros(x.shape[0], 2 * x.shape[1], *x.shape[2:])
+        out[y == self.bad_label] = float("nan")
+        return out
+
+
+def test_samples_gone_non_finite_are_refused_naming_their_indices():
+    """A model that returns NaN for some samples: sample_batch refuses the batch naming how many
+    and which (by sample index), instead of writing black images that FID would score."""
+    from udit.sampling.sampler import NonFiniteSamplesError, sample_labels
+
+    labels = sample_labels(seed=0, indices=INDICES, num_classes=NUM_CLASSES, mode="random")
+    bad = [i for i, y in zip(INDICES, labels.tolist(), strict=True) if y == labels[0]]
+    with pytest.raises(NonFiniteSamplesError) as err:
+        _run(NaNAt(int(labels[0])), cfg_scale=1.0)
+    listed = ", ".join(map(str, bad))
+    assert str(err.value) == (
+        f"the model's samples hold NaN/inf for {len(bad)} of {len(INDICES)} samples "
+        f"(indices {listed})"
+    )
+
+
+@pytest.mark.parametrize("count", [1, 8, 9, 20])
+def test_a_non_finite_refusal_lists_at_most_eight_indices(count):
+    from udit.sampling.sampler import NonFiniteSamplesError, _check_finite
+
+    indices = list(range(100, 120))
+    x = torch.zeros(20, 3, 2, 2)
+    x[:count, 1, 0, 1] = float("inf")
+    with pytest.raises(NonFiniteSamplesError) as err:
+        _check_finite(x, indices, stage="these")
+    listed = ", ".join(map(str, indices[: min(count, 8)])) + (" ..." if count > 8 else "")
+    assert str(err.value) == (f"these hold NaN/inf for {count} of 20 samples (indices {listed})")
+    _check_finite(torch.zeros(20, 3, 2, 2), indices, stage="these")  # finite: no error
+
+
+def test_label_modes():
+    """'uniform' is i mod C; 'random' is seeded per sample index (the same index gets the same
+    label in any batch); another mode is refused naming both."""
+    from udit.errors import BadValueError
+    from udit.sampling.sampler import sample_labels
+
+    assert sample_labels(seed=0, indices=[0, 5, 6, 11], num_classes=5, mode="uniform").tolist() == [
+        0,
+        0,
+        1,
+        1,
+    ]
+    whole = sample_labels(seed=3, indices=list(range(64)), num_classes=10, mode="random")
+    part = sample_labels(seed=3, indices=[40, 7], num_classes=10, mode="random")
+    assert part.tolist() == [int(whole[40]), int(whole[7])] and len(set(whole.tolist())) > 5
+    other = sample_labels(seed=4, indices=list(range(64)), num_classes=10, mode="random")
+    assert not torch.equal(whole, other)
+    with pytest.raises(BadValueError) as err:
+        sample_labels(seed=0, indices=[0], num_classes=5, mode="balanced")
+    assert str(err.value) == "unknown label mode 'balanced'; choose 'random' or 'uniform'"
