@@ -190,3 +190,35 @@ def test_unpatchify_refuses_tokens_of_no_square_grid_or_another_patch(shape):
     with pytest.raises(ValueError) as err:
         unpatchify(torch.zeros(shape), patch_size=2, channels=8)
     assert str(err.value) == f"expected (N, h*w, 32) tokens of a square grid, got {shape}"
+
+
+@pytest.mark.parametrize("dim", [256, 8, 7])
+def test_timestep_features_are_dits_cos_sin_and_pad_an_odd_dim(dim):
+    """DiT's timestep_embedding written out: freqs_i = exp(-ln(10^4) i / half), features
+    [cos(t freqs) | sin(t freqs)], and one zero column when dim is odd."""
+    from udit.models.embed import timestep_features
+
+    t = torch.tensor([0.0, 1.0, 37.5, 999.0], dtype=torch.float64)
+    half = dim // 2
+    freqs = torch.tensor([math.exp(-math.log(10_000) * i / half) for i in range(half)]).double()
+    want = torch.cat([torch.cos(t[:, None] * freqs), torch.sin(t[:, None] * freqs)], dim=1)
+    if dim % 2:
+        want = torch.cat([want, torch.zeros(4, 1, dtype=torch.float64)], dim=1)
+    got = timestep_features(t.float(), dim)
+    assert got.shape == (4, dim) and got.dtype == torch.float32
+    # float32 arguments up to 999: their rounding moves cos / sin by up to ~6e-5
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=2e-4)
+
+
+def test_a_label_embedder_without_dropout_draws_no_random_numbers():
+    """Without label dropout (and no trainer mask) a training forward takes labels as they are
+    and leaves the global RNG where it was: the noise and timesteps drawn next are unchanged."""
+    from udit.models.embed import LabelEmbedder
+
+    emb = LabelEmbedder(num_classes=4, hidden=8, dropout=0.0).train()
+    assert emb.embedding_table.num_embeddings == 4  # no null class row
+    y = torch.tensor([0, 1, 2, 3])
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    torch.testing.assert_close(emb(y), emb.embedding_table.weight[y])
+    assert torch.equal(torch.get_rng_state(), before)
