@@ -133,6 +133,20 @@ def test_a_checkpoint_records_its_run_as_read(reference):
     check_printed(record_text(record, varies=varies), "records/checkpoint.json")
 
 
+def test_the_progress_bar_counts_from_the_resumed_step_and_shows_the_loss(toy, tmp_path, capsys):
+    """What a person watches: a bar on stderr from the step a run resumes at to its end, with
+    the last logged loss; every log line carries the learning rate the optimiser used."""
+    run = tmp_path / "run"
+    train(_options(run, toy, total_steps=2, ckpt_every=2, lr=3e-4))
+    capsys.readouterr()
+    train(_options(run, toy, total_steps=4, ckpt_every=2, lr=3e-4))  # resumes at step 2
+    bar = capsys.readouterr().err.split("\r")[-1].strip()
+    lines = [json.loads(line) for line in (run / paths.TRAIN_LOG).read_text().splitlines()]
+    assert bar.startswith("100%") and " 4/4 [" in bar, bar
+    assert bar.endswith(f"loss={lines[-1]['loss']:.4f}]"), bar
+    assert [(e["step"], e["lr"]) for e in lines] == [(2, 3e-4), (4, 3e-4)]
+
+
 # ----------------------------------------------------------------------------- resume
 
 
