@@ -3,6 +3,7 @@ official key layout, parameter counts, token grouping and RoPE2D. GFLOPs against
 checked for every registry model in tests/test_flops.py."""
 
 import argparse
+import math
 
 import pytest
 import torch
@@ -495,3 +496,54 @@ def test_downsampler_kinds_add_the_shortcut_only_where_named(kind):
     want = conv + x if kind in ("dwconv_shortcut", "dense") else conv
     torch.testing.assert_close(down(x), want, rtol=0, atol=0)
     assert down.layer.groups == (1 if kind == "dense" else 8)
+
+
+def _std_within(w: torch.Tensor, want: float, kurtosis: float) -> bool:
+    """Sample std of `w` within 6 standard errors of `want`: the standard error of a sample
+    std is want x sqrt((kurtosis - 1) / 4n) (3 for a normal, 1.8 for a uniform)."""
+    n = w.numel()
+    return abs(w.std().item() / want - 1) < 6 * math.sqrt((kurtosis - 1) / (4 * n))
+
+
+def test_initialisation_is_dits_from_outside():
+    """Drawn weights checked by their distribution, not by the code that draws them: Xavier-
+    uniform for every linear and conv weight (the stem as a linear layer over its flattened
+    kernel), zero biases, N(0, 0.02) label tables and timestep MLPs, adaLN-Zero and a zero
+    output layer."""
+    torch.manual_seed(0)
+    model = UShapedDiT(**{**TINY, "hidden_size": 64, "num_heads": 4, "num_classes": 1000})
+    checked = set()
+    for level in (1, 2, 3):
+        table = getattr(model, f"y_embedder_{level}").embedding_table.weight
+        mlp = getattr(model, f"t_embedder_{level}").mlp
+        for w in (table, mlp[0].weight, mlp[2].weight):
+            assert abs(w.mean().item()) < 6 * 0.02 / math.sqrt(w.numel())
+            assert _std_within(w, 0.02, kurtosis=3.0), w.shape
+            checked.add(id(w))
+    zero = [model.final_layer.adaLN_modulation[-1], model.final_layer.out_proj]
+    for blk in model.blocks():
+        zero += [getattr(blk, f"adaLN_modulation{i}")[-1] for i in range(1, blk.sublayers + 1)]
+    for layer in zero:
+        assert not layer.weight.any() and not layer.bias.any()
+        checked.add(id(layer.weight))
+    stem = model.x_embedder.proj.weight  # (C, in, k, k): fans C and in x k x k
+    assert _xavier(stem, fan_out=stem.shape[0], fan_in=stem[0].numel())
+    checked.add(id(stem))
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    for m in layers:
+        assert m.bias is None or not m.bias.any()
+        if id(m.weight) in checked:
+            continue
+        receptive = m.weight[0, 0].numel()  # k x k for a conv, 1 for a linear layer
+        fan_in, fan_out = m.weight.shape[1] * receptive, m.weight.shape[0] * receptive
+        assert _xavier(m.weight, fan_in=fan_in, fan_out=fan_out), m
+        checked.add(id(m.weight))
+    assert len(layers) > 40 and len(checked) > len(layers)
+
+
+def _xavier(w: torch.Tensor, *, fan_in: int, fan_out: int) -> bool:
+    bound = math.sqrt(6 / (fan_in + fan_out))
+    inside = w.abs().max().item() <= bound
+    if w.numel() < 256:  # too few draws for a spread; the bound still holds
+        return inside
+    return inside and _std_within(w, bound / math.sqrt(3), kurtosis=1.8)
