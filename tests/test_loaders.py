@@ -19,6 +19,7 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from printed_text import check_printed, record_text
 from safetensors.numpy import save_file
 
 import udit.io
@@ -573,6 +574,16 @@ def standin_weights(tmp_path) -> Path:
     return path
 
 
+REFERENCE_VARIES = {  # machine, time and file-bytes dependent
+    "options.images_sha256",
+    "provenance.versions.*",
+    "provenance.device",
+    "provenance.inception_weights.sha256",
+    "provenance.git_commit",
+    "provenance.time_utc",
+}
+
+
 def test_build_reference_keeps_its_inputs_and_other_results(tmp_path, standin_weights, capsys):
     images = toy_folder(tmp_path / "images")
     out = tmp_path / "ref.npz"
@@ -587,6 +598,9 @@ def test_build_reference_keeps_its_inputs_and_other_results(tmp_path, standin_we
     said = f"wrote {out}: 2 images at {SIZE}px, Inception weights UNCALIBRATED (not the official"
     assert capsys.readouterr().out.splitlines()[-1] == said + " weights)"
     built = out.read_bytes()
+    with np.load(out) as ref:  # what the npz says of how it was built, key by key
+        record = json.loads(str(ref["provenance_json"]))
+    check_printed(record_text(record, varies=REFERENCE_VARIES), "records/reference.json")
     assert reference.main(first) == 0 and "nothing to do" in capsys.readouterr().out
     other = reference_argv(images, out, standin_weights, "--num-images", "2", "--seed", "1")
     refused(reference.main(other), capsys, out, "other options", "seed 0 -> 1")
