@@ -122,3 +122,23 @@ def test_cli_writes_byte_identical_file_that_loads_through_weights_path(tmp_path
     assert feats[inception.POOL].shape == (2, 2048)
     assert feats[inception.POOL].std() > 1e-2  # PyTorch's default init gives ~1e-8
     assert np.isfinite(feats[inception.LOGITS]).all()
+
+
+def test_standin_draws_kaiming_convs_and_a_small_logits_layer(calibration):
+    """The stand-in's random weights by their spread (6 standard errors of a sample std, n
+    values: sqrt(1/2n) relative): Kaiming-normal convs (std sqrt(2 / fan_in)), logits weights
+    with std FC_IN^-1/2 (so logits have unit scale) and a zero bias."""
+    state, _ = standin.standin_state_dict(calibration=calibration, seed=3)
+    fc = state["fc.weight"]  # (1008, 2048)
+    conv = state["Mixed_6d.branch1x1.conv.weight"]  # (192, 768, 1, 1)
+    for w, std in ((fc, standin.FC_IN**-0.5), (conv, (2 / conv[0].numel()) ** 0.5)):
+        assert abs(w.std().item() / std - 1) < 6 * (1 / (2 * w.numel())) ** 0.5, w.shape
+        assert abs(w.mean().item()) < 6 * std / w.numel() ** 0.5
+    assert fc.shape == (1008, standin.FC_IN) and not state["fc.bias"].any()
+
+
+def test_too_few_calibration_images_are_refused(tmp_path):
+    write_image_folder(tmp_path, n=4, seed=0)
+    with pytest.raises(ValueError) as err:
+        standin.load_calibration_images(tmp_path, num_images=1, image_size=SIZE, seed=0)
+    assert str(err.value) == "--num-calibration 1: needs at least 2"
