@@ -277,3 +277,36 @@ def test_label_modes():
     with pytest.raises(BadValueError) as err:
         sample_labels(seed=0, indices=[0], num_classes=5, mode="balanced")
     assert str(err.value) == "unknown label mode 'balanced'; choose 'random' or 'uniform'"
+
+
+class NaNDecoder:
+    """A VAE stand-in whose decoder returns NaN for the second sample: latents were finite."""
+
+    def decode(self, z):
+        out = torch.zeros(z.shape[0], 3, 2 * z.shape[2], 2 * z.shape[3])
+        out[1] = float("nan")
+        return type("Decoded", (), {"sample": out})()
+
+
+def test_decoded_images_gone_non_finite_are_refused_naming_the_vae():
+    from udit.sampling.sampler import NonFiniteSamplesError
+
+    with pytest.raises(NonFiniteSamplesError) as err:
+        sample_batch(
+            model=Echo(),
+            diffusion=create_diffusion("2"),
+            vae=NaNDecoder(),
+            indices=[7, 8, 9],
+            seed=0,
+            num_classes=NUM_CLASSES,
+            labels="random",
+            cfg_scale=1.0,
+            guidance_channels=3,
+            sampler="ddpm",
+            eta=0.0,
+            shape=(C, SIDE, SIDE),
+            device=torch.device("cpu"),
+        )
+    assert str(err.value) == (
+        "the VAE's decoded images (of finite latents) hold NaN/inf for 1 of 3 samples (indices 8)"
+    )

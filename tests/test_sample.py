@@ -734,3 +734,49 @@ def test_sample_options_from_python_refuse_each_value_past_its_range(name, tmp_p
         with pytest.raises(UserError, match="--guidance-channels must be a positive integer"):
             replace(opts, guidance_channels=channels).validate()
     assert replace(opts, guidance_channels="3").guidance_channels == 3  # a config's string
+
+
+def test_a_garbled_sidecar_is_a_mismatch_not_a_crash(tmp_path):
+    """A .sha256 sidecar with bytes that are not text is a sidecar that disagrees: refused with
+    the checkpoint's name, not a UnicodeDecodeError."""
+    from udit.sampling.checkpoint import UnusableCheckpointError, checkpoint_sha256
+
+    ckpt = tmp_path / "0000008.pt"
+    ckpt.write_bytes(b"weights")
+    (tmp_path / "0000008.pt.sha256").write_bytes(b"\xff\xfe\x00garbled")
+    with pytest.raises(UnusableCheckpointError) as err:
+        checkpoint_sha256(ckpt)
+    assert str(err.value).startswith(f"checkpoint {ckpt} does not match its sidecar 0000008.pt")
+
+
+def test_official_checkpoints_record_their_options_as_a_namespace():
+    """DiT / U-DiT train.py save `args` as an argparse Namespace: its model fields are read like
+    a dict's; anything else that is not a mapping is refused by name."""
+    import argparse
+
+    from udit.errors import BadValueError
+    from udit.sampling.checkpoint import checkpoint_options
+
+    ns = argparse.Namespace(model="U-DiT-B", image_size=256, num_classes=1000, epochs=80)
+    got = checkpoint_options({"args": ns})
+    assert got == checkpoint_options({"args": vars(ns)}) and got["model"] == "U-DiT-B"
+    assert "epochs" not in got
+    with pytest.raises(BadValueError) as err:
+        checkpoint_options({"args": [1, 2]})
+    assert str(err.value) == (
+        "the checkpoint's 'args' is a list, not the options of a training run; it is damaged "
+        "or not a training checkpoint"
+    )
+
+
+@pytest.mark.parametrize(("channels", "ok"), [(1, True), (3, True), ("all", True), (0, False)])
+def test_guidance_may_steer_a_single_channel(channels, ok, tmp_path):
+    ckpt = tmp_path / "c.pt"
+    ckpt.write_bytes(b"")
+    opts = SampleOptions(checkpoint=str(ckpt), out=str(tmp_path / "s.npz"))
+    opts = replace(opts, guidance_channels=channels)
+    if ok:
+        opts.validate()
+    else:
+        with pytest.raises(UserError, match="guidance"):
+            opts.validate()

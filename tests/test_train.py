@@ -947,3 +947,28 @@ def test_each_sample_draw_depends_on_the_seed_the_step_and_the_sample():
         other = draw_samples(**{**kw, **change})
         assert not torch.equal(other.noise, base.noise), change
         assert not torch.equal(other.t, base.t), change
+
+
+def test_stale_temp_cleanup_names_at_most_four_files(tmp_path, capsys):
+    """A killed job's temp files are deleted and the message lists four of them, then ' ...'."""
+    ckpts = tmp_path / paths.CKPT_DIR
+    ckpts.mkdir()
+    for n in (4, 5):
+        for p in ckpts.glob("*"):
+            p.unlink()
+        names = [f".ckpt-{i}.pt.{i:04d}.tmp" for i in range(n)]
+        for name in names:
+            (ckpts / name).write_bytes(b"x")
+        capsys.readouterr()
+        assert [p.name for p in store.remove_stale_temp(tmp_path)] == names
+        listed = ", ".join(names[:4]) + (" ..." if n > 4 else "")
+        assert capsys.readouterr().err == (
+            f"removed {n} temp file(s) a killed job left in {tmp_path}: {listed}\n"
+        )
+        assert not list(ckpts.iterdir())
+
+
+def test_run_options_are_written_with_sorted_keys(tmp_path):
+    """options.json is compared and read by people: keys in order, whatever the dict's order."""
+    store.write_json_atomic(tmp_path / "o.json", {"seed": 1, "lr": 2, "model": "x"})
+    assert list(json.loads((tmp_path / "o.json").read_text())) == ["lr", "model", "seed"]
