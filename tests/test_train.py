@@ -29,6 +29,7 @@ from udit.training.ema import make_ema, update_ema
 from udit.training.loop import NonFiniteLossError, TrainOptions, main, train
 
 TINY_KW = {"hidden_size": 32, "depth": 2, "num_heads": 2}  # DiT-S/2 shrunk to ~0.1 M parameters
+TINY_UDIT_KW = {"hidden_size": 16, "num_heads": 2, "depths": (1, 1, 1, 1, 1)}  # U-DiT-S shrunk
 IMAGE_SIZE = 16
 NUM_CLASSES = 4
 BATCH = 8
@@ -543,9 +544,8 @@ def test_global_batch_split_is_rank_independent():
     "name, kw",
     [
         ("DiT-S/2", TINY_KW),
-        ("U-DiT-S", {"hidden_size": 16, "num_heads": 2, "depths": (1, 1, 1, 1, 1)}),
-        ("U-DiT-S", {"hidden_size": 16, "num_heads": 2, "depths": (1, 1, 1, 1, 1),
-                     "shared_label_drop": True}),  # one coin per sample for every embedder
+        ("U-DiT-S", TINY_UDIT_KW),
+        ("U-DiT-S", {**TINY_UDIT_KW, "shared_label_drop": True}),  # one coin for all
     ],
 )  # fmt: skip
 def test_label_dropout_follows_trainer_mask(name, kw):
@@ -568,9 +568,6 @@ def test_label_dropout_follows_trainer_mask(name, kw):
     want = model(x, t, torch.where(drop, NUM_CLASSES, y))  # null class where the coin says drop
     torch.testing.assert_close(got, want)
     assert not torch.allclose(want, model(x, t, y))  # the labels do change the output
-
-
-TINY_UDIT_KW = {"hidden_size": 16, "num_heads": 2, "depths": (1, 1, 1, 1, 1)}
 
 
 def _force_drops_seen(model, control) -> list[torch.Tensor]:
