@@ -1,0 +1,144 @@
+"""Config corners the shipped configs never write, seen from what resolve_experiments,
+resolve_released and `udit plan` hand on (each was a mutmut survivor: tests/mutation-left.txt)."""
+
+import dataclasses
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from udit import experiments as ex
+from udit import plan
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def smoke(tmp_path, **scale) -> dict:
+    """config/smoke.yaml on config/paper.yaml, with `scale` keys replaced (None: removed)."""
+    raw = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    raw["base"] = str(ROOT / "config" / "paper.yaml")
+    for key, value in scale.items():
+        if value is None:
+            del raw["scale"][key]
+        else:
+            raw["scale"][key] = value
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return ex.load_config(path)
+
+
+def test_a_scale_without_size_keeps_each_experiments_own():
+    """`size` is optional in a scale: each experiment keeps its paper size (its partition)."""
+    base = ex.load_config(ROOT / "config" / "paper.yaml")
+    scale = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())["scale"]
+    del scale["size"]
+    for eid in ("u-dit-l", "toy-dit-s-4"):
+        exp = base["experiments"][eid]
+        assert ex._scaled(exp, base=base, scale=scale, eid=eid)["size"] == exp["size"]
+    sizes = {e["size"] for e in base["experiments"].values()}
+    assert len(sizes) > 1  # the paper's experiments do not all share one size
+
+
+def test_the_scaled_sizes_are_the_scales(tmp_path):
+    experiments = ex.resolve_experiments(smoke(tmp_path))
+    assert {e.size for e in experiments.values()} == {"toy"}
+
+
+def test_an_evaluation_after_the_last_iteration_is_refused(tmp_path):
+    config = ex.load_config(ROOT / "config" / "paper.yaml")
+    exp = config["experiments"]["u-dit-s"]
+    exp["evaluations"].append({"step": exp["iterations"] + 1, "cfg": 1.0})
+    with pytest.raises(
+        ex.ConfigError, match=r"experiments/u-dit-s: evaluation steps \[\d+\] exceed"
+    ):
+        ex.resolve_experiments(config)
+    exp["evaluations"][-1]["step"] = exp["iterations"]  # the last iteration itself is fine
+    exp["evaluations"][-1]["cfg"] = 2.5
+    assert ex.resolve_experiments(config)["u-dit-s"].milestones[-1] == exp["iterations"]
+
+
+def test_a_released_checkpoint_keeps_its_own_model_kw_and_precision():
+    config = ex.load_config(ROOT / "config" / "paper.yaml")
+    rel = config["released"]["u-dit-b-release"]
+    rel.update(model_kw={"learn_sigma": False}, precision="fp32")
+    resolved = ex.resolve_released(config)
+    assert resolved["u-dit-b-release"].model_kw == {"learn_sigma": False}
+    assert resolved["u-dit-b-release"].precision == "fp32"
+    default = config["defaults"].get("precision", ex.DEFAULT_PRECISION)
+    assert {r.precision for k, r in resolved.items() if k != "u-dit-b-release"} == {default}
+    assert default != "fp32"
+
+
+# --- udit plan -----------------------------------------------------------------------------
+def test_a_job_that_fits_exactly_one_step_is_planned_not_refused():
+    config = ex.load_config(ROOT / "config" / "paper.yaml")
+    exp = ex.resolve_experiments(config)["u-dit-s"]
+    throughput = plan.Throughput.from_config(config)
+    per_step, _ = plan.hours_per_step(exp, config, throughput)
+    name = plan.partition_name(config, "train", exp.size)
+    config["partitions"][name]["max_job_hours"] = 1.5 * per_step
+    assert plan.max_steps_per_job(exp, config, throughput) == 1
+    config["partitions"][name]["max_job_hours"] = 0.9 * per_step
+    with pytest.raises(ex.ConfigError, match="longer than max_job_hours"):
+        plan.max_steps_per_job(exp, config, throughput)
+
+
+def test_exactly_the_chunk_cap_is_allowed(monkeypatch):
+    config = ex.load_config(ROOT / "config" / "paper.yaml")
+    config["partitions"]["gpu"]["max_job_hours"] = 0.5
+    exp = ex.resolve_experiments(config)["u-dit-l"]
+    throughput = plan.Throughput.from_config(config)
+    count = plan.train_node_count(exp, config, throughput)
+    assert count > len(exp.milestones)  # chunked: the cap is what is tested, not milestones
+    monkeypatch.setattr(plan, "MAX_CHUNKS_PER_EXPERIMENT", count)
+    assert plan.train_node_count(exp, config, throughput) == count
+    monkeypatch.setattr(plan, "MAX_CHUNKS_PER_EXPERIMENT", count - 1)
+    with pytest.raises(ex.ConfigError, match=f"need {count} chained training chunks"):
+        plan.train_node_count(exp, config, throughput)
+
+
+def test_a_pixel_space_model_is_counted_with_its_three_channels():
+    """An experiment on a dataset without a VAE trains on RGB pixels: its GMACs are those of
+    a 3-channel model, not a latent model's fed 3 channels."""
+    from udit.flops import count_flops
+    from udit.models import get_spec
+
+    kw = {"hidden_size": 32, "depth": 2, "num_heads": 2}
+    pixels = plan.model_gflops(model="DiT-S/4", input_size=16, in_channels=3, model_kw=kw)
+    net = get_spec("DiT-S/4").build(input_size=16, in_channels=3, **kw).eval()
+    assert pixels == pytest.approx(count_flops(net, input_size=16, in_channels=3)[0] / 1e9)
+    latents = plan.model_gflops(model="DiT-S/4", input_size=16, in_channels=4, model_kw=kw)
+    assert pixels != latents  # the embedding and the output layer see the channel count
+
+
+def _claims_json(config: dict) -> dict:
+    args = SimpleNamespace(measured_noise=False, noise_cov=None, format="json")
+    rows = plan.plan_rows(config, throughput=plan.Throughput.from_config(config))
+    samples = plan.sample_rows(config, throughput=plan.Throughput.from_config(config))
+    return json.loads(plan.claims_output(config, args, rows, samples))
+
+
+def test_the_claims_plan_of_a_scaled_config_is_toy_even_on_imagenet_names():
+    """A config with a `scale` trains toy-sized runs whatever its datasets are called."""
+    config = ex.load_config(ROOT / "config" / "paper.yaml")
+    assert _claims_json(config)["toy"] is False
+    config["scale"] = {"step_divisor": 1000}
+    assert not any(d.get("source") == "toy" for d in config["datasets"].values())
+    assert _claims_json(config)["toy"] is True
+
+
+def test_a_claim_without_runs_and_with_every_row_is_not_costed_for_its_runs():
+    comparison = plan.ComparisonPlan(
+        text="FID a < b", metric="fid", lower=None, higher=None, effect=None, runs=None, arms=()
+    )
+    claim = plan.ClaimPlan(id="x", claim="a beats b", runs=None, gpu_hours=None,
+                           comparisons=[comparison])  # fmt: skip
+    assert plan.cost_claims([claim], [], []) == 0
+    assert claim.note == "not costed: a comparison has no number of runs that decides it"
+    assert claim.gpu_hours is None
+    short = dataclasses.replace(comparison, missing=("T2 r",))
+    missing = plan.ClaimPlan(id="y", claim="c", runs=3, gpu_hours=None, comparisons=[short])
+    plan.cost_claims([missing], [], [])
+    assert missing.note == "not costed: not in this config: T2 r"
