@@ -287,6 +287,21 @@ def test_grad_accum_run_matches_the_one_batch_run(toy, reference, tmp_path, monk
         _options(tmp_path / "bad", toy, total_steps=1, grad_accum=3).validate()
 
 
+@pytest.mark.slow
+def test_a_compiled_run_trains_the_same_weights_and_saves_the_plain_keys(toy, tmp_path):
+    """--compile (torch.compile, inductor on CPU: about a minute) changes speed, not the run:
+    the same weights within float32 rounding, and checkpoints keyed like an uncompiled model's
+    (no `_orig_mod.` prefix), so sampling loads them."""
+    plain = train(_options(tmp_path / "plain", toy, total_steps=2, ckpt_every=2))
+    compiled = train(
+        _options(tmp_path / "compiled", toy, total_steps=2, ckpt_every=2, compile=True)
+    )
+    got, want = _weights(compiled["checkpoint"]), _weights(plain["checkpoint"])
+    assert list(got["model"]) == list(want["model"]) and list(got["ema"]) == list(want["ema"])
+    assert _max_diff(got["model"], want["model"]) <= 1e-6
+    assert _max_diff(got["model"], _weights(plain["checkpoint"])["ema"]) > 0  # weights moved
+
+
 def test_stop_at_and_milestones_take_any_step_from_1_to_total(toy, tmp_path):
     """--stop-at and --milestones may be 1 or --total-steps itself; 0 and total + 1 are refused,
     naming the flag (past the total: and the range)."""
