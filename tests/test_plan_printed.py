@@ -7,6 +7,7 @@ label, a dropped note or a changed column shows as a diff (tests/printed_text.py
 """
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,61 @@ def printed(name: str, tmp_path: Path, monkeypatch, capsys) -> str:
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_printed_plan_is_the_one_read(name, tmp_path, monkeypatch, capsys):
     check_printed(printed(name, tmp_path, monkeypatch, capsys), f"plans/{name}.txt")
+
+
+def _columns(block: list[str]) -> list[dict]:
+    """The rows of one `udit plan` table, each a dict keyed by its header (cells are two or
+    more spaces apart; a name may hold single spaces)."""
+    header = re.split(r" {2,}", block[0])
+    assert set(block[1]) == {"-"} and len(block[1]) == len(block[0])
+    return [dict(zip(header, re.split(r" {2,}", line.strip()), strict=True)) for line in block[2:]]
+
+
+@pytest.mark.parametrize(
+    "configfile", ["config/smoke.yaml", "config/paper.yaml"]
+)  # the paper's has chunk ends
+def test_plan_table_reads_back_to_the_json(configfile, capsys):
+    """What `udit plan` prints, read back through its column headers, is what `--format json`
+    holds, node by node, and its totals are the JSON's sums: a mislabelled or shifted column,
+    a lost chunk-end star or a wrong total shows here. (In this file so that one test process
+    counts the smoke models' GMACs once: 40 s on one core.)"""
+    plan.main(["--configfile", configfile, "--format", "json"])
+    doc = json.loads(capsys.readouterr().out)
+    plan.main(["--configfile", configfile])
+    text = capsys.readouterr().out.rstrip("\n")
+    train, sample, totals = text.split("\n\n")
+    assert train.splitlines()[0] == "training nodes (* = chunk end added for max_job_hours)"
+    assert sample.splitlines()[0] == "sampling and evaluation nodes"
+    close = {"rel": 1e-3}  # the table shows 4 significant digits
+    nodes = _columns(train.splitlines()[1:])
+    assert len(nodes) == len(doc["nodes"]) > 0
+    for shown, row in zip(nodes, doc["nodes"], strict=True):
+        assert (shown["experiment"], shown["model"], shown["tab"], shown["rate"]) == (
+            row["experiment"], row["model"], row["table"], row["rate_source"])  # fmt: skip
+        star = "" if row["milestone"] else "*"
+        assert shown["steps"] == f"{row['from_step']}->{row['to_step']}{star}"
+        assert int(shown["GPUs"]) == row["gpus"]
+        assert float(shown["GFLOPs"]) == pytest.approx(row["gflops"], abs=6e-4)  # 3 decimals
+        for column, key in (("PFLOPs", "train_pflops"),
+                            ("GPU-h", "gpu_hours"), ("job h", "hours")):  # fmt: skip
+            assert float(shown[column]) == pytest.approx(row[key], **close), column
+    evals = _columns(sample.splitlines()[1:])
+    assert len(evals) == len(doc["sampling"]) > 0
+    for shown, row in zip(evals, doc["sampling"], strict=True):
+        assert (shown["experiment"], shown["evaluation"]) == (row["experiment"], row["tag"])
+        assert (int(shown["samples"]), int(shown["steps"]), int(shown["GPUs"])) == (
+            row["samples"], row["steps"], row["gpus"])  # fmt: skip
+        assert float(shown["cfg"]) == row["cfg"]
+        for column, key in (("PFLOPs", "sample_pflops"), ("sample GPU-h", "sample_gpu_hours"),
+                            ("eval GPU-h", "eval_gpu_hours"), ("job h", "hours")):  # fmt: skip
+            assert float(shown[column]) == pytest.approx(row[key], **close), column
+    numbers = [
+        float(x) for x in re.findall(r"\d+(?:\.\d+)?(?:e[-+]\d+)?", totals.split("\ncompute")[0])
+    ]
+    milestones = sum(r["milestone"] for r in doc["nodes"])
+    sample_h, eval_h = doc["total_sample_gpu_hours"], doc["total_eval_gpu_hours"]
+    want = [len(nodes), milestones, len(nodes) - milestones, doc["total_pflops"],
+            doc["total_gpu_hours"], max(r["hours"] for r in doc["nodes"]), len(evals), sample_h,
+            eval_h, doc["total_gpu_hours"] + sample_h + eval_h]  # fmt: skip
+    assert numbers == pytest.approx(want, **close)
+    assert totals.splitlines()[-1].endswith(f"rates: {doc['throughput_source']}")
