@@ -330,6 +330,7 @@ def test_measured_noise_reads_results_by_default_and_labels_toy_scale(tmp_path, 
         (plan.Arm("u-dit-b", 1_500_000, "1500000-cfg1.0"), "u-dit-b@1500K"),
         (plan.Arm("u-dit-t", 8, "0000008-cfg1.0"), "u-dit-t@8"),
         (plan.Arm("u-dit-t", 1500, "0001500-cfg1.0"), "u-dit-t@1500"),
+        (plan.Arm("u-dit-t", 1000, "0001000-cfg1.0"), "u-dit-t@1K"),  # the boundary itself
         (plan.Arm("dit-xl-2", 0, "released-cfg1.5", released=True), "dit-xl-2 (released)"),
     ],
 )
