@@ -295,6 +295,13 @@ def test_respacing_variants_and_errors():
         create_diffusion("", noise_schedule="cosine-ish")
 
 
+def test_uneven_sections_give_the_first_ones_the_extra_step():
+    """11 steps in 2 sections: the first holds 6 (0..5), the second 5 (6..10); each keeps both
+    of its ends (worked by hand from guided-diffusion's space_timesteps)."""
+    assert space_timesteps(num_timesteps=11, section_counts=[2, 2]) == [0, 5, 6, 10]
+    assert space_timesteps(num_timesteps=10, section_counts="1,1,1") == [0, 4, 7]
+
+
 @pytest.mark.parametrize("respacing", ["", "250"])
 def test_one_step_matches_diffusers_ddpm_scheduler(respacing):
     d = create_diffusion(respacing)

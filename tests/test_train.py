@@ -702,6 +702,29 @@ def test_a_checkpoint_without_its_sidecar_is_trusted_if_it_loads(tmp_path):
     assert store.verify_checkpoint(torn).startswith("no sidecar and torch.load failed: ")
 
 
+class MkdirOnLoad:
+    """Unpickled without weights_only, it creates `marker`: code a file runs when loaded."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+def test_a_sidecar_less_checkpoint_is_checked_without_running_its_pickle(tmp_path):
+    """The sidecar-less check loads the file to see it is whole: with weights_only, so a file
+    that would run code when unpickled is refused, and nothing runs."""
+    marker = tmp_path / "ran"
+    store.save_checkpoint({"step": 2, "x": MkdirOnLoad(marker)}, run_dir=tmp_path, step=2,
+                          keep_last=5)  # fmt: skip
+    ckpt = tmp_path / paths.CKPT_DIR / paths.checkpoint_name(2)
+    (ckpt.parent / (ckpt.name + store.SIDECAR_SUFFIX)).unlink()
+    problem = store.verify_checkpoint(ckpt)
+    assert problem.startswith("no sidecar and torch.load failed: ")
+    assert not marker.exists()
+
+
 # ----------------------------------------------------------------------------- CLI
 
 

@@ -117,6 +117,13 @@ def test_wrong_key_and_non_state_dict_are_explained(tiny_dit):
         load_checkpoint(tiny_dit(seed=0), {"model": tiny_dit(seed=0).state_dict(), "steps": 5})
     with pytest.raises(CheckpointError, match="expected a state dict"):
         load_checkpoint(tiny_dit(seed=0), [1, 2, 3])
+    # neither 'ema' nor 'model': the keys are listed, no key is suggested
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(tiny_dit(seed=0), {"steps": 5, "args": "x"})
+    assert str(err.value) == (
+        "checkpoint has no state dict under 'ema' and is not a plain state dict; "
+        "top-level keys: ['args', 'steps']"
+    )
 
 
 class Untrusted:  # pickled by reference: weights_only loading must refuse it
