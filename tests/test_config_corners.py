@@ -142,3 +142,53 @@ def test_a_claim_without_runs_and_with_every_row_is_not_costed_for_its_runs():
     missing = plan.ClaimPlan(id="y", claim="c", runs=3, gpu_hours=None, comparisons=[short])
     plan.cost_claims([missing], [], [])
     assert missing.note == "not costed: not in this config: T2 r"
+
+
+def test_a_scale_maps_each_experiments_own_dataset(tmp_path):
+    """dataset_map maps the dataset each experiment names, not the default: the 512 px runs
+    of T6 go where the map sends imagenet512."""
+    raw = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    raw["base"] = str(ROOT / "config" / "paper.yaml")
+    raw["datasets"]["toy16"] = dict(raw["datasets"]["toy32"], image_size=16)
+    raw["scale"]["dataset_map"]["imagenet512"] = "toy16"
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    experiments = ex.resolve_experiments(ex.load_config(path))
+    assert {e.dataset for e in experiments.values() if e.id.endswith("-512")} == {"toy16"}
+    assert {e.dataset for e in experiments.values() if not e.id.endswith("-512")} == {"toy32"}
+
+
+def test_the_configs_plan_section_sets_the_rate_and_the_speed_file(tmp_path):
+    config = ex.load_config(ROOT / "config" / "paper.yaml")
+    config["plan"] = {"gpu_macs_per_s": 5e12}
+    rate = plan.Throughput.from_config(config).train(model="U-DiT-B", gmacs=22.0, precision="tf32")
+    assert rate == (5e12, "given")
+    speed = {"schema": 1, "train": [], "inception": {"images_per_s": 1234.0}}
+    (tmp_path / "speed.json").write_text(json.dumps(speed))
+    config["plan"] = {"speed_json": str(tmp_path / "speed.json")}
+    assert plan.Throughput.from_config(config).images_per_s("inception") == 1234.0
+    assert plan.Throughput.from_config({}).images_per_s("inception") is None
+
+
+def test_a_tiny_vae_decode_is_not_counted_as_the_sd_vaes(tmp_path, monkeypatch):
+    """The GMACs index holds the SD VAE's decode per latent side; a tiny VAE whose latents
+    have one of those sides must not be charged it."""
+    raw = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    raw["base"] = str(ROOT / "config" / "paper.yaml")
+    raw["datasets"]["toy32"]["image_size"] = 128  # tiny VAE, factor 4: 32x32 latents
+    raw["scale"].update(only=["toy-dit-s-4"], replicated={}, resampled={})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    config = ex.load_config(path)
+    assert "32" in plan.macs_index()["vae_decode_gmacs"]
+    throughput = plan.Throughput.from_config(config)
+    rows = plan.sample_rows(config, throughput=throughput)
+    index = plan.macs_index()
+    monkeypatch.setattr(plan, "macs_index", lambda: {**index, "vae_decode_gmacs": {}})
+    assert plan.sample_rows(config, throughput=throughput) == rows
+    sd = ex.load_config(ROOT / "config" / "paper.yaml")  # the same check sees the SD VAE's
+    sd["experiments"] = {"u-dit-s": sd["experiments"]["u-dit-s"]}
+    monkeypatch.setattr(plan, "macs_index", lambda: index)
+    charged = plan.sample_rows(sd, throughput=plan.Throughput.from_config(sd))
+    monkeypatch.setattr(plan, "macs_index", lambda: {**index, "vae_decode_gmacs": {}})
+    assert plan.sample_rows(sd, throughput=plan.Throughput.from_config(sd)) != charged
