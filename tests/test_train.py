@@ -725,6 +725,24 @@ def test_a_sidecar_less_checkpoint_is_checked_without_running_its_pickle(tmp_pat
     assert not marker.exists()
 
 
+def test_a_latent_cache_inside_the_run_dir_is_refused_by_its_flag(tmp_path):
+    """Training checks its own inputs by flag: a latent cache inside --run-dir (rotation or a
+    fresh run could delete it) is refused before anything is written."""
+    from udit.outputs import OutputClashError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "latents").mkdir()
+    (run / "latents" / "manifest.json").write_text("{}")  # refused before it is read
+    opts = _options(
+        run, None, images=None, pixel=False, latents=str(run / "latents"), total_steps=1
+    )
+    with pytest.raises(OutputClashError) as err:
+        train(opts)
+    assert str(err.value).startswith(f"--run-dir {run} holds the input --latents {run / 'latents'}")
+    assert sorted(p.name for p in run.iterdir()) == ["latents"]
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
