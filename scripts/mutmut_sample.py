@@ -9,6 +9,10 @@ the rest. Run from the project root, after `mutmut run` has generated the mutant
     mutmut run --max-children 2 $(cat sample.txt)
     python scripts/mutmut_sample.py score sample.txt
 
+A sample may grow in batches while time allows: run one batch whole, then pick the next (it is
+drawn from the mutants still not run, so never from an earlier batch) and score them together,
+`score a.txt b.txt`: batches drawn one after another from what is left make one uniform sample.
+
 `score` counts every mutant with a result and not in the sample exactly, and the sample's
 survivors, "no tests" and timeouts as not killed. A sample only part run is refused: mutmut runs
 the cheapest mutants first, so a partial sample is not a random one.
@@ -87,17 +91,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("count", type=positive(int))
     p.add_argument("--seed", type=int, default=0)
     s = sub.add_parser("score", help="the exact part plus the sample's estimate, with intervals")
-    s.add_argument("sample", help="file of mutant names, one per line (the output of pick)")
+    s.add_argument(
+        "samples",
+        nargs="+",
+        help="files of mutant names, one per line (the output of pick); several files are one "
+        "sample (batches drawn one after another, each from the mutants not yet run)",
+    )
     args = parser.parse_args(argv)
     if args.command == "pick":
         print("\n".join(pick(args.count, args.seed)))
     else:
-        try:
-            names = set(Path(args.sample).read_text().split())
-        except OSError as err:
-            parser.error(f"cannot read {args.sample}: {err.strerror}")
-        if not names:
-            parser.error(f"{args.sample} names no mutants")
+        names = set()
+        for sample in args.samples:
+            try:
+                batch = set(Path(sample).read_text().split())
+            except OSError as err:
+                parser.error(f"cannot read {sample}: {err.strerror}")
+            if not batch:
+                parser.error(f"{sample} names no mutants")
+            names |= batch
         print(score(names))
     return 0
 

@@ -69,3 +69,28 @@ def test_a_sample_not_fully_run_is_refused(tmp_path):
     (root / "s.txt").write_text("pkg.mod.x_other__mutmut_1\n")
     out = run(root, "score", "s.txt")
     assert out.returncode == 2 and "not mutants of this run: pkg.mod.x_other" in out.stderr
+
+
+def test_batches_drawn_one_after_another_score_as_one_sample(tmp_path):
+    """A first batch run whole, a second picked from what is still not run (never a member of
+    the first): `score a b` is the rate of the two together, standing for every mutant."""
+    codes = {f"pkg.mod.x_f__mutmut_{i}": None for i in range(10)}
+    root = results(tmp_path, codes)
+    first = run(root, "pick", "3", "--seed", "1").stdout.split()
+    meta = root / "mutants" / "pkg" / "mod.py.meta"
+    meta.write_text(json.dumps({"exit_code_by_key": codes | dict.fromkeys(first, KILLED)}))
+    second = run(root, "pick", "4", "--seed", "1").stdout.split()
+    assert not set(first) & set(second)
+    done = dict.fromkeys(first, KILLED) | dict.fromkeys(second[:3], KILLED)
+    meta.write_text(json.dumps({"exit_code_by_key": codes | done | {second[3]: SURVIVED}}))
+    (root / "a.txt").write_text("\n".join(first))
+    (root / "b.txt").write_text("\n".join(second))
+    out = run(root, "score", "a.txt", "b.txt")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[1].startswith("sample: 6 of 7 killed (85.7%, 95% interval ")
+    assert lines[2].startswith("estimated score of all 10: 85.7% (")
+    empty = root / "empty.txt"
+    empty.write_text("")
+    out = run(root, "score", "a.txt", "empty.txt")
+    assert out.returncode == 2 and "empty.txt names no mutants" in out.stderr
