@@ -602,6 +602,19 @@ def test_the_kid_of_the_samples_is_torch_fidelitys():
     assert ours == pytest.approx(scores.kid(gen, ref)["mean"], rel=1e-4)
 
 
+def test_a_sample_whose_candidates_fall_short_of_k_takes_its_farthest_one(monkeypatch):
+    """Only PRC_CANDIDATES neighbours are kept per sample: when a resample leaves fewer than
+    k of them, the radius is the farthest candidate's (improbable at 20 candidates and k = 3),
+    whatever the other samples reach. Points on a line, 2 candidates, k = 3."""
+    monkeypatch.setattr(intervals, "PRC_CANDIDATES", 2)
+    gen = np.array([[0.0], [1.0], [2.0], [3.0], [10.0]], np.float32)
+    resampler = intervals.RecallResampler(gen, gen, k=3)
+    w = np.array([3.0, 1.0, 1.0, 1.0, 1.0])  # sample 0: its 2 extra copies leave 1 to find
+    radii = resampler.radii(w)
+    assert radii[0] == 1.0  # reached at its nearest candidate
+    assert radii[4] == 8.0  # candidates 3 (d 7) and 2 (d 8) hold 2 < 3: the farthest
+
+
 def test_recall_of_a_resample_with_k_plus_1_copies_of_a_sample():
     """A sample drawn k + 1 times has its k nearest neighbours at distance 0 (its copies): its
     ball holds only points on it, such as a reference image it reproduced exactly. Checked

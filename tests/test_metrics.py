@@ -673,6 +673,22 @@ def test_evaluate_wiring_against_own_formulas_fast(tmp_path, monkeypatch, capsys
     check_printed(record_text(result, varies=METRICS_VARIES), "records/metrics-standin.json")
 
 
+def test_evaluate_refuses_to_replace_a_file_that_is_not_its_result(tmp_path, capsys):
+    """--out naming some other file (here not JSON at all): refused by its flag, the file kept,
+    before any input is read past its hash."""
+    files = {name: tmp_path / name for name in ("s.npz", "ref.npz", "w.pth")}
+    for path in files.values():
+        path.write_bytes(b"x")
+    out = tmp_path / "notes.json"
+    out.write_text("my notes, not metrics")
+    argv = ["--samples", str(files["s.npz"]), "--reference", str(files["ref.npz"])]
+    argv += ["--inception-weights", str(files["w.pth"]), "--out", str(out), "--device", "cpu"]
+    assert evaluate.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out} exists and is not a result of this command" in err
+    assert out.read_text() == "my notes, not metrics"
+
+
 @pytest.mark.slow  # Inception on CPU: session fixtures + two passes over 12 images
 def test_evaluate_metrics_equal_own_formulas_on_inception_features(
     tmp_path, weights, images_a, reference_npz

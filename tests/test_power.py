@@ -338,6 +338,15 @@ def test_an_arm_is_labelled_by_its_step_in_whole_millions_or_thousands(arm, labe
     assert arm.label() == label
 
 
+def test_the_claims_total_says_none_when_every_claim_is_costed():
+    claim = plan.ClaimPlan(id="O1", claim="a beats b", runs=2, gpu_hours=3.5, comparisons=[])
+    text = plan.format_claims([claim], total=3.5, noise="FID 1.3%", toy=False)
+    assert text.splitlines()[-1] == (
+        "all decisive: 3.5 GPU-hours (an experiment shared by claims counted once, at the most "
+        "runs any asks; not costed: none)"
+    )
+
+
 def test_a_comparison_line_cuts_long_rows_and_names_its_arms():
     """One line of `udit plan --claims`: the metric, each row cut to 32 characters, the paper's
     values, the effect, the runs, then the arms and the note."""
