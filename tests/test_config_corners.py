@@ -192,3 +192,12 @@ def test_a_tiny_vae_decode_is_not_counted_as_the_sd_vaes(tmp_path, monkeypatch):
     charged = plan.sample_rows(sd, throughput=plan.Throughput.from_config(sd))
     monkeypatch.setattr(plan, "macs_index", lambda: {**index, "vae_decode_gmacs": {}})
     assert plan.sample_rows(sd, throughput=plan.Throughput.from_config(sd)) != charged
+
+
+def test_the_plan_takes_an_experiments_precision_then_the_defaults_then_tf32():
+    config = ex.load_config(ROOT / "config" / "paper.yaml")
+    assert plan.precision_of(config, "u-dit-s") == "tf32"
+    config["defaults"]["precision"] = "fp32"
+    assert plan.precision_of(config, "u-dit-s") == "fp32"
+    config["experiments"]["u-dit-s"]["precision"] = "bf16"
+    assert plan.precision_of(config, "u-dit-s") == "bf16"

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from udit.diffusion import create_diffusion
+from udit.errors import BadValueError
 from udit.models import create_model
 from udit.sampling.cli import main as sample_main
 from udit.sampling.generate import generate
@@ -212,6 +213,16 @@ def test_default_guidance_channels_are_3_in_generate_and_the_cli(latent_ckpt, tm
         np.testing.assert_array_equal(data["arr_0"], three)
     config = json.loads(cli_out.with_name("cli.npz.json").read_text())["config"]
     assert config["guidance_channels"] == 3
+
+
+def test_guiding_more_channels_than_the_model_predicts_is_refused_naming_it(latent_ckpt, tmp_path):
+    with pytest.raises(BadValueError) as err:
+        _generate(latent_ckpt, tmp_path / "five.npz", guidance_channels=5)
+    assert str(err.value) == (
+        "--guidance-channels 5 exceeds the 4 eps channels of DiT-S/2 here; guide at most 4, "
+        "or 'all'"
+    )
+    assert not (tmp_path / "five.npz").exists()
 
 
 class NaNAt(nn.Module):
