@@ -201,3 +201,16 @@ def test_the_plan_takes_an_experiments_precision_then_the_defaults_then_tf32():
     assert plan.precision_of(config, "u-dit-s") == "fp32"
     config["experiments"]["u-dit-s"]["precision"] = "bf16"
     assert plan.precision_of(config, "u-dit-s") == "bf16"
+
+
+def test_a_scale_without_model_kw_keeps_the_models_whole(tmp_path):
+    """`model_kw` is optional in a scale: without it every model keeps its paper size."""
+    experiments = ex.resolve_experiments(smoke(tmp_path, model_kw=None))
+    assert {e.model_kw.get("hidden_size") for e in experiments.values()} == {None}
+
+
+def test_a_released_checkpoints_model_kw_is_checked_like_an_experiments():
+    config = ex.load_config(ROOT / "config" / "paper.yaml")
+    config["released"]["u-dit-b-release"]["model_kw"] = {"hiden_size": 8}
+    with pytest.raises(ex.ConfigError, match=r"^released/u-dit-b-release: model_kw 'hiden_size'"):
+        ex.resolve_released(config)
