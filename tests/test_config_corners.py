@@ -214,3 +214,10 @@ def test_a_released_checkpoints_model_kw_is_checked_like_an_experiments():
     config["released"]["u-dit-b-release"]["model_kw"] = {"hiden_size": 8}
     with pytest.raises(ex.ConfigError, match=r"^released/u-dit-b-release: model_kw 'hiden_size'"):
         ex.resolve_released(config)
+
+
+def test_a_scale_only_naming_an_unknown_experiment_is_refused_naming_it(tmp_path):
+    with pytest.raises(ex.ConfigError) as err:
+        smoke(tmp_path, only=["u-dit-t", "u-dit-tt", "dit-q"])
+    base = str(ROOT / "config" / "paper.yaml")
+    assert str(err.value) == f"scale.only names experiments not in {base}: dit-q, u-dit-tt"
