@@ -99,8 +99,8 @@ def test_merge_keys_and_plain_aliases_still_load(tmp_path):
 @pytest.mark.parametrize(
     "text,named",
     [
-        ("a: &a [1, *a]\n", "refers to the node that holds it"),
-        ("a: &a {b: *a}\n", "refers to the node that holds it"),
+        ("a: &a [1, *a]\n", "c.yaml:1: an alias refers to the node that holds it"),
+        ("x: 1\na: &a {b: *a}\n", "c.yaml:2: an alias refers to the node that holds it"),
         ("a: " + "[" * 3000 + "]" * 3000 + "\n", "nested too deeply"),
         ("a: 1\na: 2\n", "duplicate key 'a'"),
         ("a: *nope\n", "undefined alias"),
