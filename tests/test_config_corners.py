@@ -221,3 +221,17 @@ def test_a_scale_only_naming_an_unknown_experiment_is_refused_naming_it(tmp_path
         smoke(tmp_path, only=["u-dit-t", "u-dit-tt", "dit-q"])
     base = str(ROOT / "config" / "paper.yaml")
     assert str(err.value) == f"scale.only names experiments not in {base}: dit-q, u-dit-tt"
+
+
+@pytest.mark.parametrize(
+    ("dataset", "geometry"),
+    [
+        ({"image_size": 256, "vae": "stabilityai/sd-vae-ft-ema"}, (32, 4)),  # the SD VAE: 8x
+        ({"image_size": 512, "vae": "data/vae"}, (64, 4)),  # any VAE path but the tiny one
+        ({"image_size": 32, "vae": "tiny"}, (8, 4)),  # the tiny VAE: 4x
+        ({"image_size": 32, "vae": None}, (32, 3)),  # pixel space
+        ({"image_size": 32}, (32, 3)),
+    ],
+)
+def test_what_the_model_sees_of_a_dataset(dataset, geometry):
+    assert plan.latent_geometry(dataset) == geometry
