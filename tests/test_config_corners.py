@@ -15,10 +15,13 @@ from udit import plan
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def smoke(tmp_path, **scale) -> dict:
-    """config/smoke.yaml on config/paper.yaml, with `scale` keys replaced (None: removed)."""
+def smoke(tmp_path, edit=None, **scale) -> dict:
+    """config/smoke.yaml on config/paper.yaml, with `scale` keys replaced (None: removed) and
+    `edit(raw)` applied to the rest of the document."""
     raw = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
     raw["base"] = str(ROOT / "config" / "paper.yaml")
+    if edit:
+        edit(raw)
     for key, value in scale.items():
         if value is None:
             del raw["scale"][key]
@@ -115,8 +118,9 @@ def test_a_pixel_space_model_is_counted_with_its_three_channels():
 
 def _claims_json(config: dict) -> dict:
     args = SimpleNamespace(measured_noise=False, noise_cov=None, format="json")
-    rows = plan.plan_rows(config, throughput=plan.Throughput.from_config(config))
-    samples = plan.sample_rows(config, throughput=plan.Throughput.from_config(config))
+    throughput = plan.Throughput.from_config(config)
+    rows = plan.plan_rows(config, throughput=throughput)
+    samples = plan.sample_rows(config, throughput=throughput)
     return json.loads(plan.claims_output(config, args, rows, samples))
 
 
@@ -147,13 +151,12 @@ def test_a_claim_without_runs_and_with_every_row_is_not_costed_for_its_runs():
 def test_a_scale_maps_each_experiments_own_dataset(tmp_path):
     """dataset_map maps the dataset each experiment names, not the default: the 512 px runs
     of T6 go where the map sends imagenet512."""
-    raw = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
-    raw["base"] = str(ROOT / "config" / "paper.yaml")
-    raw["datasets"]["toy16"] = dict(raw["datasets"]["toy32"], image_size=16)
-    raw["scale"]["dataset_map"]["imagenet512"] = "toy16"
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    experiments = ex.resolve_experiments(ex.load_config(path))
+
+    def add_toy16(raw):
+        raw["datasets"]["toy16"] = dict(raw["datasets"]["toy32"], image_size=16)
+
+    dataset_map = {"imagenet256": "toy32", "imagenet512": "toy16"}
+    experiments = ex.resolve_experiments(smoke(tmp_path, add_toy16, dataset_map=dataset_map))
     assert {e.dataset for e in experiments.values() if e.id.endswith("-512")} == {"toy16"}
     assert {e.dataset for e in experiments.values() if not e.id.endswith("-512")} == {"toy32"}
 
@@ -173,13 +176,11 @@ def test_the_configs_plan_section_sets_the_rate_and_the_speed_file(tmp_path):
 def test_a_tiny_vae_decode_is_not_counted_as_the_sd_vaes(tmp_path, monkeypatch):
     """The GMACs index holds the SD VAE's decode per latent side; a tiny VAE whose latents
     have one of those sides must not be charged it."""
-    raw = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
-    raw["base"] = str(ROOT / "config" / "paper.yaml")
-    raw["datasets"]["toy32"]["image_size"] = 128  # tiny VAE, factor 4: 32x32 latents
-    raw["scale"].update(only=["toy-dit-s-4"], replicated={}, resampled={})
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    config = ex.load_config(path)
+
+    def enlarge(raw):  # tiny VAE, factor 4: 32x32 latents
+        raw["datasets"]["toy32"]["image_size"] = 128
+
+    config = smoke(tmp_path, enlarge, only=["toy-dit-s-4"], replicated={}, resampled={})
     assert "32" in plan.macs_index()["vae_decode_gmacs"]
     throughput = plan.Throughput.from_config(config)
     rows = plan.sample_rows(config, throughput=throughput)
