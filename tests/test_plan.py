@@ -433,25 +433,62 @@ def test_speed_json_bad_rate_through_udit_plan(tmp_path, capsys):
 
 def test_macs_tool_rewrites_the_committed_entries(tmp_path, monkeypatch):
     """`python -m udit.models.macs` (rerun after a registry change) writes the same entries as
-    the committed macs.json: counted live here for two models of two families and Inception
-    (the VAE decoder's count, 10 s, is checked by the slow test below)."""
-    from udit import models
-    from udit.models import macs
+    the committed macs.json: counted live here for two models of two families, Inception and
+    the smoke scale's toy models of two experiments (the VAE decoder's count, 10 s, and every
+    toy model are checked by the slow tests below)."""
+    import yaml
 
     committed = json.loads(macs.MACS_PATH.read_text())
-    some = {name: models.MODELS[name] for name in ("DiT-S/8", "U-DiT-T + cos")}
-    monkeypatch.setattr(models, "MODELS", some)
+    some = ("DiT-S/8", "U-DiT-T + cos")
+    every = macs.registry_entries
+    monkeypatch.setattr(macs, "registry_entries", lambda: every(some))
     vae = {int(side): value for side, value in committed["vae_decode_gmacs"].items()}
     monkeypatch.setattr(macs, "vae_decode_gmacs", vae.__getitem__)
     monkeypatch.setattr(macs, "MACS_PATH", tmp_path / "macs.json")
-    assert macs.main() == 0
+    raw = yaml.safe_load(Path("config/smoke.yaml").read_text())
+    raw["base"] = str(Path("config/paper.yaml").resolve())
+    raw["scale"]["only"] = ["toy-dit-s-4", "u-dit-s"]
+    for key in ("replicated", "resampled"):
+        raw["scale"].pop(key)
+    two = tmp_path / "two.yaml"
+    two.write_text(yaml.safe_dump(raw))
+    assert macs.main(["--scaled", str(two)]) == 0
     written = json.loads((tmp_path / "macs.json").read_text())
+    toy = [e for e in committed["scaled"] if e["model"] in ("DiT-S/4", "U-DiT-S")]
+    assert [e["model"] for e in toy] == ["DiT-S/4", "U-DiT-S"]
     assert written == {
         "models": {name: committed["models"][name] for name in some},
         "vae_decode_gmacs": committed["vae_decode_gmacs"],
         "inception_gmacs": committed["inception_gmacs"],
+        "scaled": toy,
     }
     assert (tmp_path / "macs.json").read_text().endswith("}\n")
+
+
+def test_the_smoke_plan_counts_no_model_live(monkeypatch, capsys):
+    """Every toy model of config/smoke.yaml is in macs.json's `scaled`: `udit plan` on it
+    builds no network. If this fails, rerun `python -m udit.models.macs`."""
+
+    def refuse(*args):
+        raise AssertionError(f"counted live: {args}; rerun python -m udit.models.macs")
+
+    monkeypatch.setattr(plan, "model_macs", refuse)
+    plan._gmacs.cache_clear()  # an earlier test's live count would hide a missing entry
+    try:
+        assert plan.main(["--configfile", "config/smoke.yaml"]) == 0
+    finally:
+        plan._gmacs.cache_clear()
+    assert "u-dit-s" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_committed_model_macs_are_a_live_count():
+    """macs.json holds what the models count now: every registry model at both sides (2.5 min)
+    and exactly the smoke config's toy models. A model's code changed without rerunning
+    `python -m udit.models.macs` fails here."""
+    committed = json.loads(macs.MACS_PATH.read_text())
+    assert macs.scaled_entries(macs.SCALED_CONFIGS, committed["models"]) == committed["scaled"]
+    assert macs.registry_entries() == committed["models"]
 
 
 @pytest.mark.slow

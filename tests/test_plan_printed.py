@@ -159,8 +159,7 @@ def _columns(block: list[str]) -> list[dict]:
 def test_plan_table_reads_back_to_the_json(configfile, capsys):
     """What `udit plan` prints, read back through its column headers, is what `--format json`
     holds, node by node, and its totals are the JSON's sums: a mislabelled or shifted column,
-    a lost chunk-end star or a wrong total shows here. (In this file so that one test process
-    counts the smoke models' GMACs once: 40 s on one core.)"""
+    a lost chunk-end star or a wrong total shows here."""
     plan.main(["--configfile", configfile, "--format", "json"])
     doc = json.loads(capsys.readouterr().out)
     plan.main(["--configfile", configfile])

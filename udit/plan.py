@@ -90,6 +90,11 @@ def latent_geometry(dataset: dict) -> tuple[int, int]:
 
 def model_gflops(*, model: str, input_size: int, in_channels: int, model_kw: dict) -> float:
     """fvcore forward GMACs per image of the registry model as the experiment builds it."""
+    return model_macs(model, input_size, in_channels, model_kw) / 1e9
+
+
+def model_macs(model: str, input_size: int, in_channels: int, model_kw: dict) -> int:
+    """fvcore forward MACs per image (model_gflops x 1e9), counted live."""
     import torch
 
     from udit.flops import count_flops
@@ -109,23 +114,50 @@ def model_gflops(*, model: str, input_size: int, in_channels: int, model_kw: dic
     except ValueError as err:  # the constructor's own checks of the config's values
         raise ex.ConfigError(f"{model} does not build with {kwargs}: {err}") from err
     macs, _ = count_flops(net.eval(), input_size=input_size, in_channels=in_channels)
-    return macs / 1e9
+    return macs
+
+
+def macs_key(entry, config: dict) -> tuple[str, int, int, str]:
+    """(model, side, channels, model_kw as sorted JSON): what fixes an entry's MACs."""
+    side, channels = latent_geometry(config["datasets"][entry.dataset])
+    return entry.model, side, channels, json.dumps(entry.model_kw, sort_keys=True)
+
+
+def registered_gmacs(model, side, channels, model_kw_json, *, models=None) -> float | None:
+    """The count of the registered model at a paper latent side in macs.json (or in `models`,
+    an index's "models" being built), else None."""
+    entry = (macs_index()["models"] if models is None else models).get(model)
+    if entry and channels == 4 and model_kw_json == "{}" and str(side) in entry["gmacs"]:
+        return entry["gmacs"][str(side)]
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _scaled_macs() -> dict:
+    return {
+        (e["model"], e["side"], e["channels"], json.dumps(e["model_kw"], sort_keys=True)): e["macs"]
+        for e in macs_index()["scaled"]
+    }
 
 
 @functools.cache
 def _gmacs(model: str, side: int, channels: int, model_kw_json: str) -> float:
-    entry = macs_index()["models"].get(model)
-    if entry and channels == 4 and model_kw_json == "{}" and str(side) in entry["gmacs"]:
-        return entry["gmacs"][str(side)]  # the registered model: no torch needed
+    # no torch for what macs.json holds: the registry, and the toy models of config/smoke.yaml
+    # (an fvcore count of all 27 takes 30 s, which `udit plan` would pay on every call)
+    registered = registered_gmacs(model, side, channels, model_kw_json)
+    if registered is not None:
+        return registered
+    counted = _scaled_macs().get((model, side, channels, model_kw_json))
+    if counted is not None:
+        return counted / 1e9
     kw = json.loads(model_kw_json)
     return model_gflops(model=model, input_size=side, in_channels=channels, model_kw=kw)
 
 
 def gmacs_of(entry, config: dict) -> float:
     """Forward GMACs per image of an Experiment or Released entry."""
-    side, channels = latent_geometry(config["datasets"][entry.dataset])
     try:
-        return _gmacs(entry.model, side, channels, json.dumps(entry.model_kw, sort_keys=True))
+        return _gmacs(*macs_key(entry, config))
     except ex.ConfigError as err:
         raise ex.ConfigError(f"experiments/{entry.id}: {err}") from err
 

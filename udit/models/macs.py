@@ -4,19 +4,23 @@ udit/models/macs.json holds, for every registry model at its registered configur
 fvcore forward GMACs per image at the latent sides the paper trains on (32: 256 px, 64:
 512 px; 4 channels) and the model's speed family (udit.plan turns T11 into one MACs/s rate
 per family), plus the SD VAE decoder and the Inception network used by sampling and
-evaluation. An experiment with `model_kw` or another size is counted live by udit.plan.
-After changing the registry, rewrite the file with
+evaluation. `scaled` holds the exact MACs of every toy model config/smoke.yaml builds
+(`scale.model_kw`), so `udit plan` on it needs no torch either. Any other experiment with
+`model_kw` or another size is counted live by udit.plan. After changing the registry, a
+model's code or the smoke config, rewrite the file from the checkout's root with
 
-    python -m udit.models.macs
+    python -m udit.models.macs              # or: ... --scaled CONFIG [CONFIG ...]
 
 (tests/test_plan.py checks entries against a live count).
 """
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
 MACS_PATH = Path(__file__).with_name("macs.json")
+SCALED_CONFIGS = ("config/smoke.yaml",)  # whose toy models `scaled` holds
 LATENT_SIDES = (32, 64)  # sd-vae-ft-ema latents of 256 and 512 px images
 # sd-vae-ft-ema's architecture (its config.json on the hub; diffusers AutoencoderKL)
 SD_VAE_CONFIG = {
@@ -68,12 +72,39 @@ def inception_gmacs() -> float:
     return counter.uncalled_modules_warnings(False).total() / 1e9
 
 
-def macs_index() -> dict:
+def scaled_entries(configs, models: dict) -> list[dict]:
+    """The MACs of every model the configs' experiments build that is not in `models` (the
+    registry at the paper's sides), counted live, in a stable order."""
+    from udit import experiments as ex
+    from udit import plan
+
+    keys = set()
+    for path in configs:
+        config = ex.load_config(path)
+        for exp in ex.resolve_experiments(config).values():
+            key = plan.macs_key(exp, config)
+            if plan.registered_gmacs(*key, models=models) is None:
+                keys.add(key)
+    entries = []
+    for model, side, channels, kw_json in sorted(keys):
+        kw = json.loads(kw_json)
+        macs = plan.model_macs(model, side, channels, kw)
+        entries.append(
+            {"model": model, "side": side, "channels": channels, "model_kw": kw, "macs": macs}
+        )
+        print(model, side, channels, kw_json, macs, flush=True)
+    return entries
+
+
+def registry_entries(names=None) -> dict:
+    """Model name -> speed family and GMACs at the paper's latent sides, counted live, for the
+    named registry models (default: all)."""
     from udit.models import MODELS
     from udit.plan import model_gflops
 
     models = {}
-    for name, spec in MODELS.items():
+    for name in names or MODELS:
+        spec = MODELS[name]
         gmacs = {
             str(side): round(
                 model_gflops(model=name, input_size=side, in_channels=4, model_kw={}), 4
@@ -82,15 +113,24 @@ def macs_index() -> dict:
         }
         models[name] = {"family": family(spec), "gmacs": gmacs}
         print(name, models[name], flush=True)
+    return models
+
+
+def macs_index(scaled_configs=SCALED_CONFIGS) -> dict:
+    models = registry_entries()
     return {
         "models": models,
         "vae_decode_gmacs": {str(s): round(vae_decode_gmacs(s), 3) for s in LATENT_SIDES},
         "inception_gmacs": round(inception_gmacs(), 4),
+        "scaled": scaled_entries(scaled_configs, models),
     }
 
 
-def main() -> int:
-    MACS_PATH.write_text(json.dumps(macs_index(), indent=1) + "\n")
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m udit.models.macs", description=__doc__)
+    parser.add_argument("--scaled", nargs="+", default=list(SCALED_CONFIGS), metavar="CONFIG")
+    args = parser.parse_args(argv)
+    MACS_PATH.write_text(json.dumps(macs_index(args.scaled), indent=1) + "\n")
     print(f"wrote {MACS_PATH}")
     return 0
 
