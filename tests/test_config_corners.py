@@ -116,6 +116,16 @@ def test_a_pixel_space_model_is_counted_with_its_three_channels():
     assert pixels != latents  # the embedding and the output layer see the channel count
 
 
+def test_a_registered_model_on_pixels_is_not_read_from_the_latent_index():
+    """macs.json counts registry models on 4-channel latents: the same model, unchanged, on a
+    32 px pixel dataset is counted live with 3 channels."""
+    entry = SimpleNamespace(model="DiT-S/8", model_kw={}, dataset="px", id="px-run")
+    config = {"datasets": {"px": {"source": "toy", "image_size": 32}}}
+    live = plan.model_gflops(model="DiT-S/8", input_size=32, in_channels=3, model_kw={})
+    assert plan.gmacs_of(entry, config) == live
+    assert live != plan.macs_index()["models"]["DiT-S/8"]["gmacs"]["32"]
+
+
 def _claims_json(config: dict) -> dict:
     args = SimpleNamespace(measured_noise=False, noise_cov=None, format="json")
     throughput = plan.Throughput.from_config(config)

@@ -993,7 +993,7 @@ def evaluate_signalled(t: Case, sig: signal.Signals) -> tuple[Ran, dict, Path]:
     return child.finish(), before, out
 
 
-@case("F1-evaluate-sigterm")
+@case("F1-evaluate-sigterm", pytest.mark.slow)  # F2 (SIGINT) stays fast
 def case_f1(t: Case):
     ran, before, out = evaluate_signalled(t, signal.SIGTERM)
     assert ran.code != 0 and "Traceback" not in ran.err, ran.tail()
@@ -1069,7 +1069,7 @@ def case_f4(t: Case):
     assert all(name.endswith(".lock") for name in left), left
 
 
-@case("F5-build-reference-sigint")
+@case("F5-build-reference-sigint", pytest.mark.slow)  # F4 (SIGTERM) stays fast
 def case_f5(t: Case):
     ran, before, _ = reference_signalled(t, signal.SIGINT)
     assert ran.code == 130, ran.tail()
@@ -1077,7 +1077,7 @@ def case_f5(t: Case):
     assert snapshot(t.tmp) == before
 
 
-@case("F6-train-sigint")
+@case("F6-train-sigint", pytest.mark.slow)  # test_guarantees: Ctrl-C in train
 def case_f6(t: Case):
     run_dir = t.tmp / "trint"
     argv = train_argv(run_dir, t.fx("cache"), total_steps=500, ckpt_every=1000)

@@ -483,9 +483,9 @@ def test_the_smoke_plan_counts_no_model_live(monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_committed_model_macs_are_a_live_count():
-    """macs.json holds what the models count now: every registry model at both sides (2.5 min)
-    and exactly the smoke config's toy models. A model's code changed without rerunning
-    `python -m udit.models.macs` fails here."""
+    """macs.json holds what the models count now: every registry model at both sides and
+    exactly the smoke config's toy models (3 min on 2 cores). A model's code changed without
+    rerunning `python -m udit.models.macs` fails here."""
     committed = json.loads(macs.MACS_PATH.read_text())
     assert macs.scaled_entries(macs.SCALED_CONFIGS, committed["models"]) == committed["scaled"]
     assert macs.registry_entries() == committed["models"]

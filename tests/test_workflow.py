@@ -1,5 +1,6 @@
 """The workflow as data: schema, both configs, every paper node in the DAG, lint, `udit plan`."""
 
+import functools
 import json
 import re
 import shlex
@@ -42,6 +43,16 @@ def run_snakemake(*args, cwd=ROOT, timeout=120):
     return subprocess.run(
         [*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+@functools.cache
+def forced_dry_run(config: str) -> str:
+    """What `snakemake -n -p --forceall` prints for config/<config>: the whole DAG, whatever a
+    previous run left in results/, with every job's shell command. Run once per test process
+    for the tests that read it (each snakemake start costs seconds)."""
+    result = run_snakemake("-n", "-p", "--forceall", "--configfile", f"config/{config}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout + result.stderr
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -160,10 +171,7 @@ def test_paper_config_references_every_paper_row():
 
 
 def test_paper_dry_run_lists_every_node():
-    # --forceall: the whole DAG, whatever a previous run left in results/
-    result = run_snakemake("-n", "--forceall", "--configfile", "config/paper.yaml")
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = result.stdout + result.stderr
+    out = forced_dry_run("paper.yaml")
     counts = job_counts(out)
     for rule, n in PAPER_JOB_COUNTS.items():
         assert counts.get(rule) == n, (rule, counts)
@@ -182,9 +190,7 @@ def test_paper_dry_run_lists_every_node():
 def test_paper_dry_run_passes_a_precision_to_every_train_and_sample_command():
     """TF32 (or bf16) on every paper job, as the official train.py / sample_ddp.py: plain fp32
     ran 2-8x slower than the paper's own setup (issue 13)."""
-    result = run_snakemake("-n", "-p", "--forceall", "--configfile", "config/paper.yaml")
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = result.stdout + result.stderr
+    out = forced_dry_run("paper.yaml")
     counts = {kind: job_options(out, kind) for kind in ("train", "sample")}
     assert {k: len(v) for k, v in counts.items()} == {
         "train": PAPER_JOB_COUNTS["train"],
@@ -198,9 +204,7 @@ def test_paper_dry_run_passes_a_precision_to_every_train_and_sample_command():
 def test_train_commands_log_as_configured(config, every):
     """DiT's 100 steps between log lines at paper scale; every step in smoke, whose 8-step runs
     would otherwise log one line each and draw no loss curve in the report."""
-    result = run_snakemake("-n", "-p", "--forceall", "--configfile", f"config/{config}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    jobs = job_options(result.stdout + result.stderr, "train")
+    jobs = job_options(forced_dry_run(config), "train")
     assert jobs and all(o["log_every"] == every for o in jobs)
 
 
