@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from test_report import SMOKE, metrics_json, smoke_results, write_json
 
 from udit import experiments as ex
-from udit.report import build_report, claims, tolerances
+from udit.report import build_report, claims, tables, tolerances
 from udit.report import metrics_json as metrics_reader
 
 FID = tolerances.TOLERANCES["fid"]
@@ -166,6 +166,35 @@ def test_a_reversed_reproduction_fails_and_an_overlap_is_inconclusive():
     assert overlap.status == "inconclusive"
     missing = claims.evaluate(c4, lambda table, row, metric: f"{row}: not run")
     assert missing.status == "pending" and "U-DiT-L: not run" in missing.basis
+
+
+def test_records_lookup_reads_the_first_usable_record_of_its_row():
+    """What a claim's comparison reads from the report's records: the first record (in the
+    records' order) of the row and metric that has a node and a usable status, a released
+    checkpoint's row found under its own table, else a reason naming the first node."""
+    nan = float("nan")
+    released = f"{tables.PAPER_TABLES[0].label}: DiT-XL/2"
+    columns = ["table", "row", "metric", "node", "status", "reproduced", "low", "high"]
+    rows = [
+        ("T", "A", "fid", "a/0", "invalid", 30.0, nan, nan),  # not usable: skipped
+        ("T", "A", "fid", nan, "reproduced", 99.0, nan, nan),  # no node: not a run
+        ("T", "A", "fid", "a/1", "reproduced", 20.0, 19.0, 21.0),  # the first usable one
+        ("T", "A", "fid", "a/2", "reproduced", 25.0, nan, nan),
+        ("T", "A", "is", "a/1", "reproduced", 200.0, nan, nan),  # another metric
+        ("T", "B", "fid", "b/0", "invalid", 40.0, nan, nan),
+        ("T", "B", "fid", "b/1", "pending", nan, nan, nan),
+        ("released", released, "fid", "rel/0", "uncalibrated", 2.5, nan, nan),
+    ]
+    lookup = claims.records_lookup(pd.DataFrame(rows, columns=columns))
+    assert lookup("T", "A", "fid") == claims.Number(20.0, 19.0, 21.0, "a/1")
+    assert lookup("T", "A", "is").value == 200.0
+    assert lookup("T", "B", "fid") == "B: b/0 is invalid"  # none usable: the first named
+    assert lookup("T", "C", "fid") == "C: no run of this config answers it"
+    key = tables.PAPER_TABLES[0].key
+    assert lookup(key, "DiT-XL/2", "fid") == claims.Number(2.5, node="rel/0", uncalibrated=True)
+    assert lookup(key, "DiT-XL/2", "is") == "DiT-XL/2: no run of this config answers it"
+    empty = claims.records_lookup(pd.DataFrame(columns=columns))
+    assert empty("T", "A", "fid") == "A: no run of this config answers it"
 
 
 # --- the page, on the smoke-like fixtures of tests/test_report.py -----------------------------
