@@ -126,6 +126,17 @@ def test_a_registered_model_on_pixels_is_not_read_from_the_latent_index():
     assert live != plan.macs_index()["models"]["DiT-S/8"]["gmacs"]["32"]
 
 
+def test_a_model_kw_that_does_not_build_names_the_experiment_and_the_reason():
+    entry = SimpleNamespace(model="DiT-S/4", model_kw={"hidden_size": 30}, dataset="px", id="x3")
+    config = {"datasets": {"px": {"source": "toy", "image_size": 16}}}
+    with pytest.raises(ex.ConfigError) as err:
+        plan.gmacs_of(entry, config)
+    assert str(err.value) == (
+        "experiments/x3: DiT-S/4 does not build with {'input_size': 16, 'hidden_size': 30, "
+        "'in_channels': 3}: 2D sin-cos embedding needs dim divisible by 4, got 30"
+    )
+
+
 def _claims_json(config: dict) -> dict:
     args = SimpleNamespace(measured_noise=False, noise_cov=None, format="json")
     throughput = plan.Throughput.from_config(config)

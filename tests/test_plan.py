@@ -431,7 +431,7 @@ def test_speed_json_bad_rate_through_udit_plan(tmp_path, capsys):
     assert rc == 2 and err.count("\n") == 1 and str(path) in err and "images_per_s is" in err
 
 
-def test_macs_tool_rewrites_the_committed_entries(tmp_path, monkeypatch):
+def test_macs_tool_rewrites_the_committed_entries(tmp_path, monkeypatch, capsys):
     """`python -m udit.models.macs` (rerun after a registry change) writes the same entries as
     the committed macs.json: counted live here for two models of two families, Inception and
     the smoke scale's toy models of two experiments (the VAE decoder's count, 10 s, and every
@@ -462,7 +462,22 @@ def test_macs_tool_rewrites_the_committed_entries(tmp_path, monkeypatch):
         "inception_gmacs": committed["inception_gmacs"],
         "scaled": toy,
     }
-    assert (tmp_path / "macs.json").read_text().endswith("}\n")
+    assert (tmp_path / "macs.json").read_text() == json.dumps(written, indent=1) + "\n"
+    kw = '{"depth": 2, "hidden_size": 32, "num_heads": 2}'
+    assert capsys.readouterr().out.splitlines() == [  # one progress line per model counted
+        f"DiT-S/8 {committed['models']['DiT-S/8']}",
+        f"U-DiT-T + cos {committed['models']['U-DiT-T + cos']}",
+        f"DiT-S/4 8 4 {kw} {toy[0]['macs']}",
+        f'U-DiT-S 8 4 {{"hidden_size": 16, "num_heads": 2}} {toy[1]["macs"]}',
+        f"wrote {tmp_path / 'macs.json'}",
+    ]
+
+
+def test_macs_tool_counts_the_smoke_config_by_default(tmp_path, monkeypatch):
+    asked = []
+    monkeypatch.setattr(macs, "macs_index", lambda configs: asked.append(configs) or {})
+    monkeypatch.setattr(macs, "MACS_PATH", tmp_path / "macs.json")
+    assert macs.main([]) == 0 and asked == [["config/smoke.yaml"]]
 
 
 def test_the_smoke_plan_counts_no_model_live(monkeypatch, capsys):
