@@ -502,7 +502,8 @@ def test_committed_model_macs_are_a_live_count():
     exactly the smoke config's toy models (3 min on 2 cores). A model's code changed without
     rerunning `python -m udit.models.macs` fails here."""
     committed = json.loads(macs.MACS_PATH.read_text())
-    assert macs.scaled_entries(macs.SCALED_CONFIGS, committed["models"]) == committed["scaled"]
+    configs = [ex.load_config(path) for path in macs.SCALED_CONFIGS]
+    assert macs.scaled_entries(configs, committed["models"]) == committed["scaled"]
     assert macs.registry_entries() == committed["models"]
 
 

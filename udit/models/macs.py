@@ -19,6 +19,9 @@ import json
 import sys
 from pathlib import Path
 
+from udit.errors import command_main
+from udit.io import atomic_write_text
+
 MACS_PATH = Path(__file__).with_name("macs.json")
 SCALED_CONFIGS = ("config/smoke.yaml",)  # whose toy models `scaled` holds
 LATENT_SIDES = (32, 64)  # sd-vae-ft-ema latents of 256 and 512 px images
@@ -72,15 +75,14 @@ def inception_gmacs() -> float:
     return counter.uncalled_modules_warnings(False).total() / 1e9
 
 
-def scaled_entries(configs, models: dict) -> list[dict]:
-    """The MACs of every model the configs' experiments build that is not in `models` (the
-    registry at the paper's sides), counted live, in a stable order."""
+def scaled_entries(configs: list[dict], models: dict) -> list[dict]:
+    """The MACs of every model the (loaded) configs' experiments build that is not in `models`
+    (the registry at the paper's sides), counted live, in a stable order."""
     from udit import experiments as ex
     from udit import plan
 
     keys = set()
-    for path in configs:
-        config = ex.load_config(path)
+    for config in configs:
         for exp in ex.resolve_experiments(config).values():
             key = plan.macs_key(exp, config)
             if plan.registered_gmacs(*key, models=models) is None:
@@ -117,20 +119,27 @@ def registry_entries(names=None) -> dict:
 
 
 def macs_index(scaled_configs=SCALED_CONFIGS) -> dict:
+    from udit import experiments as ex
+
+    # a bad config path or value stops here, not after minutes of counting the registry
+    configs = [ex.load_config(path) for path in scaled_configs]
+    for config in configs:
+        ex.resolve_experiments(config)
     models = registry_entries()
     return {
         "models": models,
         "vae_decode_gmacs": {str(s): round(vae_decode_gmacs(s), 3) for s in LATENT_SIDES},
         "inception_gmacs": round(inception_gmacs(), 4),
-        "scaled": scaled_entries(scaled_configs, models),
+        "scaled": scaled_entries(configs, models),
     }
 
 
+@command_main("python -m udit.models.macs")
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m udit.models.macs", description=__doc__)
     parser.add_argument("--scaled", nargs="+", default=list(SCALED_CONFIGS), metavar="CONFIG")
     args = parser.parse_args(argv)
-    MACS_PATH.write_text(json.dumps(macs_index(args.scaled), indent=1) + "\n")
+    atomic_write_text(MACS_PATH, json.dumps(macs_index(args.scaled), indent=1) + "\n")
     print(f"wrote {MACS_PATH}")
     return 0
 
